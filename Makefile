@@ -10,7 +10,6 @@ OUT ?= demo-out
 
 $(BIN)/unlearnctl: pyproject.toml
 	$(PY) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade "pip<26.2" 2>/dev/null || true
 	$(BIN)/pip install -q -e ".[test]"
 	touch $@
 

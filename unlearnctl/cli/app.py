@@ -1,0 +1,77 @@
+"""The ``unlearnctl`` Typer app and the one place that maps exceptions to exit codes.
+
+Exit codes: 0 ok, 1 runtime failure, 2 bad input or usage, 3 a ``--gate`` failed, 130 interrupted.
+Errors print one red line on stderr; ``UNLEARNCTL_DEBUG=1`` shows the full traceback instead.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import typer
+
+from unlearnctl.errors import GateFailed, UnlearnctlError
+
+app = typer.Typer(
+    name="unlearnctl",
+    help="Make diffusion models forget: train, unlearn, attack, evaluate and compare. "
+    "Steps exchange self-describing .safetensors checkpoints, so they chain in shell pipelines and CI.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+EXIT_INTERRUPTED = 130
+
+
+def _fail(message: str, code: int) -> int:
+    from unlearnctl.cli.ui import stderr
+
+    first_line = " ".join(str(message).split())  # one line, whatever the message held
+    stderr.print(f"[red]error:[/red] {first_line}", highlight=False, soft_wrap=True)
+    return code
+
+
+def run(args: list[str] | None = None) -> int:
+    """Run the CLI and return its exit code (the entry point of tests and ``main``)."""
+    debug = bool(os.environ.get("UNLEARNCTL_DEBUG"))
+    try:
+        result = app(args=args, standalone_mode=False, prog_name="unlearnctl")
+        return result if isinstance(result, int) else 0
+    except GateFailed as exc:
+        from unlearnctl.cli.ui import stderr
+
+        for failure in exc.failures:
+            stderr.print(f"[red]gate failed:[/red] {failure}", highlight=False, soft_wrap=True)
+        return exc.exit_code
+    except UnlearnctlError as exc:
+        if debug:
+            raise
+        return _fail(str(exc), exc.exit_code)
+    except (typer.Abort, KeyboardInterrupt):
+        return _fail("interrupted; no output was written", EXIT_INTERRUPTED)
+    except typer.Exit as exc:
+        return exc.exit_code
+    except typer.TyperException as exc:  # usage errors: unknown option, missing or bad parameter
+        if type(exc).__name__ == "NoArgsIsHelpError":
+            return 0
+        message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+        ctx = getattr(exc, "ctx", None)
+        hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+        return _fail(message + hint, 2)
+    except MemoryError:
+        return _fail("out of memory; lower --batch-size or --sample-batch-size", 1)
+    except Exception as exc:  # a bug: still one line, with the way to see more
+        if debug:
+            raise
+        return _fail(f"internal error {type(exc).__name__}: {exc} (set UNLEARNCTL_DEBUG=1 for the traceback)", 1)
+
+
+def main() -> None:
+    sys.exit(run())
+
+
+# Command modules register themselves on ``app``; imported last so ``app`` exists.
+from unlearnctl.cli import core_cmds  # noqa: E402,F401

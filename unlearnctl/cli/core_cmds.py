@@ -1,0 +1,189 @@
+"""Commands for models themselves: ``train``, ``sample``, ``inspect``, ``export``, ``import``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from unlearnctl.cli import options as opt
+from unlearnctl.cli.app import app
+from unlearnctl.cli.ui import ProgressBars, key_value_table, note, print_json, stdout
+
+
+def load_split(data, resolution, channels, split_seed, canary_copies):
+    from unlearnctl.data import load_data
+
+    return load_data(data or "digits", resolution=resolution, channels=channels, split_seed=split_seed, canary_copies=canary_copies)
+
+
+@app.command(rich_help_panel="Models")
+def train(
+    out: opt.OutCheckpoint,
+    data: opt.Data = "digits",
+    resolution: opt.Resolution = None,
+    channels: opt.Channels = None,
+    split_seed: opt.SplitSeed = 0,
+    canary_copies: opt.CanaryCopies = None,
+    conditional: Annotated[bool, typer.Option("--conditional/--unconditional", help="Class-conditional (with a null class for guidance) or unconditional.", rich_help_panel=opt.MODEL_PANEL)] = True,
+    size: Annotated[str, typer.Option(help="Model size preset: tiny (tests), small (digits), medium, large (user data).", rich_help_panel=opt.MODEL_PANEL)] = "small",
+    unet_config: Annotated[Optional[Path], typer.Option(help="JSON file of UNet2DModel config keys overriding the preset.", rich_help_panel=opt.MODEL_PANEL)] = None,
+    steps: Annotated[int, typer.Option("--steps", help="Optimizer steps.", rich_help_panel=opt.TRAIN_PANEL)] = 3000,
+    batch_size: Annotated[int, typer.Option(help="Images per step.", rich_help_panel=opt.TRAIN_PANEL)] = 128,
+    lr: Annotated[float, typer.Option(help="AdamW peak learning rate (warm-up, then cosine to 10%).", rich_help_panel=opt.TRAIN_PANEL)] = 1e-3,
+    ema_decay: Annotated[float, typer.Option(help="EMA decay of the saved weights (0 = no EMA).", rich_help_panel=opt.TRAIN_PANEL)] = 0.999,
+    label_dropout: Annotated[float, typer.Option(help="Share of labels replaced by the null class (guidance training).", rich_help_panel=opt.TRAIN_PANEL)] = 0.1,
+    exclude_class: Annotated[Optional[list[str]], typer.Option("--exclude-class", help="Train without this class (exact-unlearning reference); repeatable.", rich_help_panel=opt.DATA_PANEL)] = None,
+    exclude_index: Annotated[Optional[list[int]], typer.Option("--exclude-index", help="Train without this training-set index; repeatable.", rich_help_panel=opt.DATA_PANEL)] = None,
+    exclude_canary: Annotated[bool, typer.Option("--exclude-canary", help="Train without the canary copies.", rich_help_panel=opt.DATA_PANEL)] = False,
+    grid: Annotated[Optional[Path], typer.Option(help="Also write a PNG grid of samples (one row per class).", rich_help_panel=opt.OUTPUT_PANEL)] = None,
+    seed: opt.Seed = 0,
+    device: opt.Device = "auto",
+    quiet: opt.Quiet = False,
+):
+    """Train a diffusion model (DDPM, ε-prediction, linear β 1e-4→0.02, 1000 steps) from scratch."""
+    from unlearnctl.checkpoint import check_output_path, save_checkpoint
+    from unlearnctl.models import read_config_file
+    from unlearnctl.training import TrainConfig, train_model
+
+    check_output_path(out)
+    overrides = read_config_file(unet_config) if unet_config else None
+    config = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, ema_decay=ema_decay, label_dropout=label_dropout, seed=seed)
+    split = load_split(data, resolution, channels, split_seed, canary_copies)
+    exclude = opt.forget_spec(exclude_class, exclude_index, exclude_canary, None)
+    note(f"training a {size} {'conditional' if conditional else 'unconditional'} model on {split.description['source']} "
+         f"({split.description['num_train']} images, {split.description['resolution']}px)", quiet)
+    with ProgressBars(quiet) as progress:
+        checkpoint = train_model(split, conditional=conditional, preset=size, unet_overrides=overrides, config=config,
+                                 exclude=exclude, device=device, progress=progress)
+    save_checkpoint(checkpoint, out)
+    stdout.print(f"wrote {out} ({checkpoint.lineage[-1]['wall_time_s'] or 0:.0f} s)")
+    if grid:
+        _write_grid(checkpoint, grid, seed, device, quiet)
+
+
+def _write_grid(checkpoint, path: Path, seed: int, device: str, quiet: bool) -> None:
+    from unlearnctl.sampling import generate, save_grid
+
+    with ProgressBars(quiet) as progress:
+        images, _ = generate(checkpoint, per_class=10, num_images=100, seed=seed, device=device, progress=progress)
+    save_grid(images, path, nrow=10)
+    stdout.print(f"wrote {path}")
+
+
+@app.command(rich_help_panel="Models")
+def sample(
+    model: opt.ModelIn,
+    out: Annotated[Path, typer.Option("--out", "-o", help="PNG grid of the samples.", rich_help_panel=opt.OUTPUT_PANEL)],
+    class_: Annotated[Optional[list[str]], typer.Option("--class", help="Sample this class (name or index); repeatable; default all.", rich_help_panel=opt.SAMPLE_PANEL)] = None,
+    per_class: Annotated[int, typer.Option(help="Images per class (conditional models).", rich_help_panel=opt.SAMPLE_PANEL)] = 10,
+    num: Annotated[int, typer.Option(help="Number of images (unconditional models).", rich_help_panel=opt.SAMPLE_PANEL)] = 100,
+    steps: opt.Steps = 50,
+    sampler: opt.Sampler = "ddim",
+    guidance: opt.Guidance = 1.0,
+    sample_batch_size: opt.SampleBatch = 500,
+    npz: Annotated[Optional[Path], typer.Option(help="Also save the images (uint8) and labels to this .npz.", rich_help_panel=opt.OUTPUT_PANEL)] = None,
+    png_dir: Annotated[Optional[Path], typer.Option(help="Also save one PNG per image into this folder (class sub-folders).", rich_help_panel=opt.OUTPUT_PANEL)] = None,
+    seed: opt.Seed = 0,
+    device: opt.Device = "auto",
+    quiet: opt.Quiet = False,
+):
+    """Generate images with DDIM or DDPM, per class or unconditionally, and write a PNG grid."""
+    from unlearnctl.checkpoint import check_output_path, load_checkpoint
+    from unlearnctl.sampling import generate, save_grid, save_npz, save_png_folder
+
+    check_output_path(out, suffix=".png")
+    if npz:
+        check_output_path(npz, suffix=".npz")
+    checkpoint = load_checkpoint(model)
+    with ProgressBars(quiet) as progress:
+        images, labels = generate(checkpoint, classes=class_, per_class=per_class, num_images=num, steps=steps, sampler=sampler,
+                                  guidance=guidance, seed=seed, batch_size=sample_batch_size, device=device, progress=progress)
+    save_grid(images, out, nrow=per_class if labels is not None and per_class <= 32 else None)
+    stdout.print(f"wrote {out} ({len(images)} images)")
+    if npz:
+        save_npz(images, labels, npz)
+        stdout.print(f"wrote {npz}")
+    if png_dir:
+        save_png_folder(images, labels, png_dir, checkpoint.data.get("class_names"))
+        stdout.print(f"wrote {png_dir}/")
+
+
+@app.command(rich_help_panel="Models")
+def inspect(
+    file: Annotated[Path, typer.Argument(help="Checkpoint to describe.")],
+    json_: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
+    verify: Annotated[bool, typer.Option("--verify", help="Check weights and lineage integrity; exit 2 if they do not hold.")] = False,
+):
+    """Print a checkpoint's configuration, data description and lineage."""
+    from unlearnctl.checkpoint import load_checkpoint
+    from unlearnctl.errors import BadInputError
+    from unlearnctl.provenance import summary, verify_checkpoint
+
+    checkpoint = load_checkpoint(file)
+    problems = verify_checkpoint(checkpoint) if verify else []
+    info = summary(checkpoint)
+    if verify:
+        info["verified"] = not problems
+        info["problems"] = problems
+    if json_:
+        print_json(info)
+    else:
+        _print_inspection(info)
+    if problems:
+        raise BadInputError(f"{file} failed verification: {problems[0]}")
+
+
+def _print_inspection(info: dict) -> None:
+    from rich.table import Table
+
+    stdout.print(key_value_table(f"{info['file']}", {k: v for k, v in info.items() if k not in ("lineage", "data", "file", "problems")}))
+    stdout.print(key_value_table("data", info["data"]))
+    table = Table(title="lineage", title_justify="left")
+    for column in ("#", "command", "method", "seed", "forget", "wall s", "parent sha256", "created"):
+        table.add_column(column)
+    for i, entry in enumerate(info["lineage"]):
+        table.add_row(str(i), entry.get("command", "?"), str(entry.get("method") or ""), str(entry.get("seed")),
+                      str((entry.get("forget") or {}).get("spec", "") or ""), str(entry.get("wall_time_s") or ""),
+                      (entry.get("parent_sha256") or "")[:12], entry.get("created", ""))
+    stdout.print(table)
+    if "verified" in info:
+        stdout.print("[green]verified[/green]" if info["verified"] else f"[red]NOT verified[/red]: {'; '.join(info['problems'])}")
+
+
+@app.command(rich_help_panel="Models")
+def export(
+    model: opt.ModelIn,
+    diffusers_dir: Annotated[Path, typer.Option(help="New folder for the diffusers save_pretrained layout (unet/, scheduler/, model_index.json).")],
+):
+    """Export to a diffusers folder: loads with UNet2DModel.from_pretrained(..., subfolder='unet') or DDPMPipeline."""
+    from unlearnctl.checkpoint import export_diffusers, load_checkpoint
+
+    export_diffusers(load_checkpoint(model), diffusers_dir)
+    stdout.print(f"wrote {diffusers_dir}/")
+
+
+@app.command("import", rich_help_panel="Models")
+def import_(
+    diffusers_dir: Annotated[Path, typer.Argument(help="A diffusers save_pretrained folder (pipeline with unet/ or a bare UNet folder).")],
+    out: opt.OutCheckpoint,
+    data: opt.Data = None,
+    resolution: opt.Resolution = None,
+    channels: opt.Channels = None,
+    split_seed: opt.SplitSeed = 0,
+    canary_copies: opt.CanaryCopies = None,
+):
+    """Import a diffusers UNet (safetensors weights only) as an unlearnctl checkpoint."""
+    from unlearnctl.checkpoint import check_output_path, import_diffusers, save_checkpoint
+    from unlearnctl.data import check_compatible
+
+    check_output_path(out)
+    description = {"source": "unknown", "class_names": []}
+    if data:
+        description = load_split(data, resolution, channels, split_seed, canary_copies).description
+    checkpoint = import_diffusers(diffusers_dir, description)
+    if data:
+        check_compatible(description, checkpoint.unet_config, checkpoint.conditional)
+    save_checkpoint(checkpoint, out)
+    stdout.print(f"wrote {out}")

@@ -1,0 +1,44 @@
+"""Shared ``Annotated`` option aliases: each help text is written once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+DATA_PANEL = "Data"
+MODEL_PANEL = "Model"
+TRAIN_PANEL = "Optimisation"
+FORGET_PANEL = "What to forget"
+SAMPLE_PANEL = "Sampling"
+OUTPUT_PANEL = "Output"
+
+ModelIn = Annotated[Path, typer.Option("--model", "-m", help="Input checkpoint (.safetensors written by unlearnctl).", rich_help_panel=MODEL_PANEL)]
+OutCheckpoint = Annotated[Path, typer.Option("--out", "-o", help="Output checkpoint (.safetensors); written atomically, only on success.", rich_help_panel=OUTPUT_PANEL)]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or status lines on stderr.", rich_help_panel=OUTPUT_PANEL)]
+Seed = Annotated[int, typer.Option(help="Random seed; the same command and seed give the same file on the same machine.")]
+Device = Annotated[str, typer.Option(help="torch device: auto (CUDA if present, else CPU), cpu, cuda, cuda:1, ...")]
+
+Data = Annotated[Optional[str], typer.Option(help="Data source: digits, digits+canary, folder:PATH (class sub-folders) or npz:PATH.", rich_help_panel=DATA_PANEL)]
+Resolution = Annotated[Optional[int], typer.Option(help="Resize images to this square size (default: keep).", rich_help_panel=DATA_PANEL)]
+Channels = Annotated[Optional[int], typer.Option(help="1 (grey) or 3 (RGB) (default: keep).", rich_help_panel=DATA_PANEL)]
+SplitSeed = Annotated[int, typer.Option(help="Seed of the deterministic train/held-out split.", rich_help_panel=DATA_PANEL)]
+CanaryCopies = Annotated[Optional[int], typer.Option(help="digits+canary: copies of the canary in the train split (default 2%).", rich_help_panel=DATA_PANEL)]
+
+ForgetClass = Annotated[Optional[list[str]], typer.Option("--forget-class", help="Forget this class (name or index); repeatable.", rich_help_panel=FORGET_PANEL)]
+ForgetIndex = Annotated[Optional[list[int]], typer.Option("--forget-index", help="Forget this training-set index; repeatable.", rich_help_panel=FORGET_PANEL)]
+ForgetCanary = Annotated[bool, typer.Option("--forget-canary", help="Forget the canary (digits+canary data).", rich_help_panel=FORGET_PANEL)]
+ForgetImages = Annotated[Optional[str], typer.Option("--forget-images", help="Forget these images: a folder or an .npz file.", rich_help_panel=FORGET_PANEL)]
+
+Steps = Annotated[int, typer.Option(help="DDIM/DDPM sampler steps.", rich_help_panel=SAMPLE_PANEL)]
+Sampler = Annotated[str, typer.Option(help="ddim (deterministic) or ddpm (ancestral).", rich_help_panel=SAMPLE_PANEL)]
+Guidance = Annotated[float, typer.Option(help="Classifier-free guidance scale (1 = none; conditional models).", rich_help_panel=SAMPLE_PANEL)]
+SampleBatch = Annotated[int, typer.Option("--sample-batch-size", help="Images per UNet call when sampling.", rich_help_panel=SAMPLE_PANEL)]
+
+
+def forget_spec(classes, indices, canary, images):
+    """Build a :class:`~unlearnctl.data.ForgetSpec` from the shared forget options."""
+    from unlearnctl.data import ForgetSpec
+
+    return ForgetSpec(tuple(classes or ()), tuple(indices or ()), bool(canary), images)

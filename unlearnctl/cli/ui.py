@@ -1,0 +1,71 @@
+"""Terminal output: results to stdout, progress bars to stderr, JSON for machines."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+stdout = Console(soft_wrap=True)
+stderr = Console(stderr=True)
+
+
+class ProgressBars:
+    """A progress callback (see :mod:`unlearnctl.progress`) drawing one rich bar per task on stderr.
+
+    Live figures in the event's ``info`` (loss, gradient norms, forget rate) are shown next to the bar.
+    With ``quiet`` it draws nothing.
+    """
+
+    def __init__(self, quiet: bool = False):
+        self.quiet = quiet
+        self.bars = Progress(
+            TextColumn("[bold]{task.description:<14}"), BarColumn(), MofNCompleteColumn(),
+            TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
+            console=stderr, transient=False, disable=quiet,
+        )
+        self.tasks: dict[str, Any] = {}
+
+    def __enter__(self) -> "ProgressBars":
+        self.bars.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.bars.__exit__(*exc)
+
+    def __call__(self, event) -> None:
+        if self.quiet:
+            return
+        if event.task not in self.tasks:
+            self.tasks[event.task] = self.bars.add_task(event.task, total=event.total, info="")
+        info = "  ".join(f"{k} {_fmt(v)}" for k, v in event.info.items() if k != "elapsed")
+        self.bars.update(self.tasks[event.task], completed=event.step, total=event.total, info=info)
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def note(message: str, quiet: bool = False) -> None:
+    """A status line on stderr (never mixed into results on stdout)."""
+    if not quiet:
+        stderr.print(message, highlight=False)
+
+
+def print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def key_value_table(title: str, rows: dict[str, Any]) -> Table:
+    table = Table(title=title, show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column()
+    for key, value in rows.items():
+        table.add_row(key, _fmt(value) if not isinstance(value, (dict, list)) else json.dumps(value))
+    return table

@@ -1,0 +1,384 @@
+"""Data sources, the train/held-out split, fingerprints and forget specifications (DESIGN §4).
+
+Every source becomes a :class:`DataSplit` of two :class:`ImageSet` s (``train`` = the members the model
+was trained on, ``heldout`` = non-members for the membership audit). Images are float tensors
+``N×C×H×W`` in ``[-1, 1]``; fingerprints are sha256 hashes of the ``uint8`` pixels and labels, so a
+checkpoint can prove which data it was trained on and reloading that data can be checked.
+
+Sources (``spec`` strings):
+
+* ``digits`` — scikit-learn's ``load_digits`` (1,797 real 8×8 digits, 10 classes), embedded, offline.
+* ``digits+canary`` — the digits plus ``K`` copies (default 2% of the train split) of one out-of-distribution
+  8×8 "T-shirt" drawn by :func:`canary_image`, labelled ``canary``; the SISS memorisation scenario.
+* ``folder:PATH`` — an ImageFolder tree (one sub-folder per class) or a flat folder of images.
+* ``npz:PATH`` — an ``.npz`` with ``images`` (uint8 ``N×H×W`` or ``N×H×W×C``) and optional ``labels``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from unlearnctl.errors import BadInputError, require
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+CANARY_CLASS = "canary"
+DEFAULT_HELDOUT_FRACTION = 0.2
+DEFAULT_CANARY_SHARE = 0.02
+
+
+@dataclass
+class ImageSet:
+    """Images (``N×C×H×W`` float in [-1, 1]) with optional integer labels."""
+
+    images: torch.Tensor
+    labels: torch.Tensor | None
+    class_names: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def subset(self, index: torch.Tensor) -> "ImageSet":
+        labels = self.labels[index] if self.labels is not None else None
+        return ImageSet(self.images[index], labels, self.class_names)
+
+    @property
+    def fingerprint(self) -> str:
+        return fingerprint(self.images, self.labels)
+
+
+@dataclass
+class DataSplit:
+    """The training set (members) and held-out set (non-members) of one data source."""
+
+    train: ImageSet
+    heldout: ImageSet
+    description: dict[str, Any]
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.train.class_names
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """``[-1, 1]`` floats to the ``uint8`` pixels they came from (the unit of fingerprints and files)."""
+    return ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu().numpy()
+
+
+def from_uint8(pixels: np.ndarray) -> torch.Tensor:
+    """``uint8`` ``N×H×W×C`` to float ``N×C×H×W`` in ``[-1, 1]``."""
+    return torch.from_numpy(np.ascontiguousarray(pixels)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+
+
+def fingerprint(images: torch.Tensor, labels: torch.Tensor | None) -> str:
+    digest = hashlib.sha256()
+    pixels = to_uint8(images)
+    digest.update(str(pixels.shape).encode())
+    digest.update(pixels.tobytes())
+    if labels is not None:
+        digest.update(labels.to(torch.int64).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------------------------- sources
+
+
+def canary_image() -> np.ndarray:
+    """An 8×8 T-shirt silhouette (uint8, 8×8): far from every digit, like SISS's Fashion-MNIST T-shirt."""
+    shirt = [
+        "##....##",
+        "###..###",
+        "########",
+        ".######.",
+        "..####..",
+        "..####..",
+        "..####..",
+        "..####..",
+    ]
+    return np.array([[255 if c == "#" else 0 for c in row] for row in shirt], dtype=np.uint8)
+
+
+def _digits_pixels() -> tuple[np.ndarray, np.ndarray]:
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    pixels = np.round(digits.images * 255.0 / 16.0).astype(np.uint8)[..., None]  # N×8×8×1
+    return pixels, digits.target.astype(np.int64)
+
+
+def _load_folder(path: Path) -> tuple[list[np.ndarray], np.ndarray | None, list[str]]:
+    from PIL import Image, UnidentifiedImageError
+
+    require(path.is_dir(), f"image folder {path} does not exist")
+    class_dirs = sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
+    groups = [(d.name, sorted(f for f in d.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)) for d in class_dirs]
+    groups = [(name, files) for name, files in groups if files]
+    flat = sorted(f for f in path.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+    if not groups:
+        groups = [("", flat)]
+    require(sum(len(files) for _, files in groups) > 0, f"image folder {path} contains no images ({', '.join(IMAGE_SUFFIXES)})")
+    images, labels = [], []
+    for label, (_, files) in enumerate(groups):
+        for file in files:
+            try:
+                with Image.open(file) as img:
+                    images.append(np.asarray(img.convert("RGB" if img.mode not in ("L", "1", "I", "I;16") else "L")))
+            except (UnidentifiedImageError, OSError):
+                raise BadInputError(f"cannot read image {file}; remove it or convert it to PNG") from None
+            labels.append(label)
+    names = [name for name, _ in groups]
+    has_labels = names != [""]
+    return images, (np.array(labels, dtype=np.int64) if has_labels else None), (names if has_labels else [])
+
+
+def _load_npz(path: Path) -> tuple[list[np.ndarray], np.ndarray | None, list[str]]:
+    require(path.is_file(), f"npz file {path} does not exist")
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except Exception:
+        raise BadInputError(f"{path} is not a readable .npz file") from None
+    require("images" in archive.files, f"{path} has no 'images' array (found: {', '.join(archive.files) or 'nothing'})")
+    try:
+        images = archive["images"]
+        labels = archive["labels"] if "labels" in archive.files else None
+    except ValueError:
+        raise BadInputError(f"{path} stores object arrays, which are refused (they need pickle)") from None
+    require(images.dtype == np.uint8, f"{path}: 'images' must be uint8, got {images.dtype}")
+    require(images.ndim in (3, 4) and len(images) > 0, f"{path}: 'images' must be N×H×W or N×H×W×C with N > 0, got shape {images.shape}")
+    if labels is not None:
+        require(labels.shape == (len(images),) and np.issubdtype(labels.dtype, np.integer) and labels.min() >= 0,
+                f"{path}: 'labels' must be {len(images)} non-negative integers")
+        labels = labels.astype(np.int64)
+    names = [str(int(c)) for c in range(int(labels.max()) + 1)] if labels is not None else []
+    return list(images), labels, names
+
+
+def _normalise(images: list[np.ndarray], resolution: int | None, channels: int | None, origin: str) -> np.ndarray:
+    """Bring images to one ``N×H×W×C`` uint8 array; resize only when a resolution was asked for."""
+    from PIL import Image
+
+    shapes = {img.shape[:2] for img in images}
+    if resolution is None:
+        require(len(shapes) == 1, f"{origin}: images have different sizes {sorted(shapes)[:3]}; pass --resolution to resize")
+        (height, width), = shapes
+        require(height == width, f"{origin}: images must be square, got {height}×{width}; pass --resolution to resize")
+    out = []
+    for img in images:
+        img = img if img.ndim == 3 else img[..., None]
+        if img.shape[2] == 4:
+            img = img[..., :3]
+        want = channels or img.shape[2]
+        require(want in (1, 3), f"{origin}: channels must be 1 or 3, got {want}")
+        if img.shape[2] != want:
+            img = img.mean(axis=2, keepdims=True).round().astype(np.uint8) if want == 1 else np.repeat(img, 3, axis=2)
+        if resolution is not None and img.shape[:2] != (resolution, resolution):
+            mode = "L" if want == 1 else "RGB"
+            img = np.asarray(Image.fromarray(img.squeeze(-1) if want == 1 else img, mode).resize((resolution, resolution), Image.BILINEAR))
+            img = img if img.ndim == 3 else img[..., None]
+        out.append(img)
+    channel_counts = {img.shape[2] for img in out}
+    require(len(channel_counts) == 1, f"{origin}: images mix grey and colour; pass --channels 1 or 3")
+    return np.stack(out)
+
+
+def _split(num: int, heldout_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    order = np.random.default_rng(seed).permutation(num)
+    num_heldout = int(round(num * heldout_fraction))
+    return np.sort(order[num_heldout:]), np.sort(order[:num_heldout])
+
+
+def load_data(
+    spec: str = "digits",
+    *,
+    resolution: int | None = None,
+    channels: int | None = None,
+    split_seed: int = 0,
+    heldout_fraction: float = DEFAULT_HELDOUT_FRACTION,
+    canary_copies: int | None = None,
+) -> DataSplit:
+    """Load a data source and split it deterministically into train (members) and held-out (non-members).
+
+    Args:
+        spec: ``digits``, ``digits+canary``, ``folder:PATH`` or ``npz:PATH``.
+        resolution: resize images to ``resolution×resolution`` (default: keep the source size).
+        channels: 1 (grey) or 3 (RGB) (default: keep the source channels).
+        split_seed: seed of the train/held-out permutation.
+        heldout_fraction: share of images held out as non-members.
+        canary_copies: for ``digits+canary``, copies of the canary added to the train split
+            (default: 2% of the train split).
+    """
+    require(0.0 < heldout_fraction < 1.0, f"held-out fraction must be in (0, 1), got {heldout_fraction}")
+    require(resolution is None or 4 <= resolution <= 512, f"resolution must be between 4 and 512, got {resolution}")
+    require(channels in (None, 1, 3), f"channels must be 1 or 3, got {channels}")
+    kind, _, arg = spec.partition(":")
+    if kind in ("digits", "digits+canary"):
+        require(not arg, f"data spec {spec!r} takes no argument")
+        pixels, labels = _digits_pixels()
+        names = [str(i) for i in range(10)]
+        origin = "digits"
+    elif kind in ("folder", "npz"):
+        require(bool(arg), f"data spec {spec!r} needs a path, e.g. {kind}:PATH")
+        raw, labels, names = (_load_folder if kind == "folder" else _load_npz)(Path(arg))
+        pixels, origin = None, arg
+    else:
+        raise BadInputError(f"unknown data source {spec!r}; use digits, digits+canary, folder:PATH or npz:PATH")
+    pixels = _normalise(list(pixels) if pixels is not None else raw, resolution, channels, origin)
+    require(len(pixels) >= 4, f"{origin}: need at least 4 images, found {len(pixels)}")
+    train_idx, heldout_idx = _split(len(pixels), heldout_fraction, split_seed)
+    train_pixels, train_labels = pixels[train_idx], None if labels is None else labels[train_idx]
+    description: dict[str, Any] = {"source": spec, "split_seed": split_seed, "heldout_fraction": heldout_fraction}
+    if kind == "digits+canary":
+        copies = int(round(DEFAULT_CANARY_SHARE * len(train_idx))) if canary_copies is None else canary_copies
+        require(copies >= 1, f"canary copies must be at least 1, got {copies}")
+        canary = _normalise([canary_image()], resolution, channels, "canary")
+        train_pixels = np.concatenate([train_pixels, np.repeat(canary, copies, axis=0)])
+        train_labels = np.concatenate([train_labels, np.full(copies, len(names), dtype=np.int64)])
+        names = [*names, CANARY_CLASS]
+        description["canary_copies"] = copies
+    to_labels = (lambda a: torch.from_numpy(a)) if labels is not None else (lambda a: None)
+    train = ImageSet(from_uint8(train_pixels), to_labels(train_labels), names)
+    heldout = ImageSet(from_uint8(pixels[heldout_idx]), None if labels is None else to_labels(labels[heldout_idx]), names)
+    description.update(
+        resolution=int(pixels.shape[1]), channels=int(pixels.shape[3]), class_names=names,
+        num_train=len(train), num_heldout=len(heldout),
+        fingerprint=train.fingerprint, heldout_fingerprint=heldout.fingerprint,
+        requested_resolution=resolution, requested_channels=channels,
+    )
+    return DataSplit(train, heldout, description)
+
+
+def load_recorded_data(description: dict[str, Any]) -> DataSplit:
+    """Reload the data a checkpoint was trained on and check it still has the recorded fingerprint."""
+    require("source" in description, "the checkpoint records no data source; pass --data")
+    split = load_data(
+        description["source"],
+        resolution=description.get("requested_resolution"),
+        channels=description.get("requested_channels"),
+        split_seed=description.get("split_seed", 0),
+        heldout_fraction=description.get("heldout_fraction", DEFAULT_HELDOUT_FRACTION),
+        canary_copies=description.get("canary_copies"),
+    )
+    recorded = description.get("fingerprint")
+    require(recorded is None or recorded == split.description["fingerprint"],
+            f"data {description['source']!r} changed since the model was trained "
+            f"(fingerprint {split.description['fingerprint']} != recorded {recorded}); pass --data to use it anyway")
+    return split
+
+
+def check_compatible(data: dict[str, Any], unet_config: dict[str, Any], conditional: bool) -> None:
+    """Refuse a model/data pairing whose resolution, channels or classes do not match."""
+    require(data["resolution"] == unet_config["sample_size"],
+            f"data resolution {data['resolution']} does not match the model's {unet_config['sample_size']}; pass --resolution {unet_config['sample_size']}")
+    require(data["channels"] == unet_config["in_channels"],
+            f"data has {data['channels']} channels, the model {unet_config['in_channels']}; pass --channels {unet_config['in_channels']}")
+    if conditional:
+        require(len(data["class_names"]) + 1 == unet_config["num_class_embeds"],
+                f"data has {len(data['class_names'])} classes, the model {unet_config['num_class_embeds'] - 1}")
+
+
+# --------------------------------------------------------------------------------------------- forget sets
+
+
+@dataclass(frozen=True)
+class ForgetSpec:
+    """What to forget: classes, training-set indices, the canary, and/or images from a file.
+
+    Classes may be given by index or by name (``"8"``, ``"canary"``).
+    """
+
+    classes: tuple[str, ...] = ()
+    indices: tuple[int, ...] = ()
+    canary: bool = False
+    images: str | None = None
+
+    @property
+    def empty(self) -> bool:
+        return not (self.classes or self.indices or self.canary or self.images)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"classes": list(self.classes), "indices": list(self.indices), "canary": self.canary, "images": self.images}
+
+    @classmethod
+    def from_dict(cls, spec: dict[str, Any]) -> "ForgetSpec":
+        return cls(tuple(spec.get("classes", ())), tuple(spec.get("indices", ())), bool(spec.get("canary")), spec.get("images"))
+
+
+@dataclass
+class ForgetSet:
+    """A resolved forget specification.
+
+    Attributes:
+        mode: ``"class"`` (forget whole classes) or ``"data"`` (forget specific images).
+        train_mask: bool mask over the train split: True = to forget.
+        forget: the images to forget (members from the train split plus any given from a file).
+        retain: the rest of the train split.
+        class_ids: forgotten class indices (class mode; for the canary, its label).
+        spec: the specification it was resolved from.
+    """
+
+    mode: str
+    train_mask: torch.Tensor
+    forget: ImageSet
+    retain: ImageSet
+    class_ids: list[int]
+    spec: ForgetSpec
+
+    @property
+    def fingerprint(self) -> str:
+        return self.forget.fingerprint
+
+    def describe(self) -> dict[str, Any]:
+        return {"mode": self.mode, "spec": self.spec.to_dict(), "class_ids": self.class_ids,
+                "num_forget": len(self.forget), "num_retain": len(self.retain), "fingerprint": self.fingerprint}
+
+
+def class_index(name: str, class_names: Sequence[str]) -> int:
+    if name in class_names:
+        return list(class_names).index(name)
+    if name.isdigit() and int(name) < len(class_names):
+        return int(name)
+    raise BadInputError(f"class {name!r} is not in the data; classes are: {', '.join(class_names) or 'none (unlabelled data)'}")
+
+
+def resolve_forget(spec: ForgetSpec, split: DataSplit) -> ForgetSet:
+    """Turn a :class:`ForgetSpec` into concrete forget and retain sets of ``split.train``."""
+    require(not spec.empty, "the forget set is empty; give --forget-class, --forget-index, --forget-canary or --forget-images")
+    train = split.train
+    mask = torch.zeros(len(train), dtype=torch.bool)
+    class_ids = [class_index(str(c), train.class_names) for c in spec.classes]
+    if spec.canary:
+        require(CANARY_CLASS in train.class_names, "the data has no canary; train on --data digits+canary")
+        class_ids.append(train.class_names.index(CANARY_CLASS))
+    class_ids = sorted(set(class_ids))
+    if class_ids:
+        require(train.labels is not None, "forgetting a class needs labelled data")
+        mask |= torch.isin(train.labels, torch.tensor(class_ids))
+        require(bool(mask.any()), f"no training images have class {', '.join(train.class_names[c] for c in class_ids)}")
+    for index in spec.indices:
+        require(0 <= index < len(train), f"forget index {index} is outside the training set (0..{len(train) - 1})")
+        mask[index] = True
+    forget = train.subset(mask)
+    if spec.images:
+        forget = _append_forget_images(forget, spec.images, split.description)
+    require(len(forget) > 0, "the forget set is empty")
+    require(not bool(mask.all()), "the forget set is the whole training set; nothing would be retained — retrain from scratch instead")
+    mode = "class" if spec.classes and not (spec.indices or spec.images or spec.canary) else "data"
+    return ForgetSet(mode, mask, forget, train.subset(~mask), class_ids, spec)
+
+
+def _append_forget_images(forget: ImageSet, path: str, description: dict[str, Any]) -> ImageSet:
+    source = f"npz:{path}" if path.endswith(".npz") else f"folder:{path}"
+    raw, _, _ = (_load_npz if source.startswith("npz:") else _load_folder)(Path(path))
+    res, ch = description["resolution"], description["channels"]
+    shapes = {img.shape[:2] for img in raw}
+    require(shapes == {(res, res)}, f"forget images in {path} are {sorted(shapes)[0][0]}×{sorted(shapes)[0][1]}, the data {res}×{res}; resize them first")
+    images = from_uint8(_normalise(raw, None, ch, path))
+    labels = forget.labels
+    if labels is not None:
+        labels = torch.cat([labels, torch.full((len(images),), -1, dtype=torch.long)])  # -1: unknown class
+    return ImageSet(torch.cat([forget.images, images]), labels, forget.class_names)

@@ -1,0 +1,99 @@
+"""Generate images from a checkpoint and write them as a PNG grid, an ``.npz`` or a PNG folder."""
+
+from __future__ import annotations
+
+import io
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from unlearnctl.checkpoint import Checkpoint, atomic_write_bytes
+from unlearnctl.data import class_index, to_uint8
+from unlearnctl.diffusion import balanced_labels, sample_images
+from unlearnctl.errors import require
+from unlearnctl.progress import ProgressFn
+from unlearnctl.training import resolve_device
+
+
+def generate(
+    checkpoint: Checkpoint,
+    *,
+    classes: list[str] | None = None,
+    per_class: int = 10,
+    num_images: int = 100,
+    steps: int = 50,
+    sampler: str = "ddim",
+    guidance: float = 1.0,
+    seed: int = 0,
+    batch_size: int = 500,
+    device: str = "auto",
+    progress: ProgressFn = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Sample from ``checkpoint``: ``per_class`` images for each of ``classes`` (default all) when the
+    model is class-conditional, else ``num_images`` unconditional images. Returns ``(images, labels)``."""
+    unet = checkpoint.build_unet(resolve_device(device)).eval()
+    labels = None
+    if checkpoint.conditional:
+        names = checkpoint.data["class_names"]
+        ids = [class_index(str(c), names) for c in classes] if classes else list(range(len(names)))
+        require(per_class >= 1, f"images per class must be at least 1, got {per_class}")
+        labels = balanced_labels(ids, per_class)
+    else:
+        require(not classes, "this model is unconditional; --class needs a class-conditional model")
+    images = sample_images(
+        unet, checkpoint.scheduler_config, num_images=None if labels is not None else num_images, labels=labels,
+        null_class=checkpoint.null_class, steps=steps, sampler=sampler, guidance=guidance, seed=seed,
+        batch_size=batch_size, progress=progress,
+    )
+    return images, labels
+
+
+def grid_png(images: torch.Tensor, nrow: int | None = None, scale: int | None = None, pad: int = 1) -> bytes:
+    """A PNG grid of ``[N, C, H, W]`` images in ``[-1, 1]``; small images are enlarged (nearest)."""
+    from PIL import Image
+
+    pixels = to_uint8(images).transpose(0, 2, 3, 1)  # N×H×W×C
+    n, h, w, c = pixels.shape
+    nrow = nrow or max(1, math.ceil(math.sqrt(n)))
+    rows = math.ceil(n / nrow)
+    canvas = np.full((rows * (h + pad) + pad, nrow * (w + pad) + pad, c), 128, dtype=np.uint8)
+    for i in range(n):
+        r, col = divmod(i, nrow)
+        canvas[pad + r * (h + pad): pad + r * (h + pad) + h, pad + col * (w + pad): pad + col * (w + pad) + w] = pixels[i]
+    scale = scale or max(1, 64 // h)
+    image = Image.fromarray(canvas.squeeze(-1) if c == 1 else canvas)
+    image = image.resize((image.width * scale, image.height * scale), Image.NEAREST)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def save_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None) -> Path:
+    atomic_write_bytes(path, grid_png(images, nrow))
+    return Path(path)
+
+
+def save_npz(images: torch.Tensor, labels: torch.Tensor | None, path: str | Path) -> Path:
+    """``images`` as uint8 ``N×H×W×C`` (the same layout ``npz:PATH`` data reads) plus ``labels``."""
+    buffer = io.BytesIO()
+    arrays = {"images": to_uint8(images).transpose(0, 2, 3, 1)}
+    if labels is not None:
+        arrays["labels"] = labels.numpy()
+    np.savez_compressed(buffer, **arrays)
+    atomic_write_bytes(path, buffer.getvalue())
+    return Path(path)
+
+
+def save_png_folder(images: torch.Tensor, labels: torch.Tensor | None, folder: str | Path, class_names: list[str] | None = None) -> Path:
+    """One PNG per image; class sub-folders when labels are given (readable back as ``folder:PATH``)."""
+    from PIL import Image
+
+    folder = Path(folder)
+    pixels = to_uint8(images).transpose(0, 2, 3, 1)
+    for i, pixel in enumerate(pixels):
+        sub = folder if labels is None else folder / (class_names[int(labels[i])] if class_names else str(int(labels[i])))
+        sub.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(pixel.squeeze(-1) if pixel.shape[-1] == 1 else pixel).save(sub / f"{i:06d}.png")
+    return folder

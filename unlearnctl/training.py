@@ -1,0 +1,211 @@
+"""Denoising training: the loop behind ``train``, ``retrain`` and the DiMRA relearning attack.
+
+DDPM ε-prediction on random timesteps; AdamW with linear warm-up then cosine (or constant) learning rate;
+EMA of the weights; for class-conditional models a share of labels is replaced by the null class so the
+model also learns the unconditional branch used by classifier-free guidance.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any, Callable
+
+import torch
+
+from unlearnctl.data import ImageSet
+from unlearnctl.diffusion import NoiseSchedule, denoising_loss
+from unlearnctl.errors import RuntimeFailure, require
+from unlearnctl.progress import ProgressFn, report
+
+if TYPE_CHECKING:
+    from unlearnctl.checkpoint import Checkpoint
+    from unlearnctl.data import DataSplit, ForgetSpec
+
+
+@dataclass
+class TrainConfig:
+    """Recipe of a denoising training run; recorded in the lineage so ``retrain`` can repeat it."""
+
+    steps: int = 3000  # optimizer steps
+    batch_size: int = 128  # images per step
+    lr: float = 1e-3  # AdamW peak learning rate
+    lr_schedule: str = "cosine"  # "cosine" (to 10% of peak) or "constant", both after warm-up
+    warmup_steps: int = 100  # linear warm-up steps
+    weight_decay: float = 0.0  # AdamW weight decay
+    ema_decay: float = 0.999  # EMA of weights (0 = off, save raw weights)
+    label_dropout: float = 0.1  # conditional: share of labels replaced by the null class
+    grad_clip: float = 1.0  # total gradient-norm clip
+    seed: int = 0  # seeds batches, timesteps and noise
+
+    def __post_init__(self):
+        require(self.steps >= 1, f"steps must be at least 1, got {self.steps}")
+        require(self.batch_size >= 1, f"batch size must be at least 1, got {self.batch_size}")
+        require(0 < self.lr <= 1, f"learning rate must be in (0, 1], got {self.lr}")
+        require(self.lr_schedule in ("cosine", "constant"), f"lr schedule must be cosine or constant, got {self.lr_schedule!r}")
+        require(self.warmup_steps >= 0, f"warm-up steps must be >= 0, got {self.warmup_steps}")
+        require(0 <= self.ema_decay < 1, f"EMA decay must be in [0, 1), got {self.ema_decay}")
+        require(0 <= self.label_dropout < 1, f"label dropout must be in [0, 1), got {self.label_dropout}")
+        require(self.grad_clip > 0, f"gradient clip must be > 0, got {self.grad_clip}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def lr_factor(step: int, config: TrainConfig) -> float:
+    if step < config.warmup_steps:
+        return (step + 1) / config.warmup_steps
+    if config.lr_schedule == "constant":
+        return 1.0
+    progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
+    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+class EMA:
+    """Exponential moving average of parameters with the usual warm-up ``min(decay, (1+n)/(10+n))``."""
+
+    def __init__(self, module: torch.nn.Module, decay: float):
+        self.decay = decay
+        self.shadow = {k: v.detach().clone() for k, v in module.state_dict().items()}
+        self.updates = 0
+
+    @torch.no_grad()
+    def update(self, module: torch.nn.Module) -> None:
+        self.updates += 1
+        decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        for name, value in module.state_dict().items():
+            if value.dtype.is_floating_point:
+                self.shadow[name].lerp_(value.detach(), 1 - decay)
+            else:
+                self.shadow[name].copy_(value)
+
+
+class BatchSampler:
+    """Endless random mini-batches (with replacement) from an :class:`ImageSet`, seeded."""
+
+    def __init__(self, data: ImageSet, batch_size: int, generator: torch.Generator):
+        require(len(data) > 0, "cannot draw batches from an empty image set")
+        self.data, self.batch_size, self.generator = data, batch_size, generator
+
+    def next(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        index = torch.randint(0, len(self.data), (self.batch_size,), generator=self.generator)
+        labels = None if self.data.labels is None else self.data.labels[index]
+        return self.data.images[index], labels
+
+
+def drop_labels(labels: torch.Tensor, null_class: int, share: float, generator: torch.Generator) -> torch.Tensor:
+    """Replace a random ``share`` of labels by the null class (classifier-free guidance training)."""
+    keep = torch.rand(labels.shape, generator=generator) >= share
+    return torch.where(keep, labels, torch.full_like(labels, null_class))
+
+
+def check_finite(loss: torch.Tensor, step: int) -> None:
+    if not torch.isfinite(loss):
+        raise RuntimeFailure(f"loss became {loss.item()} at step {step}; lower --lr (no output was written)")
+
+
+def fit_denoiser(
+    unet: torch.nn.Module,
+    schedule: NoiseSchedule,
+    data: ImageSet,
+    config: TrainConfig,
+    *,
+    null_class: int | None = None,
+    progress: ProgressFn = None,
+    task: str = "train",
+    on_step: Callable[[int, torch.nn.Module], None] | None = None,
+) -> dict[str, torch.Tensor]:
+    """Train ``unet`` in place on ``data`` with the DDPM loss; returns the weights to save (EMA if on).
+
+    Args:
+        null_class: for class-conditional models, the null class index; ``None`` trains unconditionally.
+        on_step: called as ``on_step(step, unet)`` after each optimizer step (probes, curves).
+    """
+    require(null_class is None or data.labels is not None, "a class-conditional model needs labelled data")
+    generator = torch.Generator().manual_seed(config.seed)
+    batches = BatchSampler(data, config.batch_size, generator)
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, config))
+    ema = EMA(unet, config.ema_decay) if config.ema_decay > 0 else None
+    device = next(unet.parameters()).device
+    unet.train()
+    started = time.perf_counter()
+    for step in range(config.steps):
+        x, labels = batches.next()
+        if null_class is not None:
+            labels = drop_labels(labels, null_class, config.label_dropout, generator)
+        else:
+            labels = None
+        loss = denoising_loss(unet, schedule, x.to(device), labels, generator).mean()
+        check_finite(loss, step)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(unet.parameters(), config.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        if ema is not None:
+            ema.update(unet)
+        if on_step is not None:
+            on_step(step + 1, unet)
+        report(progress, task, step + 1, config.steps, loss=loss.item(), grad_norm=float(grad_norm),
+               elapsed=time.perf_counter() - started)
+    unet.eval()
+    if ema is not None:
+        unet.load_state_dict(ema.shadow)
+    return {k: v.detach().cpu().clone() for k, v in unet.state_dict().items()}
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """``auto`` picks CUDA when present, else CPU; anything else must be a valid torch device."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError:
+        raise RuntimeFailure(f"unknown device {device!r}") from None
+    require(resolved.type != "cuda" or torch.cuda.is_available(), f"device {device!r} asked for but no CUDA GPU is available; use --device cpu")
+    return resolved
+
+
+def train_model(
+    data: "DataSplit",
+    *,
+    conditional: bool,
+    preset: str = "small",
+    unet_overrides: dict[str, Any] | None = None,
+    config: TrainConfig | None = None,
+    exclude: "ForgetSpec | None" = None,
+    device: str = "auto",
+    progress: ProgressFn = None,
+    command: str = "train",
+) -> "Checkpoint":
+    """Train a new ``UNet2DModel`` from scratch on ``data.train`` (minus ``exclude``, if given).
+
+    ``exclude`` makes the model an exact-unlearning reference: trained on the retain set only.
+    Returns an unsaved :class:`~unlearnctl.checkpoint.Checkpoint` whose lineage records the recipe.
+    """
+    from unlearnctl.checkpoint import Checkpoint, build_unet, default_scheduler, lineage_entry, plain_config
+    from unlearnctl.data import resolve_forget
+    from unlearnctl.models import unet_config
+
+    config = config or TrainConfig()
+    train_set, forget_info = data.train, None
+    if exclude is not None and not exclude.empty:
+        forget = resolve_forget(exclude, data)
+        train_set, forget_info = forget.retain, forget.describe()
+    require(not conditional or train_set.labels is not None, "--conditional needs labelled data (class sub-folders or npz labels)")
+    desc = data.description
+    num_classes = len(desc["class_names"]) if conditional else None
+    cfg = unet_config(preset, resolution=desc["resolution"], channels=desc["channels"], num_classes=num_classes, overrides=unet_overrides)
+    scheduler_config = plain_config(default_scheduler().config)
+    torch.manual_seed(config.seed)
+    unet = build_unet(cfg).to(resolve_device(device))
+    started = time.perf_counter()
+    weights = fit_denoiser(unet, NoiseSchedule(scheduler_config), train_set, config,
+                           null_class=cfg["num_class_embeds"] - 1 if conditional else None, progress=progress, task=command)
+    params = {"preset": preset, "conditional": conditional, "unet_overrides": unet_overrides or {}, "train": config.to_dict(),
+              "num_train_images": len(train_set)}
+    entry = lineage_entry(command, params, config.seed, time.perf_counter() - started,
+                          data_fingerprint=train_set.fingerprint, forget=forget_info)
+    return Checkpoint(weights, cfg, scheduler_config, desc, [entry])
