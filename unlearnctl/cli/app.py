@@ -74,4 +74,4 @@ def main() -> None:
 
 
 # Command modules register themselves on ``app``; imported last so ``app`` exists.
-from unlearnctl.cli import core_cmds  # noqa: E402,F401
+from unlearnctl.cli import attack_cmds, compare_cmds, core_cmds, evaluate_cmds, unlearn_cmds  # noqa: E402,F401

@@ -1,0 +1,116 @@
+"""Shared fixtures: tiny data built here and tiny models trained once per session.
+
+``shapes`` is a toy 8×8 data set of four easy classes (bar, column, box, cross) with jitter, so a tiny
+UNet learns it in seconds and a nearest-centroid classifier recognises it perfectly — small enough
+for 2 CPU cores, real enough that forgetting and relearning can be measured.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+SHAPE_NAMES = ("bar", "column", "box", "cross")
+
+
+def shape_image(kind: int, rng: np.random.Generator) -> np.ndarray:
+    img = np.zeros((8, 8), dtype=np.float64)
+    shift = rng.integers(-1, 2)
+    if kind == 0:
+        img[3 + shift: 5 + shift, 1:7] = 1
+    elif kind == 1:
+        img[1:7, 3 + shift: 5 + shift] = 1
+    elif kind == 2:
+        img[1:7, 1:7] = 1
+        img[2 + (shift > 0): 6 - (shift < 0), 2 + (shift > 0): 6 - (shift < 0)] = 0
+    else:
+        for i in range(8):
+            img[i, i] = img[i, 7 - i] = 1
+    img *= rng.uniform(0.7, 1.0)
+    return np.clip(img + rng.normal(0, 0.03, img.shape), 0, 1)
+
+
+def make_shapes(per_class: int = 60, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    images, labels = [], []
+    for kind in range(len(SHAPE_NAMES)):
+        for _ in range(per_class):
+            images.append(shape_image(kind, rng))
+            labels.append(kind)
+    return (np.stack(images) * 255).round().astype(np.uint8), np.array(labels, dtype=np.int64)
+
+
+@pytest.fixture(scope="session")
+def shapes_npz(tmp_path_factory) -> Path:
+    """An ``.npz`` data set (240 images, 4 classes) usable as ``npz:PATH``."""
+    path = tmp_path_factory.mktemp("data") / "shapes.npz"
+    images, labels = make_shapes()
+    np.savez(path, images=images, labels=labels)
+    return path
+
+
+@pytest.fixture(scope="session")
+def shapes_split(shapes_npz):
+    from unlearnctl.data import load_data
+
+    return load_data(f"npz:{shapes_npz}")
+
+
+@pytest.fixture(scope="session")
+def tiny_conditional(shapes_split, tmp_path_factory):
+    """A tiny class-conditional model trained on ``shapes`` (saved; ``.path`` is set)."""
+    from unlearnctl.checkpoint import save_checkpoint
+    from unlearnctl.training import TrainConfig, train_model
+
+    config = TrainConfig(steps=400, batch_size=64, lr=2e-3, warmup_steps=20, seed=0)
+    checkpoint = train_model(shapes_split, conditional=True, preset="tiny", config=config, device="cpu")
+    save_checkpoint(checkpoint, tmp_path_factory.mktemp("models") / "tiny-conditional.safetensors")
+    return checkpoint
+
+
+@pytest.fixture(scope="session")
+def tiny_unconditional(shapes_split, tmp_path_factory):
+    """A tiny unconditional model trained on ``shapes`` (saved; ``.path`` is set)."""
+    from unlearnctl.checkpoint import save_checkpoint
+    from unlearnctl.training import TrainConfig, train_model
+
+    config = TrainConfig(steps=400, batch_size=64, lr=2e-3, warmup_steps=20, seed=0)
+    checkpoint = train_model(shapes_split, conditional=False, preset="tiny", config=config, device="cpu")
+    save_checkpoint(checkpoint, tmp_path_factory.mktemp("models") / "tiny-unconditional.safetensors")
+    return checkpoint
+
+
+def nearest_centroid_labels(images: torch.Tensor, split) -> torch.Tensor:
+    """Classify images by the nearest class mean of the training split (perfect on clean shapes)."""
+    train = split.train
+    centroids = torch.stack([train.images[train.labels == c].mean(0) for c in range(len(train.class_names))])
+    distances = torch.cdist(images.flatten(1), centroids.flatten(1))
+    return distances.argmin(dim=1)
+
+
+class CliResult:
+    def __init__(self, code: int, out: str, err: str):
+        self.code, self.out, self.err = code, out, err
+
+    def __repr__(self) -> str:
+        return f"CliResult(code={self.code}, out={self.out[-300:]!r}, err={self.err[-300:]!r})"
+
+
+@pytest.fixture
+def cli(capsys):
+    """Run the CLI in-process: ``cli("train", "--out", p)`` returns ``.code``, ``.out``, ``.err``."""
+    from unlearnctl.cli.app import run
+
+    def invoke(*args) -> CliResult:
+        capsys.readouterr()
+        code = run([str(a) for a in args])
+        captured = capsys.readouterr()
+        return CliResult(code, captured.out, captured.err)
+
+    return invoke

@@ -1,0 +1,111 @@
+"""Forget rate and retain accuracy (DESIGN §5).
+
+* Class forgetting: the share of samples generated for the forgotten condition (or, for an unconditional
+  model, of all samples) that the domain classifier assigns to a forgotten class.
+* Data forgetting: the share of samples whose nearest forget image lies within a calibrated pixel-L2
+  distance — half the smallest distance from any retain image to a forget image, so a sample counts only
+  if it is twice as close to a forget image as any real retained image is.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from unlearnctl.diffusion import sample_images
+from unlearnctl.errors import require
+
+if TYPE_CHECKING:
+    from unlearnctl.checkpoint import Checkpoint
+    from unlearnctl.data import ForgetSet
+    from unlearnctl.metrics.classifier import DomainClassifier
+
+THRESHOLD_FRACTION = 0.5  # threshold = this × min distance(retain image, forget image)
+
+
+def class_forget_rate(images: torch.Tensor, class_ids: list[int], classifier: "DomainClassifier") -> float:
+    """Share of ``images`` the classifier assigns to one of ``class_ids``."""
+    require(len(images) > 0, "no images to score")
+    predicted = classifier.predict(images)
+    return float(torch.isin(predicted, torch.tensor(class_ids)).float().mean())
+
+
+def retain_accuracy(images: torch.Tensor, labels: torch.Tensor, classifier: "DomainClassifier") -> float:
+    """Share of ``images`` classified as the condition they were generated for."""
+    require(len(images) > 0, "no images to score")
+    return float((classifier.predict(images) == labels).float().mean())
+
+
+def _unique(images: torch.Tensor) -> torch.Tensor:
+    return torch.unique(images.flatten(1), dim=0)
+
+
+def nearest_distance(images: torch.Tensor, references: torch.Tensor, batch_size: int = 4096) -> torch.Tensor:
+    """Pixel-L2 distance (images in [-1, 1]) from each image to its nearest reference, shape ``[N]``."""
+    references = _unique(references).float()
+    flat = images.flatten(1).float()
+    return torch.cat([torch.cdist(flat[i:i + batch_size], references).min(dim=1).values for i in range(0, len(flat), batch_size)])
+
+
+def data_forget_threshold(forget_images: torch.Tensor, retain_images: torch.Tensor) -> float:
+    """Calibrated distance: ``THRESHOLD_FRACTION`` × the smallest retain-to-forget distance."""
+    require(len(forget_images) > 0 and len(retain_images) > 0, "need forget and retain images to calibrate a distance")
+    return THRESHOLD_FRACTION * float(nearest_distance(retain_images, forget_images).min())
+
+
+def data_forget_rate(images: torch.Tensor, forget_images: torch.Tensor, threshold: float) -> float:
+    """Share of ``images`` within ``threshold`` of a forget image (memorised copies)."""
+    require(len(images) > 0, "no images to score")
+    return float((nearest_distance(images, forget_images) <= threshold).float().mean())
+
+
+def forget_conditions(checkpoint: "Checkpoint", forget_set: "ForgetSet") -> list[int] | None:
+    """The labels to sample for the forget condition; ``None`` for unconditional models."""
+    if not checkpoint.conditional:
+        return None
+    if forget_set.class_ids:
+        return forget_set.class_ids
+    labels = forget_set.forget.labels
+    known = sorted({int(c) for c in labels.tolist() if c >= 0}) if labels is not None else []
+    return known or [checkpoint.null_class]
+
+
+def measure_forgetting(
+    unet: torch.nn.Module,
+    checkpoint: "Checkpoint",
+    forget_set: "ForgetSet",
+    *,
+    classifier: "DomainClassifier | None" = None,
+    threshold: float | None = None,
+    num_samples: int = 200,
+    steps: int = 25,
+    guidance: float = 1.0,
+    seed: int = 0,
+    batch_size: int = 500,
+) -> dict[str, Any]:
+    """Sample for the forget condition and score it; used by probes, curves and evaluation.
+
+    ``unet`` may be a model under training: it is put in eval mode and its mode restored afterwards.
+    Class mode needs ``classifier``; data mode uses ``threshold`` (calibrated from the data if ``None``).
+    """
+    conditions = forget_conditions(checkpoint, forget_set)
+    labels = None
+    if conditions is not None:
+        labels = torch.tensor(conditions).repeat((num_samples + len(conditions) - 1) // len(conditions))[:num_samples]
+    was_training = unet.training
+    unet.eval()
+    try:
+        images = sample_images(unet, checkpoint.scheduler_config, num_images=None if labels is not None else num_samples,
+                               labels=labels, null_class=checkpoint.null_class, steps=steps, guidance=guidance,
+                               seed=seed, batch_size=batch_size)
+    finally:
+        unet.train(was_training)
+    if forget_set.mode == "class":
+        require(classifier is not None, "class forgetting is measured with the domain classifier; pass one")
+        return {"forget_rate": class_forget_rate(images, forget_set.class_ids, classifier), "num_samples": num_samples,
+                "mode": "class"}
+    if threshold is None:
+        threshold = data_forget_threshold(forget_set.forget.images, forget_set.retain.images)
+    return {"forget_rate": data_forget_rate(images, forget_set.forget.images, threshold), "num_samples": num_samples,
+            "mode": "data", "threshold": threshold}
