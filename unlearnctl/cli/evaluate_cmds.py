@@ -1,5 +1,208 @@
-"""Commands: evaluate and classifier — score checkpoints."""
+"""Commands: ``evaluate`` and ``classifier train`` — score checkpoints (DESIGN §5, docs/metrics.md)."""
 
 from __future__ import annotations
 
-from unlearnctl.cli.app import app  # noqa: F401
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from unlearnctl.cli import options as opt
+from unlearnctl.cli.app import app
+from unlearnctl.cli.ui import ProgressBars, key_value_table, note, stdout
+
+EVAL_PANEL = "Metrics"
+GATE_PANEL = "Gates (CI)"
+
+classifier_app = typer.Typer(help="The domain classifier behind forget rate, retain accuracy and FID features.",
+                             no_args_is_help=True)
+app.add_typer(classifier_app, name="classifier", rich_help_panel="Evaluation")
+
+
+@app.command(rich_help_panel="Evaluation")
+def evaluate(
+    model: opt.ModelIn,
+    forget_class: opt.ForgetClass = None,
+    forget_index: opt.ForgetIndex = None,
+    forget_canary: opt.ForgetCanary = False,
+    forget_images: opt.ForgetImages = None,
+    num_samples: Annotated[int, typer.Option("--num-samples", "-n", help="Images to generate (conditional models: balanced over all classes, the forgotten ones included).", rich_help_panel=opt.SAMPLE_PANEL)] = 10_000,
+    steps: opt.Steps = 50,
+    sampler: opt.Sampler = "ddim",
+    guidance: opt.Guidance = 1.0,
+    sample_batch_size: opt.SampleBatch = 1000,
+    metric: Annotated[Optional[list[str]], typer.Option("--metric", help="Metric group to run: quality, forget, retain, membership; repeatable (default: every one that applies).", rich_help_panel=EVAL_PANEL)] = None,
+    feature_extractor: Annotated[str, typer.Option(help="FID/KID/precision/recall features: domain-classifier (trained per data set, cached) or inception-v3-compat (needs --inception-weights).", rich_help_panel=EVAL_PANEL)] = "domain-classifier",
+    inception_weights: Annotated[Optional[Path], typer.Option(help="Local torch-fidelity InceptionV3 weights (.pth weights-only or .safetensors); sha256 recorded. Nothing is downloaded.", rich_help_panel=EVAL_PANEL)] = None,
+    audit_repeats: Annotated[int, typer.Option(help="Membership audit: shared-noise repeats (the AUC's spread is over these).", rich_help_panel=EVAL_PANEL)] = 4,
+    audit_timesteps: Annotated[str, typer.Option(help="Membership audit: comma-separated fixed timesteps of the denoising loss.", rich_help_panel=EVAL_PANEL)] = "25,50,100,150,200,300,400",
+    audit_confidence: Annotated[float, typer.Option(help="Confidence level of the empirical ε lower bound.", rich_help_panel=EVAL_PANEL)] = 0.95,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the results (schema: docs/metrics.md) to this .json file.", rich_help_panel=opt.OUTPUT_PANEL)] = None,
+    gate: Annotated[Optional[list[str]], typer.Option("--gate", help='Condition to hold, e.g. "forget_rate<=0.05", "fid<=12", "fid<=+10%" (with --baseline); repeatable; exit 3 if one fails.', rich_help_panel=GATE_PANEL)] = None,
+    baseline: Annotated[Optional[Path], typer.Option(help="A previous --json result that relative gates (+10%, -5%) refer to.", rich_help_panel=GATE_PANEL)] = None,
+    save_samples: Annotated[Optional[Path], typer.Option(help="Folder for the samples: retain/, forget/, real/ PNGs and samples.npz.", rich_help_panel=opt.OUTPUT_PANEL)] = None,
+    grid: Annotated[Optional[Path], typer.Option(help="PNG grid of retained conditions (a row per class); the forget condition goes to <name>-forget.png.", rich_help_panel=opt.OUTPUT_PANEL)] = None,
+    data: opt.Data = None,
+    classifier_cache: Annotated[Optional[Path], typer.Option(help="Folder of cached domain classifiers (default $UNLEARNCTL_CACHE or ~/.cache/unlearnctl).", rich_help_panel=EVAL_PANEL)] = None,
+    seed: opt.Seed = 0,
+    device: opt.Device = "auto",
+    quiet: opt.Quiet = False,
+):
+    """Score a model: FID/KID/precision/recall (torch-fidelity), forget rate, retain accuracy, membership audit.
+
+    What was forgotten comes from --forget-* or, when absent, from the model's lineage; with neither,
+    only quality is measured. Exit 3 when a --gate fails (the --json file is still written).
+    """
+    from unlearnctl.checkpoint import atomic_write_text, check_output_path, load_checkpoint
+    from unlearnctl.errors import BadInputError, GateFailed
+    from unlearnctl.metrics.evaluate import EvalConfig, run_evaluation
+    from unlearnctl.metrics.gates import check_gates, load_baseline, parse_gate
+    from unlearnctl.metrics.membership import AuditConfig
+
+    for text in gate or []:
+        parse_gate(text)  # syntax first: a typo costs nothing
+    if json_out:
+        check_output_path(json_out, suffix=".json")
+    if grid:
+        check_output_path(grid, suffix=".png")
+    if save_samples:
+        opt_folder(save_samples)
+    base = load_baseline(baseline) if baseline else None
+    try:
+        timesteps = tuple(int(t) for t in audit_timesteps.split(","))
+    except ValueError:
+        raise BadInputError(f"--audit-timesteps {audit_timesteps!r} must be comma-separated integers, e.g. 25,50,100") from None
+    config = EvalConfig(
+        num_samples=num_samples, steps=steps, sampler=sampler, guidance=guidance, seed=seed,
+        sample_batch_size=sample_batch_size, metrics=tuple(metric) if metric else None,
+        feature_extractor=feature_extractor, inception_weights=str(inception_weights) if inception_weights else None,
+        audit=AuditConfig(timesteps=timesteps, repeats=audit_repeats, confidence=audit_confidence, seed=seed),
+        classifier_cache=str(classifier_cache) if classifier_cache else None, device=device,
+    )
+    checkpoint = load_checkpoint(model)
+    split = _override_data(data, checkpoint) if data else None
+    spec = opt.forget_spec(forget_class, forget_index, forget_canary, forget_images)
+    with ProgressBars(quiet) as progress:
+        evaluation = run_evaluation(checkpoint, spec, config, progress, split=split, gates=gate, baseline=base)
+    result = evaluation.result
+    _print_result(result)
+    if json_out:
+        import json
+
+        atomic_write_text(json_out, json.dumps(result, indent=2, default=str) + "\n")
+        note(f"wrote {json_out}", quiet)
+    if save_samples:
+        evaluation.save_samples(save_samples)
+        note(f"wrote {save_samples}/", quiet)
+    if grid:
+        for path in evaluation.grids(grid):
+            note(f"wrote {path}", quiet)
+    failures = check_gates([parse_gate(text) for text in gate or []], result, base)
+    if failures:
+        raise GateFailed(failures)
+
+
+def opt_folder(path: Path) -> None:
+    from unlearnctl.errors import require
+
+    require(not path.exists() or path.is_dir(), f"--save-samples {path} exists and is not a folder")
+    parent = path.parent if str(path.parent) else Path(".")
+    require(parent.is_dir(), f"folder {parent} does not exist; create it first")
+
+
+def _override_data(data: str, checkpoint):
+    from unlearnctl.data import load_data
+
+    desc = checkpoint.data
+    return load_data(data, resolution=desc.get("resolution"), channels=desc.get("channels"),
+                     split_seed=desc.get("split_seed", 0), canary_copies=desc.get("canary_copies"))
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, float):
+        return f"{value:.4f}" if abs(value) < 1000 else f"{value:.4g}"
+    return str(value)
+
+
+def _print_result(result: dict) -> None:
+    from rich.table import Table
+
+    from unlearnctl.metrics import METRICS
+
+    prov = result["provenance"]
+    table = Table(title=f"evaluation of {prov['model']['path']}", title_justify="left")
+    table.add_column("group", style="bold")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for name, group in METRICS.items():
+        if name not in prov["metrics_run"]:
+            table.add_row(name, f"[dim]skipped: {prov['skipped'].get(name, '')}[/dim]", "")
+            continue
+        for key in group.keys:
+            table.add_row(name, key, _fmt(result.get(key)))
+    stdout.print(table)
+    extractor = prov["extractor"] or {}
+    timing = prov["timing_s"] or {}
+    summary = {
+        "samples": f"{result['num_samples']} ({result['num_retain_samples']} retained, {result['num_forget_samples']} forget condition)",
+        "sampler": f"{prov['sampler']['name']} {prov['sampler']['steps']} steps, guidance {prov['sampler']['guidance']}, seed {prov['sampler']['seed']}",
+        "extractor": f"{extractor.get('name', '—')} (sha256 {str(extractor.get('weights_sha256', ''))[:12]})" if extractor else "—",
+        "forget set": f"{prov['forget']['mode']} {prov['forget']['spec']} (from {prov['forget']['source']})" if prov["forget"] else "—",
+        "time": ", ".join(f"{k[:-2]} {v:.1f}s" for k, v in timing.items()) if timing else "—",
+    }
+    stdout.print(key_value_table("provenance", summary))
+
+
+@classifier_app.command("train")
+def classifier_train(
+    model: Annotated[Optional[Path], typer.Option("--model", "-m", help="Use the data this checkpoint was trained on.", rich_help_panel=opt.MODEL_PANEL)] = None,
+    data: opt.Data = None,
+    resolution: opt.Resolution = None,
+    channels: opt.Channels = None,
+    split_seed: opt.SplitSeed = 0,
+    canary_copies: opt.CanaryCopies = None,
+    epochs: Annotated[int, typer.Option(help="Training epochs.")] = 30,
+    force: Annotated[bool, typer.Option("--force", help="Retrain even when a cached classifier exists (replaces it).")] = False,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Also write the classifier to this .safetensors file.", rich_help_panel=opt.OUTPUT_PANEL)] = None,
+    classifier_cache: Annotated[Optional[Path], typer.Option(help="Folder of cached classifiers (default $UNLEARNCTL_CACHE or ~/.cache/unlearnctl).")] = None,
+    json_: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.", rich_help_panel=opt.OUTPUT_PANEL)] = False,
+    seed: opt.Seed = 0,
+    quiet: opt.Quiet = False,
+):
+    """Train (or show) the cached domain classifier of a data set and record its held-out accuracy."""
+    from unlearnctl.checkpoint import check_output_path, load_checkpoint
+    from unlearnctl.cli.ui import print_json
+    from unlearnctl.data import load_data, load_recorded_data
+    from unlearnctl.errors import require
+    from unlearnctl.metrics.classifier import cache_path, describe, load_classifier, save_classifier, train_classifier
+
+    require(not (model and data), "give --model or --data, not both")
+    require(epochs >= 1, f"epochs must be at least 1, got {epochs}")
+    if out:
+        check_output_path(out)
+    if model:
+        split = load_recorded_data(load_checkpoint(model).data)
+    else:
+        split = load_data(data or "digits", resolution=resolution, channels=channels, split_seed=split_seed,
+                          canary_copies=canary_copies)
+    path = cache_path(split, classifier_cache)
+    cached = path.is_file() and not force
+    if cached:
+        classifier = load_classifier(path)
+    else:
+        with ProgressBars(quiet) as progress:
+            classifier = train_classifier(split, epochs=epochs, seed=seed, progress=progress)
+        save_classifier(classifier, path)
+    if out:
+        import shutil
+
+        shutil.copyfile(path, out)
+    info = {**describe(classifier), "cached": cached, "path": str(path), "classes": classifier.class_names}
+    if out:
+        info["copy"] = str(out)
+    if json_:
+        print_json(info)
+    else:
+        stdout.print(key_value_table("domain classifier", info))

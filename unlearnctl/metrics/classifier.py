@@ -27,6 +27,7 @@ ARCH_VERSION = 1  # bump when the architecture or recipe changes: invalidates ca
 
 
 def cache_dir() -> Path:
+    """``$UNLEARNCTL_CACHE/classifiers`` (default ``~/.cache/unlearnctl/classifiers``)."""
     return Path(os.environ.get("UNLEARNCTL_CACHE", Path.home() / ".cache" / "unlearnctl")) / "classifiers"
 
 
@@ -55,7 +56,12 @@ class DomainClassifier:
     class_names: list[str]
     data_fingerprint: str
     heldout_accuracy: float
-    sha256: str | None = None
+    sha256: str | None = None  # of the saved file, once saved or loaded
+    path: Path | None = None  # the saved file (torch-fidelity's extractor loads it from here)
+
+    @property
+    def channels(self) -> int:
+        return self.net.body[0].in_channels
 
     @torch.inference_mode()
     def logits(self, images: torch.Tensor, batch_size: int = 2048) -> torch.Tensor:
@@ -126,7 +132,7 @@ def save_classifier(classifier: DomainClassifier, path: str | Path) -> Path:
     payload = save({k: v.contiguous() for k, v in classifier.net.state_dict().items()}, metadata=metadata)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(path, payload)
-    classifier.sha256 = _sha256_bytes(payload)
+    classifier.sha256, classifier.path = _sha256_bytes(payload), Path(path)
     return Path(path)
 
 
@@ -150,7 +156,7 @@ def load_classifier(path: str | Path) -> DomainClassifier:
     except Exception as exc:
         raise BadInputError(f"{path} is not a readable classifier file ({str(exc)[:100]})") from None
     return DomainClassifier(net.eval(), class_names, metadata["data_fingerprint"], float(metadata["heldout_accuracy"]),
-                            sha256=file_sha256(path))
+                            sha256=file_sha256(path), path=path)
 
 
 def _sha256_bytes(payload: bytes) -> str:
@@ -159,18 +165,27 @@ def _sha256_bytes(payload: bytes) -> str:
     return hashlib.sha256(payload).hexdigest()
 
 
-def cache_path(split: DataSplit) -> Path:
-    return cache_dir() / f"{split.description['fingerprint']}-v{ARCH_VERSION}.safetensors"
+def cache_path(split: DataSplit, folder: str | Path | None = None) -> Path:
+    return Path(folder or cache_dir()) / f"{split.description['fingerprint']}-v{ARCH_VERSION}.safetensors"
 
 
-def load_or_train_classifier(split: DataSplit, *, cache: bool = True, progress: ProgressFn = None) -> DomainClassifier:
-    """The cached classifier for this training set, training (and caching) it on first use."""
-    path = cache_path(split)
+def load_or_train_classifier(split: DataSplit, cache_dir: str | Path | None = None, progress: ProgressFn = None, *,
+                             cache: bool = True) -> DomainClassifier:
+    """The cached classifier for this training set, training (and caching) it on first use.
+
+    Args:
+        cache_dir: folder of cached classifiers (default :func:`cache_dir`).
+        cache: ``False`` always trains and writes nothing.
+    """
+    path = cache_path(split, cache_dir)
     if cache and path.is_file():
         try:
-            return load_classifier(path)
+            classifier = load_classifier(path)
+            if classifier.data_fingerprint == split.description["fingerprint"]:
+                return classifier
         except BadInputError:
-            path.unlink(missing_ok=True)  # a damaged cache entry is rebuilt, not trusted
+            pass
+        path.unlink(missing_ok=True)  # a damaged or foreign cache entry is rebuilt, not trusted
     classifier = train_classifier(split, progress=progress)
     if cache:
         try:
@@ -182,4 +197,5 @@ def load_or_train_classifier(split: DataSplit, *, cache: bool = True, progress: 
 
 def describe(classifier: DomainClassifier) -> dict[str, Any]:
     return {"kind": "domain-classifier", "arch_version": ARCH_VERSION, "data_fingerprint": classifier.data_fingerprint,
-            "heldout_accuracy": classifier.heldout_accuracy, "sha256": classifier.sha256}
+            "heldout_accuracy": classifier.heldout_accuracy, "sha256": classifier.sha256,
+            "path": str(classifier.path) if classifier.path else None}
