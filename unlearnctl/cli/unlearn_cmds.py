@@ -1,5 +1,160 @@
-"""Commands: unlearn — run an unlearning method."""
+"""Command: ``unlearn`` — run an unlearning method (choices, help and method options from the registry)."""
 
 from __future__ import annotations
 
-from unlearnctl.cli.app import app  # noqa: F401
+import functools
+import inspect
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from unlearnctl.cli import options as opt
+from unlearnctl.cli.app import app
+from unlearnctl.cli.ui import ProgressBars, note, print_json, stdout
+
+METHOD_PANEL = "Method parameters (each names the methods it applies to)"
+PROBE_PANEL = "Probing the forget rate"
+
+
+def _method_table() -> str:
+    from unlearnctl.methods import available_methods, get_method
+
+    return "; ".join(f"{name} — {get_method(name).summary}" for name in available_methods())
+
+
+def _method_options() -> dict[str, dict[str, Any]]:
+    """Every method parameter as one CLI option: ``{field name: {type, flag, help, methods}}``."""
+    from unlearnctl.methods import available_methods, get_method
+
+    merged: dict[str, dict[str, Any]] = {}
+    for name in available_methods():
+        for info in get_method(name).Config.options():
+            entry = merged.setdefault(info.name, {"type": info.type, "flag": info.flag, "helps": {}, "methods": []})
+            if entry["type"] is not info.type or entry["flag"] != info.flag:
+                raise TypeError(f"method parameter {info.name!r} has different types or flags across methods")
+            default = "automatic" if info.default is None else info.default
+            entry["helps"].setdefault((info.help, default), []).append(name)
+            entry["methods"].append(name)
+    for entry in merged.values():
+        entry["help"] = " ".join(f"{', '.join(names)}: {text} (default {default})"
+                                 for (text, default), names in entry["helps"].items())
+    return merged
+
+
+def unlearn(
+    model: opt.ModelIn,
+    out: opt.OutCheckpoint,
+    method: Annotated[str, typer.Option("--method", help="Unlearning method: " + _method_table() + ".", rich_help_panel=opt.MODEL_PANEL)],
+    forget_class: opt.ForgetClass = None,
+    forget_index: opt.ForgetIndex = None,
+    forget_canary: opt.ForgetCanary = False,
+    forget_images: opt.ForgetImages = None,
+    steps: Annotated[Optional[int], typer.Option("--steps", help="Optimizer steps (default: the method's tuned default; retrain: the base's recipe).", rich_help_panel=opt.TRAIN_PANEL)] = None,
+    lr: Annotated[Optional[float], typer.Option(help="AdamW learning rate, constant (default: the method's tuned default).", rich_help_panel=opt.TRAIN_PANEL)] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Images drawn from each of the retain and forget sets per step (default: the method's).", rich_help_panel=opt.TRAIN_PANEL)] = None,
+    grad_clip: Annotated[float, typer.Option(help="Total gradient-norm clip after the method formed its gradient.", rich_help_panel=opt.TRAIN_PANEL)] = 1.0,
+    label_dropout: Annotated[float, typer.Option(help="Conditional models: share of retain labels replaced by the null class (keeps guidance working).", rich_help_panel=opt.TRAIN_PANEL)] = 0.1,
+    probe_every: Annotated[int, typer.Option(help="Every N steps, sample a small batch and print the forget rate (0 = never).", rich_help_panel=PROBE_PANEL)] = 0,
+    until_forget_rate: Annotated[Optional[float], typer.Option(help="Stop as soon as a probe measures a forget rate <= this (probes every 10 steps unless --probe-every is given).", rich_help_panel=PROBE_PANEL)] = None,
+    probe_samples: Annotated[int, typer.Option(help="Images generated per probe.", rich_help_panel=PROBE_PANEL)] = 64,
+    probe_steps: Annotated[int, typer.Option(help="DDIM steps per probe image.", rich_help_panel=PROBE_PANEL)] = 25,
+    data: opt.Data = None,
+    resolution: opt.Resolution = None,
+    channels: opt.Channels = None,
+    split_seed: opt.SplitSeed = 0,
+    canary_copies: opt.CanaryCopies = None,
+    json_: Annotated[bool, typer.Option("--json", help="Print the run report as JSON on stdout.", rich_help_panel=opt.OUTPUT_PANEL)] = False,
+    seed: opt.Seed = 0,
+    device: opt.Device = "auto",
+    quiet: opt.Quiet = False,
+    **method_values: Any,
+):
+    """Make a model forget a class or specific data with SISS, EraseDiff, DiMUM, SalUn, NegGrad, naive deletion
+    or exact retraining. Data comes from the model's recorded data description unless --data is given."""
+    from unlearnctl.checkpoint import check_output_path, load_checkpoint, save_checkpoint
+    from unlearnctl.errors import BadInputError
+    from unlearnctl.methods import get_method
+    from unlearnctl.unlearning import UnlearnConfig, report_summary
+    from unlearnctl.unlearning import unlearn as run_unlearn
+
+    check_output_path(out)
+    method_cls = get_method(method)
+    given = {name: value for name, value in method_values.items() if value is not None}
+    options = _method_options()
+    for name in given:
+        if method not in options[name]["methods"]:
+            raise BadInputError(f"{options[name]['flag']} is not a parameter of {method} "
+                                f"(it belongs to {', '.join(options[name]['methods'])})")
+    config = UnlearnConfig(steps=steps, lr=lr, batch_size=batch_size, seed=seed, grad_clip=grad_clip,
+                           label_dropout=label_dropout, probe_every=probe_every, until_forget_rate=until_forget_rate,
+                           probe_samples=probe_samples, probe_steps=probe_steps, device=device)
+    spec = opt.forget_spec(forget_class, forget_index, forget_canary, forget_images)
+    checkpoint = load_checkpoint(model)
+    split = None
+    if data:
+        from unlearnctl.cli.core_cmds import load_split
+
+        split = load_split(data, resolution, channels, split_seed, canary_copies)
+    note(f"unlearning with {method} ({method_cls.summary})", quiet)
+    with ProgressBars(quiet) as bars:
+        progress = _with_probe_lines(bars, quiet)
+        result_model, result = run_unlearn(checkpoint, method, spec, config, given, data=split, progress=progress)
+    save_checkpoint(result_model, out)
+    if json_:
+        print_json({**report_summary(result), "out": str(out), "sha256": result_model.sha256})
+        return
+    _print_result(result, out)
+
+
+def _with_probe_lines(bars: ProgressBars, quiet: bool):
+    """The progress bars, plus one status line per forget-rate probe."""
+
+    def progress(event) -> None:
+        bars(event)
+        if event.task == "probe" and not quiet:
+            bars.bars.console.print(f"step {event.step}: forget rate {event.info['forget_rate']:.3f}", highlight=False)
+
+    return progress
+
+
+def _print_result(result: dict[str, Any], out: Path) -> None:
+    from unlearnctl.cli.ui import key_value_table
+
+    rows = {"method": result["method"], "steps run": f"{result['steps_run']} of {result['steps']}", "stopped": result["stopped"],
+            "wall time s": round(result["wall_time_s"], 2), "lr": result["lr"], "batch size": result["batch_size"]}
+    rows.update({f"param {k}": v for k, v in result["method_params"].items()})
+    rows.update({f"prepared {k}": v for k, v in result["prepared"].items()})
+    rows.update({f"final {k}": v for k, v in result["final"].items() if k != "step"})
+    if result["probes"]:
+        rows["forget rate (probes)"] = " → ".join(f"{p['forget_rate']:.3f}@{p['step']}" for p in result["probes"])
+    stdout.print(key_value_table(f"unlearn → {out}", rows))
+    stdout.print(f"wrote {out}")
+
+
+def _register() -> None:
+    """Attach the method options (from the registry) to ``unlearn``'s signature and register the command."""
+    signature = inspect.signature(unlearn, eval_str=True)
+    static = [p for p in signature.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+    dynamic = []
+    for name, entry in _method_options().items():
+        option = typer.Option(entry["flag"], help=entry["help"], rich_help_panel=METHOD_PANEL, show_default=False)
+        dynamic.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None,
+                                         annotation=Annotated[Optional[entry["type"]], option]))
+    names = {p.name for p in static}
+    clash = [p.name for p in dynamic if p.name in names]
+    if clash:
+        raise TypeError(f"method parameter {clash[0]!r} clashes with an unlearn option")
+    keyword = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in static]
+
+    @functools.wraps(unlearn)
+    def command(**kwargs):
+        return unlearn(**kwargs)  # static options bind by name, method options land in **method_values
+
+    del command.__wrapped__  # typer must read the signature below, not the original one
+    command.__signature__ = inspect.Signature(keyword + dynamic)
+    command.__annotations__ = {p.name: p.annotation for p in keyword + dynamic}
+    app.command("unlearn", rich_help_panel="Unlearning")(command)
+
+
+_register()

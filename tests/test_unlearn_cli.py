@@ -1,0 +1,88 @@
+"""``unlearnctl unlearn``: exit codes, the output file and its lineage, probes, NaN handling."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+from unlearnctl.checkpoint import load_checkpoint, save_checkpoint
+
+FAST = ("--batch-size", "8", "--device", "cpu", "--quiet")
+
+
+def test_unlearn_writes_a_checkpoint_with_its_lineage(cli, tiny_conditional, tmp_path):
+    out = tmp_path / "siss.safetensors"
+    result = cli("unlearn", "--model", tiny_conditional.path, "--method", "siss", "--forget-class", "box", "--steps", "2",
+                 "--lambda", "0.4", "--scaling-norm", "0.05", "--out", out, *FAST)
+    assert result.code == 0, result
+    assert "wrote" in result.out
+    model = load_checkpoint(out)
+    entry = model.lineage[-1]
+    assert entry["command"] == "unlearn" and entry["method"] == "siss" and entry["steps_run"] == 2
+    assert entry["params"]["method_params"] == {"scaling_norm": 0.05, "scaling_share": 0.1, "calibration_batches": 4, "lambda_": 0.4}
+    assert entry["params"]["batch_size"] == 8 and entry["seed"] == 0
+    assert entry["forget"]["spec"]["classes"] == ["box"] and entry["forget"]["mode"] == "class"
+    assert entry["parent_sha256"] == tiny_conditional.sha256 and entry["wall_time_s"] is not None
+
+
+def test_json_report_and_data_probes(cli, tiny_unconditional, tmp_path):
+    out = tmp_path / "dimum.safetensors"
+    result = cli("unlearn", "--model", tiny_unconditional.path, "--method", "dimum", "--forget-index", "3", "--forget-index", "4",
+                 "--steps", "2", "--probe-every", "1", "--probe-samples", "4", "--probe-steps", "2", "--json", "--out", out, *FAST)
+    assert result.code == 0, result
+    report = json.loads(result.out)
+    assert report["steps_run"] == 2 and [p["step"] for p in report["probes"]] == [0, 1, 2]
+    assert report["prepared"]["alternative"] == "nearest-retain" and report["sha256"] == load_checkpoint(out).sha256
+
+
+def test_until_forget_rate_stops_at_the_first_probe_that_reaches_it(cli, tiny_unconditional, tmp_path):
+    out = tmp_path / "early.safetensors"
+    result = cli("unlearn", "--model", tiny_unconditional.path, "--method", "naive", "--forget-index", "3", "--steps", "5",
+                 "--until-forget-rate", "1.0", "--probe-samples", "4", "--probe-steps", "2", "--json", "--out", out, *FAST)
+    assert result.code == 0, result
+    report = json.loads(result.out)
+    assert report["steps_run"] == 0 and report["stopped"].startswith("forget rate")  # any rate is <= 1.0
+    assert load_checkpoint(out).lineage[-1]["stopped"] == report["stopped"]
+
+
+def test_bad_input_exits_2_without_output(cli, tiny_conditional, tmp_path):
+    out = tmp_path / "bad.safetensors"
+    base = ("unlearn", "--model", tiny_conditional.path, "--out", out, *FAST)
+    for args, message in [
+        (("--method", "sis", "--forget-class", "box"), "unknown method 'sis'"),
+        (("--method", "siss", "--forget-class", "box", "--eta", "0.1"), "--eta is not a parameter of siss"),
+        (("--method", "siss"), "the forget set is empty"),
+        (("--method", "siss", "--forget-class", "hexagon"), "class 'hexagon' is not in the data"),
+        (("--method", "siss", "--forget-class", "box", "--lambda", "1.5"), "λ must be strictly between 0 and 1"),
+        (("--method", "siss", "--forget-class", "bar", "--forget-class", "column", "--forget-class", "box",
+          "--forget-class", "cross"), "whole training set"),
+    ]:
+        result = cli(*base, *args)
+        assert result.code == 2, (args, result)
+        assert message in " ".join(result.err.split()), (message, result.err)
+        assert not out.exists()
+
+
+def test_nan_loss_exits_1_and_writes_nothing(cli, tiny_conditional, tmp_path):
+    weights = {k: v.clone() for k, v in tiny_conditional.state_dict.items()}
+    weights["conv_in.weight"][0, 0, 0, 0] = float("nan")
+    broken = tiny_conditional.derive(weights, {"command": "edit", "params": {}})
+    save_checkpoint(broken, tmp_path / "broken.safetensors")
+    out = tmp_path / "nan.safetensors"
+    result = cli("unlearn", "--model", tmp_path / "broken.safetensors", "--method", "naive", "--forget-class", "box",
+                 "--steps", "2", "--out", out, *FAST)
+    assert result.code == 1, result
+    assert "nan" in result.err and "no output was written" in result.err
+    assert not out.exists()
+
+
+def test_help_lists_methods_and_their_parameters(cli):
+    result = cli("unlearn", "--help")
+    assert result.code == 0
+    text = " ".join(result.out.split())
+    for name in ("siss-no-is", "erasediff", "dimum", "salun", "neggrad", "naive", "retrain"):
+        assert name in text
+    for flag in ("--lambda", "--scaling-norm", "--eta", "--forget-target", "--beta", "--alternative", "--saliency-percent",
+                 "--alpha", "--max-forget-loss", "--probe-every", "--until-forget-rate"):
+        assert flag in text

@@ -1,0 +1,325 @@
+"""What every unlearning method shares: its config base, the context it runs in, its step output.
+
+A method is essentially its loss (STYLE §2). Each one lives in its own file with
+
+* a ``@dataclass`` config of its own parameters (subclass of :class:`MethodConfig`; every field made with
+  :func:`param` so the CLI gets an option with help text from it),
+* a class (subclass of :class:`Method`) registered by name, whose docstring cites the paper and equation
+  and whose :meth:`Method.loss` (or, for gradient surgery, :meth:`Method.step`) computes one step.
+
+The shared loop in :mod:`unlearnctl.unlearning` owns the optimizer, the RNG, clipping, finiteness checks
+and probes; a method only fills ``param.grad`` of the model's parameters.
+
+Torch is imported inside function bodies in this package: the CLI builds ``unlearn``'s options from these
+configs, and ``unlearnctl --help`` must not pay for importing torch.
+"""
+
+from __future__ import annotations
+
+import math
+import typing
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from unlearnctl.errors import BadInputError, require
+
+if TYPE_CHECKING:
+    import torch
+
+    from unlearnctl.checkpoint import Checkpoint
+    from unlearnctl.data import ForgetSet, ImageSet
+    from unlearnctl.diffusion import NoiseSchedule
+    from unlearnctl.progress import ProgressFn
+
+
+def param(default: Any, help: str, flag: str | None = None) -> Any:
+    """A config field with the help text its CLI option shows (``flag`` defaults to ``--name-with-dashes``)."""
+    return field(default=default, metadata={"help": help, "flag": flag})
+
+
+@dataclass
+class MethodConfig:
+    """Base of the per-method configs: (de)serialisation and field descriptions for the CLI."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, params: dict[str, Any], method: str = "") -> "MethodConfig":
+        """Build from ``{name: value}``; unknown names raise :class:`BadInputError` listing the valid ones."""
+        names = [f.name for f in fields(cls)]
+        unknown = sorted(set(params) - set(names))
+        if unknown:
+            valid = ", ".join(names) or "none"
+            raise BadInputError(f"{unknown[0]!r} is not a parameter of method {method or cls.__name__}; its parameters are: {valid}")
+        return cls(**params)
+
+    @classmethod
+    def options(cls) -> list["ParamInfo"]:
+        """One :class:`ParamInfo` per field (name, type, default, help, CLI flag)."""
+        hints = typing.get_type_hints(cls)
+        infos = []
+        for f in fields(cls):
+            default = f.default if f.default is not MISSING else None
+            flag = f.metadata.get("flag") or "--" + f.name.strip("_").replace("_", "-")
+            infos.append(ParamInfo(f.name, _base_type(hints[f.name]), default, f.metadata.get("help", ""), flag))
+        return infos
+
+
+@dataclass(frozen=True)
+class ParamInfo:
+    name: str
+    type: type
+    default: Any
+    help: str
+    flag: str
+
+
+def _base_type(hint: Any) -> type:
+    """``float | None`` → ``float``; plain types unchanged."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    return args[0] if args else hint
+
+
+@dataclass
+class StepOutput:
+    """What one unlearning step computed (plain floats: for progress, the finiteness check and the report).
+
+    Attributes:
+        loss: value of the objective whose gradient the step formed.
+        terms: the loss terms by name, e.g. ``{"retain": 0.05, "forget": 0.08}``.
+        grad_norms: gradient norms before the loop's total-norm clip, e.g. ``{"g_x": 1.2, "g_a": 0.3}``.
+        stop: a reason to stop *before* applying this step (NegGrad's divergence guard); ``None`` = go on.
+    """
+
+    loss: float
+    terms: dict[str, float] = field(default_factory=dict)
+    grad_norms: dict[str, float] = field(default_factory=dict)
+    stop: str | None = None
+
+    def values(self) -> dict[str, float]:
+        """Every figure of the step in one flat dict (progress bars, finiteness check)."""
+        return {"loss": self.loss, **self.terms, **{f"|{k}|": v for k, v in self.grad_norms.items()}}
+
+    def non_finite(self) -> list[str]:
+        return [name for name, value in self.values().items() if not math.isfinite(value)]
+
+
+@dataclass
+class MethodContext:
+    """Everything a method may use. Built by :func:`unlearnctl.unlearning.unlearn`.
+
+    Attributes:
+        unet: the model being unlearned; trained in place. At :meth:`Method.prepare` it still holds the
+            base weights.
+        schedule: the training noise schedule (γ_t, σ_t).
+        checkpoint: the base checkpoint (configs, data description, lineage).
+        forget_set: the resolved forget specification.
+        retain: D_r, the retained training images (labels kept).
+        forget: D_f, the images to forget; labels of images from a file (−1) mapped to the null class on
+            conditional models, labels dropped on unconditional ones.
+        batch_size: images per batch drawn from each of D_r and D_f.
+        label_dropout: share of retain labels replaced by the null class (conditional models), so the
+            unconditional branch used by classifier-free guidance stays trained.
+        generator: the run's one RNG (batches, timesteps, noise, label dropout, mixture draws). Methods
+            draw randomness only through this context's methods, so tests can replace them with fixed tensors.
+        device: where the model lives.
+    """
+
+    unet: "torch.nn.Module"
+    schedule: "NoiseSchedule"
+    checkpoint: "Checkpoint"
+    forget_set: "ForgetSet"
+    retain: "ImageSet"
+    forget: "ImageSet"
+    batch_size: int
+    label_dropout: float
+    generator: "torch.Generator"
+    device: "torch.device"
+
+    @property
+    def conditional(self) -> bool:
+        return self.checkpoint.conditional
+
+    @property
+    def null_class(self) -> int | None:
+        return self.checkpoint.null_class
+
+    @property
+    def num_classes(self) -> int:
+        """Real classes (the null class excluded)."""
+        return self.checkpoint.num_classes
+
+    @property
+    def n(self) -> int:
+        """n = |D| = |D_r| + |D_f|."""
+        return len(self.retain) + len(self.forget)
+
+    @property
+    def k(self) -> int:
+        """k = |D_f|."""
+        return len(self.forget)
+
+    def parameters(self) -> list["torch.Tensor"]:
+        return [p for p in self.unet.parameters() if p.requires_grad]
+
+    def _draw(self, images: "ImageSet", batch_size: int | None) -> tuple["torch.Tensor", "torch.Tensor | None", "torch.Tensor"]:
+        import torch
+
+        index = torch.randint(0, len(images), (batch_size or self.batch_size,), generator=self.generator)
+        labels = images.labels[index] if (self.conditional and images.labels is not None) else None
+        return images.images[index].to(self.device), labels, index
+
+    def retain_batch(self, batch_size: int | None = None, drop_labels: bool = True) -> tuple["torch.Tensor", "torch.Tensor | None"]:
+        """x ~ D_r (``[B, C, H, W]``) and its labels c_x (``[B]``; a share dropped to the null class)."""
+        from unlearnctl.training import drop_labels as drop
+
+        x, c_x, _ = self._draw(self.retain, batch_size)
+        if c_x is not None and drop_labels and self.label_dropout > 0:
+            c_x = drop(c_x, self.null_class, self.label_dropout, self.generator)
+        return x, c_x
+
+    def forget_batch(self, batch_size: int | None = None) -> tuple["torch.Tensor", "torch.Tensor | None", "torch.Tensor"]:
+        """a ~ D_f (``[B, C, H, W]``), its labels c_a (``[B]`` or ``None``) and the indices drawn into D_f."""
+        return self._draw(self.forget, batch_size)
+
+    def timesteps(self, batch_size: int) -> "torch.Tensor":
+        return self.schedule.random_timesteps(batch_size, self.generator)
+
+    def noise(self, shape: "torch.Size") -> "torch.Tensor":
+        import torch
+
+        return torch.randn(shape, generator=self.generator).to(self.device)
+
+    def uniform(self, shape: "torch.Size") -> "torch.Tensor":
+        """U[0, 1) noise of ``shape`` on the model's device."""
+        import torch
+
+        return torch.rand(shape, generator=self.generator).to(self.device)
+
+    def bernoulli(self, n: int, p: float) -> "torch.Tensor":
+        """``n`` independent coins, True with probability ``p`` (bool ``[n]`` on the model's device)."""
+        import torch
+
+        return (torch.rand(n, generator=self.generator) < p).to(self.device)
+
+    def randint(self, high: int, n: int) -> "torch.Tensor":
+        """``n`` integers uniform in ``[0, high)`` (CPU)."""
+        import torch
+
+        return torch.randint(0, high, (n,), generator=self.generator)
+
+    def coefficients(self, t: "torch.Tensor") -> tuple["torch.Tensor", "torch.Tensor"]:
+        """γ_t, σ_t shaped ``[B, 1, 1, 1]`` on the model's device."""
+        gamma, sigma = self.schedule.coefficients(t)
+        return gamma.to(self.device), sigma.to(self.device)
+
+    def other_labels(self, c: "torch.Tensor") -> "torch.Tensor":
+        """A uniformly random real class different from each entry of ``c`` (any real class for the null class)."""
+        import torch
+
+        require(self.num_classes >= 2, "a random other class needs at least two classes")
+        is_null = c == self.null_class
+        shift = torch.randint(1, self.num_classes, c.shape, generator=self.generator)
+        other = (c.clamp(max=self.num_classes - 1) + shift) % self.num_classes  # never equals c for real classes
+        anyone = torch.randint(0, self.num_classes, c.shape, generator=self.generator)
+        return torch.where(is_null, anyone, other)
+
+
+class Method:
+    """Base of every unlearning method.
+
+    Subclasses set ``name`` (by :func:`~unlearnctl.methods.register_method`), ``Config``, ``summary`` and
+    ``defaults`` (the tuned ``steps``, ``lr`` and ``batch_size`` of the shared loop), and implement
+    :meth:`loss` — or :meth:`step` when the gradient is more than the gradient of one loss.
+    """
+
+    name: ClassVar[str] = ""
+    Config: ClassVar[type[MethodConfig]] = MethodConfig
+    summary: ClassVar[str] = ""
+    defaults: ClassVar[dict[str, Any]] = {"steps": 300, "lr": 1e-4, "batch_size": 64}
+    exact: ClassVar[bool] = False  # True: not a fine-tuning method (retrain trains from scratch)
+
+    def __init__(self, config: MethodConfig, ctx: MethodContext):
+        self.config, self.ctx = config, ctx
+        self.check()
+
+    def check(self) -> None:
+        """Refuse a model/forget-set combination the method cannot handle (raise :class:`BadInputError`)."""
+
+    def prepare(self, progress: "ProgressFn" = None) -> dict[str, Any]:
+        """One-time set-up before the first step (saliency mask, automatic scaling, alternative data).
+
+        Returns values worth recording in the lineage (e.g. an automatically chosen constant).
+        """
+        return {}
+
+    def loss(self) -> tuple["torch.Tensor", dict[str, "torch.Tensor"]]:
+        """The objective of one step (scalar with a graph) and its terms by name."""
+        raise NotImplementedError
+
+    def step(self) -> StepOutput:
+        """Fill ``p.grad`` of every trainable parameter with the step's gradient (no clipping here)."""
+        total, terms = self.loss()
+        params = self.ctx.parameters()
+        grads = gradient(total, params)
+        set_gradients(params, grads)
+        return StepOutput(float(total.detach()), {k: float(v.detach()) for k, v in terms.items()}, {"g": float(norm(grads))})
+
+    # ----- shared loss pieces
+
+    def denoising_loss(self, x: "torch.Tensor", c: "torch.Tensor | None") -> "torch.Tensor":
+        """The DDPM loss per sample, ``||ε_θ(m_t, t, c) − ε||²`` with ``m_t = γ_t x + σ_t ε`` (shape ``[B]``)."""
+        from unlearnctl.diffusion import per_sample_mse, predict_noise
+
+        t = self.ctx.timesteps(x.shape[0])  # [B]
+        eps = self.ctx.noise(x.shape)  # [B, C, H, W]
+        m_t = self.ctx.schedule.add_noise(x, eps, t)  # [B, C, H, W]
+        return per_sample_mse(predict_noise(self.ctx.unet, m_t, t, c), eps)
+
+    def retain_loss(self) -> "torch.Tensor":
+        """L_r: the denoising loss on a batch of D_r (labels with dropout to the null class)."""
+        x, c_x = self.ctx.retain_batch()
+        return self.denoising_loss(x, c_x).mean()
+
+    def forget_loss(self) -> "torch.Tensor":
+        """L_f: the ordinary denoising loss on a batch of D_f under the forget labels."""
+        a, c_a, _ = self.ctx.forget_batch()
+        return self.denoising_loss(a, c_a).mean()
+
+    def state_dict(self) -> dict[str, Any]:
+        """Method state a resumed run needs (masks, chosen constants)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`."""
+
+
+# --------------------------------------------------------------------------------------------- gradient tools
+
+
+def gradient(loss: "torch.Tensor", params: list["torch.Tensor"], retain_graph: bool = False) -> list["torch.Tensor"]:
+    """∇_θ loss as a list aligned with ``params`` (zeros where the loss does not depend on a parameter)."""
+    import torch
+
+    grads = torch.autograd.grad(loss, params, retain_graph=retain_graph, allow_unused=True)
+    return [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
+
+
+def norm(grads: list["torch.Tensor"]) -> "torch.Tensor":
+    """‖g‖₂ over all tensors of ``grads``."""
+    import torch
+
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+
+
+def dot(a: list["torch.Tensor"], b: list["torch.Tensor"]) -> "torch.Tensor":
+    """⟨a, b⟩ over all tensors."""
+    import torch
+
+    return torch.stack([(x * y).sum() for x, y in zip(a, b)]).sum()
+
+
+def set_gradients(params: list["torch.Tensor"], grads: list["torch.Tensor"]) -> None:
+    for p, g in zip(params, grads):
+        p.grad = g.detach().clone()

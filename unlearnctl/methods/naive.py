@@ -1,0 +1,35 @@
+"""Naive deletion — fine-tune on the retain set only (the baseline of the SISS paper, reference ``naive_del``):
+
+    L = L_r = E_{x, c_x ~ D_r} ||ε_θ(γ_t x + σ_t ε, t, c_x) − ε||².
+
+The forget set is never looked at; the model forgets only as fast as fine-tuning overwrites it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from unlearnctl.methods import register_method
+from unlearnctl.methods.base import Method, MethodConfig
+
+if TYPE_CHECKING:
+    import torch
+
+
+@dataclass
+class NaiveConfig(MethodConfig):
+    """No parameters of its own: steps, learning rate and batch size are the loop's."""
+
+
+@register_method("naive")
+class Naive(Method):
+    """Naive deletion: the denoising loss on the retain set."""
+
+    Config = NaiveConfig
+    summary = "naive deletion: fine-tune on the retain set only"
+    defaults = {"steps": 300, "lr": 1e-4, "batch_size": 64}
+
+    def loss(self) -> tuple["torch.Tensor", dict[str, "torch.Tensor"]]:
+        L_r = self.retain_loss()
+        return L_r, {"L_r": L_r}

@@ -1,0 +1,302 @@
+"""The unlearning loop and its Python API (``unlearnctl unlearn``).
+
+::
+
+    from unlearnctl.checkpoint import load_checkpoint, save_checkpoint
+    from unlearnctl.data import ForgetSpec
+    from unlearnctl.unlearning import UnlearnConfig, unlearn
+
+    base = load_checkpoint("base.safetensors")
+    model, report = unlearn(base, "siss", ForgetSpec(classes=("8",)), UnlearnConfig(seed=0), {"lambda_": 0.5})
+    save_checkpoint(model, "siss.safetensors")
+
+The loop is the same for every fine-tuning method: draw nothing itself, ask the method for a gradient
+(:meth:`~unlearnctl.methods.base.Method.step`), check every figure is finite, clip the total norm, take an
+AdamW step (constant learning rate, no weight decay, no EMA — as in the SISS reference), optionally probe
+the forget rate by sampling. Everything that changes during a run — step counter, optimizer, RNG, method
+state — lives in one :class:`UnlearnState`, so checkpointing and resuming a run is a matter of saving and
+loading its ``state_dict``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from unlearnctl.errors import RuntimeFailure, require
+from unlearnctl.progress import ProgressFn, report
+
+if TYPE_CHECKING:
+    from unlearnctl.checkpoint import Checkpoint
+    from unlearnctl.data import DataSplit, ForgetSet, ForgetSpec
+    from unlearnctl.methods.base import Method, StepOutput
+
+DEFAULT_PROBE_EVERY = 10  # probe interval used by --until-forget-rate when --probe-every is not given
+
+
+@dataclass
+class UnlearnConfig:
+    """Settings of the shared loop (the method's own parameters live in its config)."""
+
+    steps: int | None = None  # optimizer steps (None: the method's tuned default)
+    lr: float | None = None  # AdamW learning rate, constant (None: the method's tuned default)
+    batch_size: int | None = None  # images drawn from each of the retain and forget sets per step (None: method's)
+    seed: int = 0  # seeds batches, timesteps, noise, label dropout, mixture draws and probe samples
+    grad_clip: float = 1.0  # total gradient-norm clip after the method formed its gradient (SISS reference: 1.0)
+    label_dropout: float = 0.1  # conditional models: share of retain labels replaced by the null class
+    probe_every: int = 0  # sample and measure the forget rate every N steps (0 = never; see DEFAULT_PROBE_EVERY)
+    until_forget_rate: float | None = None  # stop as soon as a probe measures a forget rate <= this
+    probe_samples: int = 64  # images generated per probe
+    probe_steps: int = 25  # DDIM steps per probe image
+    device: str = "auto"  # auto (CUDA if present), cpu, cuda, ...
+
+    def __post_init__(self):
+        require(self.steps is None or self.steps >= 1, f"steps must be at least 1, got {self.steps}")
+        require(self.lr is None or 0 < self.lr <= 1, f"learning rate must be in (0, 1], got {self.lr}")
+        require(self.batch_size is None or self.batch_size >= 1, f"batch size must be at least 1, got {self.batch_size}")
+        require(self.grad_clip > 0, f"gradient clip must be > 0, got {self.grad_clip}")
+        require(0 <= self.label_dropout < 1, f"label dropout must be in [0, 1), got {self.label_dropout}")
+        require(self.probe_every >= 0, f"probe interval must be >= 0, got {self.probe_every}")
+        require(self.until_forget_rate is None or 0 <= self.until_forget_rate <= 1,
+                f"target forget rate must be in [0, 1], got {self.until_forget_rate}")
+        require(self.probe_samples >= 1, f"probe samples must be at least 1, got {self.probe_samples}")
+        require(self.probe_steps >= 1, f"probe steps must be at least 1, got {self.probe_steps}")
+
+    @property
+    def probe_interval(self) -> int:
+        if self.probe_every:
+            return self.probe_every
+        return DEFAULT_PROBE_EVERY if self.until_forget_rate is not None else 0
+
+
+@dataclass
+class UnlearnState:
+    """Everything a run changes: what ``--checkpoint-every`` would save and ``--resume`` load."""
+
+    method: "Method"
+    optimizer: torch.optim.Optimizer
+    generator: torch.Generator
+    step: int = 0
+    stopped: str = "completed"  # why the loop ended
+    probes: list[dict[str, float]] = field(default_factory=list)  # [{"step", "forget_rate"}]
+    history: list[dict[str, float]] = field(default_factory=list)  # one dict of step figures per step
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "step": self.step, "stopped": self.stopped, "probes": self.probes, "history": self.history,
+            "optimizer": self.optimizer.state_dict(), "generator": self.generator.get_state(),
+            "method": self.method.state_dict(), "weights": self.method.ctx.unet.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.method.ctx.unet.load_state_dict(state["weights"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.generator.set_state(state["generator"])
+        self.method.load_state_dict(state["method"])
+        self.step, self.stopped = int(state["step"]), state["stopped"]
+        self.probes, self.history = list(state["probes"]), list(state["history"])
+
+
+# --------------------------------------------------------------------------------------------- entry point
+
+
+def unlearn(
+    checkpoint: "Checkpoint",
+    method: str,
+    forget_spec: "ForgetSpec",
+    config: UnlearnConfig | None = None,
+    method_params: dict[str, Any] | None = None,
+    data: "DataSplit | None" = None,
+    progress: ProgressFn = None,
+) -> tuple["Checkpoint", dict[str, Any]]:
+    """Make ``checkpoint`` forget ``forget_spec`` with ``method``; returns the new checkpoint and a report.
+
+    Args:
+        checkpoint: the base model.
+        method: a registered method name (:func:`unlearnctl.methods.available_methods`).
+        forget_spec: what to forget (classes, training-set indices, the canary, images from a file).
+        config: the loop settings; ``None`` fields take the method's tuned defaults.
+        method_params: the method's own parameters by config field name (e.g. ``{"lambda_": 0.5}``).
+        data: the data split; default: reloaded from the checkpoint's recorded description (fingerprint checked).
+        progress: callback receiving a :class:`~unlearnctl.progress.Progress` per step and per probe.
+
+    Raises:
+        BadInputError: unknown method or parameter, data that does not fit the model, an empty forget set
+            or one that is everything.
+        RuntimeFailure: a loss term or gradient norm became NaN/Inf (nothing is returned, nothing written).
+    """
+    from unlearnctl.data import check_compatible, load_recorded_data, resolve_forget
+    from unlearnctl.methods import get_method
+
+    config = config or UnlearnConfig()
+    method_cls = get_method(method)
+    method_config = method_cls.Config.from_dict(dict(method_params or {}), method)
+    split = data if data is not None else load_recorded_data(checkpoint.data)
+    check_compatible(split.description, checkpoint.unet_config, checkpoint.conditional)
+    forget_set = resolve_forget(forget_spec, split)
+    require(len(forget_set.retain) > 0, "nothing would be retained; retrain from scratch on other data instead")
+    if method_cls.exact:
+        return _retrain(checkpoint, method_cls, split, forget_set, config, progress)
+    return _fine_tune(checkpoint, method, method_cls, method_config, split, forget_set, config, progress)
+
+
+def _fine_tune(checkpoint, name, method_cls, method_config, split, forget_set, config, progress):
+    from unlearnctl.checkpoint import lineage_entry
+    from unlearnctl.diffusion import NoiseSchedule
+    from unlearnctl.methods.base import MethodContext
+    from unlearnctl.training import resolve_device
+
+    steps = config.steps or method_cls.defaults["steps"]
+    lr = config.lr or method_cls.defaults["lr"]
+    batch_size = config.batch_size or method_cls.defaults["batch_size"]
+    device = resolve_device(config.device)
+    generator = torch.Generator().manual_seed(config.seed)
+    unet = checkpoint.build_unet(device).train()
+    ctx = MethodContext(
+        unet=unet, schedule=NoiseSchedule(checkpoint.scheduler_config), checkpoint=checkpoint, forget_set=forget_set,
+        retain=forget_set.retain, forget=_forget_images(forget_set, checkpoint), batch_size=batch_size,
+        label_dropout=config.label_dropout, generator=generator, device=device,
+    )
+    runner = method_cls(method_config, ctx)
+    probe = ForgetProbe(checkpoint, forget_set, split, config, progress) if config.probe_interval else None
+
+    started = time.perf_counter()
+    prepared = runner.prepare(progress)
+    optimizer = torch.optim.AdamW(ctx.parameters(), lr=lr, weight_decay=0.0)  # no decay: SalUn's frozen weights stay exact
+    state = UnlearnState(runner, optimizer, generator)
+    run_loop(state, steps, config, probe, progress)
+    wall = time.perf_counter() - started
+
+    weights = {k: v.detach().cpu().clone() for k, v in unet.state_dict().items()}
+    bad = [k for k, v in weights.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise RuntimeFailure(f"weights {bad[0]} became non-finite; lower --lr (no output was written)")
+    params = {
+        "method_params": method_config.to_dict(), "prepared": prepared, "steps": steps, "lr": lr,
+        "batch_size": batch_size, "grad_clip": config.grad_clip, "label_dropout": config.label_dropout,
+        "probe_every": config.probe_interval, "until_forget_rate": config.until_forget_rate,
+        "probe_samples": config.probe_samples, "probe_steps": config.probe_steps, "data": split.description["source"],
+    }
+    probe_time = probe.seconds if probe else 0.0
+    entry = lineage_entry("unlearn", params, config.seed, wall, method=name, forget=forget_set.describe(),
+                          steps_run=state.step, stopped=state.stopped, data_fingerprint=split.description["fingerprint"])
+    result = {
+        "method": name, "steps": steps, "steps_run": state.step, "stopped": state.stopped, "lr": lr,
+        "batch_size": batch_size, "method_params": method_config.to_dict(), "prepared": prepared,
+        "forget": forget_set.describe(), "wall_time_s": wall, "probe_time_s": probe_time,
+        "final": state.history[-1] if state.history else {}, "probes": state.probes, "history": state.history,
+    }
+    return checkpoint.derive(weights, entry), result
+
+
+def _forget_images(forget_set: "ForgetSet", checkpoint: "Checkpoint"):
+    """D_f as the methods see it: labels −1 (images from a file, class unknown) → the null class on
+    conditional models; no labels on unconditional ones."""
+    from unlearnctl.data import ImageSet
+
+    forget = forget_set.forget
+    if not checkpoint.conditional or forget.labels is None:
+        return ImageSet(forget.images, None, forget.class_names)
+    labels = torch.where(forget.labels < 0, torch.full_like(forget.labels, checkpoint.null_class), forget.labels)
+    return ImageSet(forget.images, labels, forget.class_names)
+
+
+def run_loop(state: UnlearnState, steps: int, config: UnlearnConfig, probe: "ForgetProbe | None",
+             progress: ProgressFn = None) -> UnlearnState:
+    """Run ``state`` up to ``steps`` optimizer steps (from ``state.step``: a loaded state resumes)."""
+    runner = state.method
+    params = runner.ctx.parameters()
+    interval = config.probe_interval
+    info: dict[str, float] = {}
+    if probe is not None and state.step == 0 and not state.probes:
+        info["forget_rate"] = _probe(state, probe, config, progress, steps)
+    while state.step < steps and state.stopped == "completed":
+        state.optimizer.zero_grad(set_to_none=True)
+        out = runner.step()
+        _check_finite(out, state.step)
+        if out.stop:
+            state.stopped = out.stop
+            break
+        torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
+        state.optimizer.step()
+        state.step += 1
+        state.history.append({"step": state.step, **out.values()})
+        info.update(out.values())
+        if probe is not None and state.step % interval == 0:
+            info["forget_rate"] = _probe(state, probe, config, progress, steps)
+        report(progress, "unlearn", state.step, steps, **info)
+    return state
+
+
+def _probe(state: UnlearnState, probe: "ForgetProbe", config: UnlearnConfig, progress: ProgressFn, steps: int) -> float:
+    rate = probe(state.method.ctx.unet)
+    state.probes.append({"step": state.step, "forget_rate": rate})
+    report(progress, "probe", state.step, steps, forget_rate=rate)
+    if config.until_forget_rate is not None and rate <= config.until_forget_rate and state.stopped == "completed":
+        state.stopped = f"forget rate {rate:.3g} <= {config.until_forget_rate:g} at step {state.step}"
+    return rate
+
+
+def _check_finite(out: "StepOutput", step: int) -> None:
+    bad = out.non_finite()
+    if bad:
+        value = out.values()[bad[0]]
+        raise RuntimeFailure(f"{bad[0]} became {value} at step {step}; lower --lr (no output was written)")
+
+
+class ForgetProbe:
+    """Samples a small batch for the forget condition and measures the forget rate (``--probe-every``)."""
+
+    def __init__(self, checkpoint: "Checkpoint", forget_set: "ForgetSet", split: "DataSplit", config: UnlearnConfig,
+                 progress: ProgressFn = None):
+        from unlearnctl.metrics.forget import data_forget_threshold
+
+        self.checkpoint, self.forget_set, self.config = checkpoint, forget_set, config
+        self.classifier = self.threshold = None
+        if forget_set.mode == "class":
+            from unlearnctl.metrics.classifier import load_or_train_classifier
+
+            self.classifier = load_or_train_classifier(split, progress=progress)
+        else:
+            self.threshold = data_forget_threshold(forget_set.forget.images, forget_set.retain.images)
+        self.seconds = 0.0
+
+    def __call__(self, unet: torch.nn.Module) -> float:
+        from unlearnctl.metrics.forget import measure_forgetting
+
+        started = time.perf_counter()
+        result = measure_forgetting(unet, self.checkpoint, self.forget_set, classifier=self.classifier,
+                                    threshold=self.threshold, num_samples=self.config.probe_samples,
+                                    steps=self.config.probe_steps, seed=self.config.seed)
+        self.seconds += time.perf_counter() - started
+        return float(result["forget_rate"])
+
+
+# --------------------------------------------------------------------------------------------- exact unlearning
+
+
+def _retrain(checkpoint, method_cls, split, forget_set, config, progress):
+    from unlearnctl.checkpoint import lineage_entry
+
+    started = time.perf_counter()
+    weights, params = method_cls.run(checkpoint, split, forget_set, steps=config.steps, lr=config.lr,
+                                     batch_size=config.batch_size, seed=config.seed, device=config.device,
+                                     progress=progress)
+    wall = time.perf_counter() - started
+    steps_run = params["train"]["steps"]
+    params["data"] = split.description["source"]
+    entry = lineage_entry("retrain", params, config.seed, wall, method="retrain", forget=forget_set.describe(),
+                          steps_run=steps_run, stopped="completed", data_fingerprint=forget_set.retain.fingerprint)
+    result = {"method": "retrain", "steps": steps_run, "steps_run": steps_run, "stopped": "completed",
+              "lr": params["train"]["lr"], "batch_size": params["train"]["batch_size"], "method_params": {},
+              "prepared": {}, "forget": forget_set.describe(), "wall_time_s": wall, "probe_time_s": 0.0,
+              "final": {}, "probes": [], "history": [], "train": params["train"]}
+    return checkpoint.derive(weights, entry), result
+
+
+def report_summary(result: dict[str, Any]) -> dict[str, Any]:
+    """The report without the per-step history (what the CLI prints)."""
+    return {k: v for k, v in result.items() if k != "history"}
