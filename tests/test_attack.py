@@ -1,0 +1,222 @@
+"""DiMRA relearning attack: the forget-set guard, the sources, the attack and its curve files."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from unlearnctl.attacks import AuxContext, available_aux_sources, get_aux_source
+from unlearnctl.attacks.dimra import CURVE_CSV_COLUMNS, AttackConfig, build_aux_data, recorded_forget_sets, relearn_attack
+from unlearnctl.attacks.guard import assert_disjoint, image_hashes
+from unlearnctl.checkpoint import lineage_entry, load_checkpoint, save_checkpoint
+from unlearnctl.data import DataSplit, ForgetSpec, ImageSet, resolve_forget, to_uint8
+from unlearnctl.errors import BadInputError, RuntimeFailure
+
+FORGET = ForgetSpec(classes=("2",))  # the "box" class of the shapes data
+FAST = dict(steps=4, batch_size=16, num_generated=12, generate_steps=2, curve_samples=8, curve_sample_steps=2)
+
+
+@pytest.fixture(scope="module")
+def unlearned(tiny_conditional, shapes_split, tmp_path_factory):
+    """The tiny model with a lineage that records forgetting class 2 (the weights are the base's: the guard
+    and the attack only read the lineage, so no unlearning run is needed to test them)."""
+    forget_set = resolve_forget(FORGET, shapes_split)
+    entry = lineage_entry("unlearn", {"method": "naive"}, 0, 0.0, method="naive", forget=forget_set.describe())
+    checkpoint = tiny_conditional.derive(dict(tiny_conditional.state_dict), entry)
+    path = save_checkpoint(checkpoint, tmp_path_factory.mktemp("attack") / "unlearned.safetensors")
+    return load_checkpoint(path)
+
+
+@pytest.fixture
+def classifier_cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("UNLEARNCTL_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+def context(checkpoint, split, **kw) -> AuxContext:
+    return AuxContext(checkpoint, split, recorded_forget_sets(checkpoint, split), device="cpu", **kw)
+
+
+def hashes_of(images: torch.Tensor) -> set[str]:
+    return set(image_hashes(images))
+
+
+# --------------------------------------------------------------------------------------------- registry
+
+
+def test_registry_lists_sources_and_rejects_unknown_names():
+    assert available_aux_sources()[:4] == ["retain", "generated", "folder", "npz"]
+    with pytest.raises(BadInputError, match=r"unknown auxiliary source 'public'.*retain\[:FRACTION\]"):
+        get_aux_source("public")
+
+
+# --------------------------------------------------------------------------------------------- the guard
+
+
+def test_retain_source_holds_no_forget_image(unlearned, shapes_split):
+    ctx = context(unlearned, shapes_split)
+    forget = ctx.forget_sets[0]
+    aux, info = build_aux_data(get_aux_source("retain"), "", ctx)
+    assert not hashes_of(aux.images) & hashes_of(forget.forget.images)
+    assert 2 not in aux.labels.tolist() and "2" not in info["class_counts"]
+    assert len(aux) == len(forget.retain) == info["num_images"]
+    assert info["forget_fingerprints"] == [forget.fingerprint] and info["shared_images"] == 0
+
+
+def test_retain_fraction_is_a_seeded_subset(unlearned, shapes_split):
+    source = get_aux_source("retain")
+    half, info = build_aux_data(source, "0.5", context(unlearned, shapes_split, seed=0))
+    again, _ = build_aux_data(source, "0.5", context(unlearned, shapes_split, seed=0))
+    other, _ = build_aux_data(source, "0.5", context(unlearned, shapes_split, seed=1))
+    assert len(half) == round(0.5 * info["num_retain"])
+    assert half.fingerprint == again.fingerprint != other.fingerprint
+    for bad in ("0", "1.5", "half"):
+        with pytest.raises(BadInputError, match="retain fraction"):
+            build_aux_data(source, bad, context(unlearned, shapes_split))
+
+
+def test_retain_source_drops_pixel_copies_of_forgotten_items(tiny_conditional, shapes_split):
+    # a training set where image 5 appears twice; forgetting index 5 must keep its twin out of D_au too
+    train = shapes_split.train
+    twin = torch.tensor([*range(len(train)), 5])
+    split = DataSplit(train.subset(twin), shapes_split.heldout, shapes_split.description)
+    forget_set = resolve_forget(ForgetSpec(indices=(5,)), split)
+    ctx = AuxContext(tiny_conditional, split, [forget_set], device="cpu")
+    aux, info = build_aux_data(get_aux_source("retain"), "", ctx)
+    assert info["dropped_exact_copies"] == 1
+    assert len(aux) == len(train) - 1
+    assert not hashes_of(aux.images) & hashes_of(forget_set.forget.images)
+
+
+def test_user_aux_with_forget_images_is_refused(unlearned, shapes_split, tmp_path):
+    forget = resolve_forget(FORGET, shapes_split).forget
+    clean = shapes_split.heldout.subset(shapes_split.heldout.labels != 2)
+    pixels = to_uint8(clean.images).transpose(0, 2, 3, 1)
+    for name, extra in (("exact", forget.images[:1]), ("near", (forget.images[:1] + 2 / 255).clamp(-1, 1))):
+        path = tmp_path / f"{name}.npz"
+        np.savez(path, images=np.concatenate([pixels, to_uint8(extra).transpose(0, 2, 3, 1)]),
+                 labels=np.concatenate([clean.labels.numpy(), [0]]))
+        with pytest.raises(BadInputError, match=f"1 {name} copies of forget-set images"
+                           if name == "near" else "1 exact and 0 near copies"):
+            build_aux_data(get_aux_source("npz"), str(path), context(unlearned, shapes_split))
+    ok = tmp_path / "clean.npz"
+    np.savez(ok, images=pixels, labels=clean.labels.numpy())
+    aux, info = build_aux_data(get_aux_source("npz"), str(ok), context(unlearned, shapes_split))
+    assert len(aux) == len(clean) and info["shared_images"] == 0
+    np.savez(ok, images=pixels)  # a conditional model needs labels
+    with pytest.raises(BadInputError, match="needs labels"):
+        build_aux_data(get_aux_source("npz"), str(ok), context(unlearned, shapes_split))
+
+
+def test_generated_source_samples_retained_classes_and_drops_forget_copies(unlearned, shapes_split, monkeypatch):
+    ctx = context(unlearned, shapes_split, num_generated=12, generate_steps=2)
+    aux, info = build_aux_data(get_aux_source("generated"), "", ctx)
+    assert len(aux) == 12 and set(aux.labels.tolist()) == {0, 1, 3} and info["classes"] == [0, 1, 3]
+
+    # a model that regurgitates forget images: the guard drops every copy before training
+    forget = ctx.forget_sets[0].forget.images
+    import unlearnctl.diffusion as diffusion
+
+    def regurgitate(unet, config, *, labels=None, num_images=None, **kw):
+        count = len(labels) if labels is not None else num_images
+        return torch.cat([forget[:3], shapes_split.train.images[:count - 3]])
+
+    monkeypatch.setattr(diffusion, "sample_images", regurgitate)
+    aux, info = build_aux_data(get_aux_source("generated"), "12", ctx)
+    assert info["dropped_exact_copies"] == 3 and len(aux) == 12 - info["dropped_exact_copies"]
+    assert not hashes_of(aux.images) & hashes_of(forget)
+
+
+def test_assert_disjoint_fails_on_a_shared_image(shapes_split):
+    images = shapes_split.train.images
+    assert assert_disjoint(images[:10], images[10:20]) == 0
+    with pytest.raises(RuntimeFailure, match="shares 1 images"):
+        assert_disjoint(images[:10], images[9:20])
+
+
+def test_lineage_forget_set_that_changed_is_refused(unlearned, shapes_split):
+    entry = {**unlearned.lineage[-1], "forget": {**unlearned.lineage[-1]["forget"], "fingerprint": "0" * 16}}
+    changed = unlearned.derive(unlearned.state_dict, entry)
+    with pytest.raises(BadInputError, match="resolves to other images"):
+        recorded_forget_sets(changed, shapes_split)
+
+
+# --------------------------------------------------------------------------------------------- the attack
+
+
+def test_attack_changes_weights_and_records_what_it_did(unlearned):
+    attacked, curve = relearn_attack(unlearned, "retain:0.5", AttackConfig(**FAST), device="cpu")
+    assert curve is None
+    changed = [k for k in unlearned.state_dict if not torch.equal(unlearned.state_dict[k], attacked.state_dict[k])]
+    assert len(changed) > len(unlearned.state_dict) // 2
+    entry = attacked.lineage[-1]
+    assert entry["command"] == "relearn-attack" and entry["parent_sha256"] == unlearned.sha256
+    aux = entry["attack"]["aux"]
+    assert entry["attack"]["name"] == "dimra" and aux["spec"] == "retain:0.5" and aux["shared_images"] == 0
+    assert aux["forget_fingerprints"] == [unlearned.lineage[-1]["forget"]["fingerprint"]]
+    assert entry["params"]["config"]["steps"] == FAST["steps"] and "method" not in entry
+
+
+def test_curve_measures_without_changing_the_attack(unlearned, classifier_cache):
+    config = AttackConfig(**FAST)
+    plain, _ = relearn_attack(unlearned, "retain", config, device="cpu")
+    attacked, curve = relearn_attack(unlearned, "retain", config, curve_every=3, device="cpu")
+    assert [p["step"] for p in curve.points] == [0, 3, 4]
+    assert all(0.0 <= p["forget_rate"] <= 1.0 and p["num_samples"] == 8 for p in curve.points)
+    assert curve.forget["class_ids"] == [2] and curve.method == "naive"
+    assert all(torch.equal(plain.state_dict[k], attacked.state_dict[k]) for k in plain.state_dict)
+    assert attacked.lineage[-1]["curve"]["points"] == curve.points
+
+
+# --------------------------------------------------------------------------------------------- CLI
+
+
+def test_cli_writes_checkpoint_and_curve_files(cli, unlearned, tmp_path, classifier_cache):
+    out, curve_json, curve_csv = tmp_path / "attacked.safetensors", tmp_path / "curve.json", tmp_path / "curve.csv"
+    result = cli("relearn-attack", "--model", unlearned.path, "--out", out, "--aux", "retain:0.5", "--steps", 4,
+                 "--batch-size", 16, "--curve-every", 2, "--forget-class", "2", "--curve-samples", 8,
+                 "--curve-sample-steps", 2, "--curve-json", curve_json, "--curve-csv", curve_csv,
+                 "--device", "cpu", "--quiet", "--json")
+    assert result.code == 0, result
+    summary = json.loads(result.out)
+    data = json.loads(curve_json.read_text())
+    assert data["schema"] == "unlearnctl.relearn-curve" and data["schema_version"] == 1
+    assert {"model", "method", "attack", "aux", "every", "forget", "metric", "points", "forget_rate_before",
+            "forget_rate_after", "relearn_gap"} <= set(data)
+    assert [p["step"] for p in data["points"]] == [0, 2, 4]
+    assert set(data["points"][0]) == {"step", "forget_rate", "num_samples"}
+    assert data["model"]["sha256"] == unlearned.sha256 and data["metric"]["mode"] == "class"
+    assert data["relearn_gap"] == pytest.approx(data["forget_rate_after"] - data["forget_rate_before"])
+    rows = list(csv.DictReader(curve_csv.open()))
+    assert tuple(rows[0]) == CURVE_CSV_COLUMNS
+    assert [(int(r["step"]), float(r["forget_rate"])) for r in rows] == [
+        (p["step"], pytest.approx(p["forget_rate"])) for p in data["points"]]
+    attacked = load_checkpoint(out)
+    entry = attacked.lineage[-1]
+    assert entry["curve"]["points"] == data["points"] and entry["attack"]["aux"]["fingerprint"] == summary["aux_fingerprint"]
+    assert summary["shared_images"] == 0 and summary["relearn_gap"] == pytest.approx(data["relearn_gap"])
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--aux", "public"], "unknown auxiliary source 'public'"),
+    (["--aux", "retain:2"], "retain fraction must be in"),
+    (["--aux", "npz:/nonexistent.npz"], "does not exist"),
+    (["--curve-json", "CURVE"], "add --curve-every"),
+    (["--steps", "0"], "attack steps must be at least 1"),
+])
+def test_cli_bad_input_exits_2_and_writes_nothing(cli, unlearned, tmp_path, args, message):
+    out = tmp_path / "attacked.safetensors"
+    args = [str(tmp_path / "c.json") if a == "CURVE" else a for a in args]
+    result = cli("relearn-attack", "--model", unlearned.path, "--out", out, "--device", "cpu", "--quiet", *args)
+    assert result.code == 2, result
+    assert message in " ".join(result.err.split())
+    assert not out.exists() and not list(tmp_path.iterdir())
+
+
+def test_cli_curve_needs_a_forget_set(cli, tiny_unconditional, tmp_path):
+    result = cli("relearn-attack", "--model", tiny_unconditional.path, "--out", tmp_path / "a.safetensors",
+                 "--curve-every", 2, "--steps", 2, "--device", "cpu", "--quiet")
+    assert result.code == 2 and "--curve-every needs what to measure" in " ".join(result.err.split())

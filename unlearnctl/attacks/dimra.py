@@ -1,0 +1,339 @@
+"""DiMRA: the diffusion-model relearning attack (Yuan et al., "Towards Irreversible Machine Unlearning for
+Diffusion Models", arXiv 2512.03564).
+
+Threat model: the attacker holds the unlearned weights and the conditioning format (the class labels),
+not the forget set and not what was forgotten. The attack is ordinary denoising fine-tuning,
+
+    min_θ  E_{(x, c) ~ D_au, t, ε} || ε − ε_θ(γ_t x + σ_t ε, t, c) ||²,
+
+on an auxiliary set D_au that holds none of the forgotten elements: (i) part of the retain set, or (ii) a
+set of similar distribution — images the model generates itself, or public data. The unlearning was only
+superficial if the forgotten class or data comes back ("relearning"); the relearn gap (DESIGN §5) is the
+forget rate after the attack minus the forget rate before.
+
+The loop is :func:`unlearnctl.training.fit_denoiser` — the same loss, batches, label dropout and clipping
+as training — with a constant learning rate and no EMA. With ``curve_every = K`` the forget rate of
+:func:`unlearnctl.metrics.forget.measure_forgetting` is recorded at step 0, every K steps and at the end,
+with the same sampling seed each time, so the curve shows relearning rather than sampling noise.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import time
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any, Callable
+
+from unlearnctl.attacks import AuxContext, AuxSource, parse_aux_spec
+from unlearnctl.errors import BadInputError, require
+from unlearnctl.progress import ProgressFn, report
+
+if TYPE_CHECKING:
+    import torch
+
+    from unlearnctl.checkpoint import Checkpoint
+    from unlearnctl.data import DataSplit, ForgetSet, ForgetSpec, ImageSet
+    from unlearnctl.training import TrainConfig
+
+CURVE_SCHEMA = "unlearnctl.relearn-curve"
+CURVE_SCHEMA_VERSION = 1
+CURVE_CSV_COLUMNS = ("step", "forget_rate", "num_samples", "mode", "method", "aux", "model_sha256")
+
+
+@dataclass
+class AttackConfig:
+    """The attack recipe; recorded in the lineage. Defaults reconstruct the paper's setting (docs/attack.md).
+
+    The paper gives the attacker an ordinary fine-tuning run, nothing tuned per unlearning method; we read
+    "ordinary" as the base model's own training recipe continued at the learning rate it ended with.
+    """
+
+    steps: int = 500  # optimizer steps; the issue's figure uses 500
+    batch_size: int = 128  # images per step: the base recipe's batch (TrainConfig.batch_size)
+    lr: float = 1e-4  # constant AdamW lr: where the base recipe's cosine ends (10% of its 1e-3 peak)
+    warmup_steps: int = 0  # none: a fine-tune of a trained model, not training from scratch
+    weight_decay: float = 0.0  # as the base recipe
+    label_dropout: float = 0.1  # as training: conditional models keep their labels, 10% go to the null class
+    grad_clip: float = 1.0  # total gradient-norm clip, as training
+    seed: int = 0  # seeds batches, timesteps, noise, the retain subset and generation
+    num_generated: int = 1000  # `generated` source: images sampled, balanced over the retained classes
+    generate_steps: int = 50  # `generated` source: DDIM steps (guidance 1, i.e. none)
+    curve_samples: int = 200  # curve: images sampled for the forget condition per point
+    curve_sample_steps: int = 25  # curve: DDIM steps per sample
+    curve_seed: int = 0  # curve: the same initial noise at every point
+
+    def __post_init__(self):
+        require(self.steps >= 1, f"attack steps must be at least 1, got {self.steps}")
+        require(self.batch_size >= 1, f"batch size must be at least 1, got {self.batch_size}")
+        require(0 < self.lr <= 1, f"learning rate must be in (0, 1], got {self.lr}")
+        require(self.warmup_steps >= 0, f"warm-up steps must be >= 0, got {self.warmup_steps}")
+        require(self.weight_decay >= 0, f"weight decay must be >= 0, got {self.weight_decay}")
+        require(0 <= self.label_dropout < 1, f"label dropout must be in [0, 1), got {self.label_dropout}")
+        require(self.grad_clip > 0, f"gradient clip must be > 0, got {self.grad_clip}")
+        require(self.num_generated >= 1, f"number of generated images must be at least 1, got {self.num_generated}")
+        require(self.generate_steps >= 1, f"generation steps must be at least 1, got {self.generate_steps}")
+        require(self.curve_samples >= 1, f"curve samples must be at least 1, got {self.curve_samples}")
+        require(self.curve_sample_steps >= 1, f"curve sample steps must be at least 1, got {self.curve_sample_steps}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def train_config(self) -> "TrainConfig":
+        """The :class:`~unlearnctl.training.TrainConfig` of the fine-tuning: constant lr, raw weights (no EMA)."""
+        from unlearnctl.training import TrainConfig
+
+        return TrainConfig(steps=self.steps, batch_size=self.batch_size, lr=self.lr, lr_schedule="constant",
+                           warmup_steps=self.warmup_steps, weight_decay=self.weight_decay, ema_decay=0.0,
+                           label_dropout=self.label_dropout, grad_clip=self.grad_clip, seed=self.seed)
+
+
+@dataclass
+class RelearnCurve:
+    """Forget rate against attack steps (the JSON/CSV schema is in docs/attack.md).
+
+    Attributes:
+        every: measured every this many steps (plus step 0 and the last step).
+        forget: ``ForgetSet.describe()`` of what is measured.
+        metric: how it is measured: mode, samples, sampler, steps, guidance, seed, classifier or threshold.
+        points: ``{"step", "forget_rate", "num_samples"}`` dicts, by step.
+        model_path, model_sha256: the attacked (input) checkpoint.
+        method: the newest unlearning method in the input's lineage (``None`` if none).
+        aux: the auxiliary data's spec, size and fingerprint.
+        attack: the :class:`AttackConfig` as a dict.
+    """
+
+    every: int
+    forget: dict[str, Any]
+    metric: dict[str, Any]
+    points: list[dict[str, Any]] = field(default_factory=list)
+    model_path: str | None = None
+    model_sha256: str | None = None
+    method: str | None = None
+    aux: dict[str, Any] = field(default_factory=dict)
+    attack: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def before(self) -> float | None:
+        return self.points[0]["forget_rate"] if self.points else None
+
+    @property
+    def after(self) -> float | None:
+        return self.points[-1]["forget_rate"] if self.points else None
+
+    @property
+    def relearn_gap(self) -> float | None:
+        """Forget rate after the attack minus before (DESIGN §5)."""
+        return None if not self.points else self.after - self.before
+
+    def lineage_record(self) -> dict[str, Any]:
+        """What the attacked checkpoint's lineage keeps (the rest is already in the entry)."""
+        return {"every": self.every, "forget": self.forget, "metric": self.metric, "points": self.points,
+                "forget_rate_before": self.before, "forget_rate_after": self.after, "relearn_gap": self.relearn_gap}
+
+    def to_json_dict(self) -> dict[str, Any]:
+        return {
+            "schema": CURVE_SCHEMA, "schema_version": CURVE_SCHEMA_VERSION,
+            "model": {"path": self.model_path, "sha256": self.model_sha256}, "method": self.method,
+            "attack": {"name": "dimra", **self.attack}, "aux": self.aux,
+            **self.lineage_record(),
+        }
+
+    def to_csv(self) -> str:
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(CURVE_CSV_COLUMNS)
+        for point in self.points:
+            writer.writerow([point["step"], f"{point['forget_rate']:.6g}", point["num_samples"], self.metric["mode"],
+                             self.method or "", self.aux.get("spec", ""), self.model_sha256 or ""])
+        return buffer.getvalue()
+
+
+# --------------------------------------------------------------------------------------------- forget sets
+
+
+def recorded_forget_sets(checkpoint: "Checkpoint", split: "DataSplit") -> list["ForgetSet"]:
+    """Every forget set the lineage records (``forget`` blocks), rebuilt on ``split`` and fingerprint-checked.
+
+    Identical forget sets (same fingerprint) appear once.
+    """
+    from unlearnctl.data import ForgetSpec, resolve_forget
+
+    found: dict[str, "ForgetSet"] = {}
+    for i, entry in enumerate(checkpoint.lineage):
+        block = entry.get("forget") if isinstance(entry, dict) else None
+        if not isinstance(block, dict) or not isinstance(block.get("spec"), dict):
+            continue
+        where = f"lineage entry {i} ({entry.get('command', '?')})"
+        try:
+            forget_set = resolve_forget(ForgetSpec.from_dict(block["spec"]), split)
+        except BadInputError as exc:
+            raise BadInputError(f"{where} records a forget set that cannot be rebuilt ({exc}); without it the attack "
+                                "cannot prove its auxiliary data excludes it") from None
+        recorded = block.get("fingerprint")
+        require(recorded in (None, forget_set.fingerprint),
+                f"{where}: its forget set now resolves to other images (fingerprint {forget_set.fingerprint} != "
+                f"recorded {recorded}); the data changed since unlearning")
+        found.setdefault(forget_set.fingerprint, forget_set)
+    return list(found.values())
+
+
+def unlearning_method(checkpoint: "Checkpoint") -> str | None:
+    """The newest ``method`` in the lineage (the unlearning method that produced the model), if any."""
+    for entry in reversed(checkpoint.lineage):
+        if isinstance(entry, dict) and entry.get("method"):
+            return str(entry["method"])
+    return None
+
+
+# --------------------------------------------------------------------------------------------- aux data
+
+
+def build_aux_data(source: AuxSource, arg: str, context: AuxContext) -> tuple["ImageSet", dict[str, Any]]:
+    """Build the auxiliary set of ``source`` and pass it through the forget-set guard.
+
+    Returns the images to fine-tune on and the facts the lineage records about them: spec, size,
+    fingerprint, class counts, the copies dropped, the forget fingerprints and the shared-image count (0).
+    """
+    import torch
+
+    from unlearnctl.attacks.guard import assert_disjoint, exclude_forget_copies, near_copy_threshold
+
+    spec = f"{source.name}:{arg}" if arg else source.name
+    candidates, details = source.build(arg, context)
+    require(len(candidates) > 0, f"auxiliary source {spec} produced no images")
+    found: dict[str, Any] = {"dropped_exact_copies": 0, "dropped_near_copies": 0, "near_copy_threshold": None}
+    aux, shared = candidates, 0
+    if context.forget_sets:
+        forget_images = torch.cat([forget_set.forget.images for forget_set in context.forget_sets])
+        retained = context.split.train.images[~context.excluded_mask()]
+        threshold = near_copy_threshold(forget_images, retained)
+        aux, found = exclude_forget_copies(candidates, forget_images, threshold, refuse=source.user_data, origin=spec)
+        require(len(aux) > 0, f"every image of auxiliary source {spec} copies a forget image; nothing is left to attack with")
+        shared = assert_disjoint(aux.images, forget_images)
+    counts = None
+    if aux.labels is not None:
+        names = aux.class_names or [str(c) for c in range(int(aux.labels.max()) + 1)]
+        counts = {names[c]: int((aux.labels == c).sum()) for c in range(len(names)) if bool((aux.labels == c).any())}
+    info = {"source": source.name, "spec": spec, **details, "num_candidates": len(candidates), **found,
+            "num_images": len(aux), "fingerprint": aux.fingerprint, "class_counts": counts,
+            "forget_fingerprints": [forget_set.fingerprint for forget_set in context.forget_sets],
+            "shared_images": shared}
+    return aux, info
+
+
+# --------------------------------------------------------------------------------------------- the attack
+
+
+def _curve_probe(checkpoint: "Checkpoint", forget_set: "ForgetSet", split: "DataSplit", config: AttackConfig,
+                 progress: ProgressFn) -> tuple[Callable[["torch.nn.Module"], dict[str, Any]], dict[str, Any]]:
+    """A function measuring the forget rate of a model, and the description of how it measures."""
+    from unlearnctl.metrics.forget import data_forget_threshold, measure_forgetting
+
+    classifier, threshold, metric = None, None, {"mode": forget_set.mode}
+    if forget_set.mode == "class":
+        from unlearnctl.metrics.classifier import describe, load_or_train_classifier
+
+        classifier = load_or_train_classifier(split, progress=progress)
+        metric["classifier"] = describe(classifier)
+    else:
+        threshold = data_forget_threshold(forget_set.forget.images, forget_set.retain.images)
+        metric["threshold"] = threshold
+    metric.update(num_samples=config.curve_samples, sampler="ddim", sample_steps=config.curve_sample_steps,
+                  guidance=1.0, seed=config.curve_seed)
+
+    def probe(unet: "torch.nn.Module") -> dict[str, Any]:
+        return measure_forgetting(unet, checkpoint, forget_set, classifier=classifier, threshold=threshold,
+                                  num_samples=config.curve_samples, steps=config.curve_sample_steps,
+                                  seed=config.curve_seed)
+
+    return probe, metric
+
+
+def relearn_attack(
+    checkpoint: "Checkpoint",
+    aux_spec: str = "retain",
+    config: AttackConfig | None = None,
+    *,
+    curve_forget_spec: "ForgetSpec | None" = None,
+    curve_every: int = 0,
+    data: "DataSplit | None" = None,
+    device: str = "auto",
+    progress: ProgressFn = None,
+) -> tuple["Checkpoint", RelearnCurve | None]:
+    """Run DiMRA on ``checkpoint``; returns the attacked (unsaved) checkpoint and the relearning curve.
+
+    Args:
+        checkpoint: the unlearned model. Its lineage's ``forget`` blocks name what must stay out of the
+            auxiliary data.
+        aux_spec: the auxiliary data, ``retain[:FRACTION]``, ``generated[:COUNT]``, ``folder:PATH`` or
+            ``npz:PATH`` (see :mod:`unlearnctl.attacks`).
+        config: the attack recipe (default :class:`AttackConfig`).
+        curve_forget_spec: what the curve measures; default the newest forget set in the lineage. It is
+            also kept out of the auxiliary data.
+        curve_every: record the forget rate every this many steps (and at steps 0 and ``config.steps``);
+            0 = no curve.
+        data: the model's training data when its recorded source cannot be reloaded as recorded; the
+            recorded forget fingerprints must still match.
+        device: torch device (``auto`` = CUDA if present).
+        progress: progress callback.
+    """
+    from unlearnctl.checkpoint import lineage_entry
+    from unlearnctl.data import check_compatible, load_recorded_data, resolve_forget
+    from unlearnctl.diffusion import NoiseSchedule
+    from unlearnctl.training import fit_denoiser, resolve_device
+
+    config = config or AttackConfig()
+    source, arg = parse_aux_spec(aux_spec)
+    require(curve_every >= 0, f"curve interval must be >= 0 steps, got {curve_every}")
+    started = time.perf_counter()
+
+    # 1. What must stay out: every forget set of the lineage, plus the curve's.
+    split = data if data is not None else load_recorded_data(checkpoint.data)
+    check_compatible(split.description, checkpoint.unet_config, checkpoint.conditional)
+    forget_sets = recorded_forget_sets(checkpoint, split)
+    curve_set = None
+    if curve_forget_spec is not None and not curve_forget_spec.empty:
+        curve_set = resolve_forget(curve_forget_spec, split)
+        if curve_set.fingerprint not in {f.fingerprint for f in forget_sets}:
+            forget_sets.append(curve_set)
+    elif curve_every:
+        require(bool(forget_sets), "--curve-every needs what to measure: give --forget-class, --forget-index, "
+                "--forget-canary or --forget-images (the model's lineage records no forget set)")
+        curve_set = forget_sets[-1]
+
+    # 2. The auxiliary data D_au, guarded against forget-set items.
+    resolved_device = resolve_device(device)
+    context = AuxContext(checkpoint, split, forget_sets, seed=config.seed, num_generated=config.num_generated,
+                         generate_steps=config.generate_steps, device=resolved_device, progress=progress)
+    aux, aux_info = build_aux_data(source, arg, context)
+
+    # 3. Fine-tune with the training loss, measuring the forget rate along the way.
+    unet = checkpoint.build_unet(resolved_device)
+    curve, on_step = None, None
+    if curve_every and curve_set is not None:
+        probe, metric = _curve_probe(checkpoint, curve_set, split, config, progress)
+        curve = RelearnCurve(curve_every, curve_set.describe(), metric, model_path=str(checkpoint.path) if checkpoint.path else None,
+                             model_sha256=checkpoint.sha256, method=unlearning_method(checkpoint),
+                             aux={k: aux_info[k] for k in ("spec", "num_images", "fingerprint")}, attack=config.to_dict())
+        checkpoints = sorted({0, *range(curve_every, config.steps + 1, curve_every), config.steps})
+
+        def measure(step: int, model: "torch.nn.Module") -> None:
+            if step in checkpoints:
+                result = probe(model)
+                curve.points.append({"step": step, "forget_rate": result["forget_rate"], "num_samples": result["num_samples"]})
+                report(progress, "forget rate", len(curve.points), len(checkpoints), forget_rate=result["forget_rate"])
+
+        measure(0, unet)
+        on_step = measure
+    weights = fit_denoiser(unet, NoiseSchedule(checkpoint.scheduler_config), aux, config.train_config(),
+                           null_class=checkpoint.null_class, progress=progress, task="relearn-attack", on_step=on_step)
+
+    # 4. The lineage says it was attacked, how, and with which auxiliary data.
+    params = {"attack": "dimra", "aux": aux_info["spec"], "config": config.to_dict(), "curve_every": curve_every,
+              "curve_forget": curve_forget_spec.to_dict() if curve_forget_spec is not None else None}
+    attack = {"name": "dimra", "aux": aux_info, "excluded": [forget_set.describe() for forget_set in forget_sets],
+              "data_fingerprint": split.description["fingerprint"]}
+    entry = lineage_entry("relearn-attack", params, config.seed, time.perf_counter() - started, attack=attack,
+                          curve=curve.lineage_record() if curve is not None else None)
+    return checkpoint.derive(weights, entry), curve
