@@ -192,7 +192,8 @@ def epsilon_lower_bound(member_scores: np.ndarray, nonmember_scores: np.ndarray,
     choose_n, test_n = nonmembers[:n_half], nonmembers[n_half:]
     # 1) choose threshold and direction on the first half (point estimate, +0.5 smoothing against log 0)
     best = (-math.inf, None, None)
-    for tau in np.unique(np.r_[choose_m, choose_n]):
+    values = np.unique(np.r_[choose_m, choose_n])
+    for tau in (values[1:] + values[:-1]) / 2 if len(values) > 1 else values:  # midpoints: margin on both sides
         tp, fp = (choose_m >= tau).sum() + 0.5, (choose_n >= tau).sum() + 0.5
         fn, tn = (choose_m < tau).sum() + 0.5, (choose_n < tau).sum() + 0.5
         tpr, fpr, fnr, tnr = tp / (m_half + 1), fp / (n_half + 1), fn / (m_half + 1), tn / (n_half + 1)
