@@ -119,3 +119,11 @@ def test_grids_and_saved_samples(tiny_conditional, tmp_path):
 
     saved = np.load(folder / "samples.npz")
     assert saved["images"].shape == (80, 8, 8, 1) and torch.equal(torch.from_numpy(saved["labels"]), evaluation.samples.labels)
+
+
+def test_docs_document_every_result_key():
+    from pathlib import Path
+
+    text = (Path(__file__).parents[2] / "docs" / "metrics.md").read_text()
+    for key in [*result_keys(), "num_samples", "num_retain_samples", "num_forget_samples", "provenance", *PROVENANCE_KEYS]:
+        assert f"`{key}`" in text, key

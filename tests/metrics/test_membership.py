@@ -84,6 +84,9 @@ def test_audit_detects_images_a_model_was_trained_hard_on(tiny_unconditional, sh
     assert result["membership_members"] == 8
     assert result["membership_auc"] > 0.8, result
     assert result["membership_loss_ratio"] < 0.8
+    # calibrated by a model that fitted the whole training set instead: those 8 still stand out
+    calibrated = membership_audit(unet, tiny_unconditional, forget, shapes_split, config, reference=tiny_unconditional)
+    assert calibrated["membership_auc"] > 0.8 and calibrated["membership_loss_ratio"] == result["membership_loss_ratio"]
 
 
 def test_audit_of_an_untrained_model_is_near_chance(tiny_unconditional, shapes_split):
@@ -97,3 +100,17 @@ def test_audit_of_an_untrained_model_is_near_chance(tiny_unconditional, shapes_s
     assert abs(result["membership_auc"] - 0.5) < 0.2, result
     assert result["membership_loss_ratio"] == pytest.approx(1.0, abs=0.1)
     assert result["membership_epsilon_lb"] < 0.5
+
+
+def test_reference_must_match_and_must_not_have_seen_the_data(tiny_unconditional, tiny_conditional, shapes_split):
+    from dataclasses import replace
+
+    from unlearnctl.metrics.evaluate import _check_reference_data
+    from unlearnctl.metrics.membership import check_reference
+
+    check_reference(tiny_unconditional, tiny_conditional)  # same schedule and image shape: usable
+    other = replace(tiny_conditional, scheduler_config={**tiny_conditional.scheduler_config, "beta_end": 0.03})
+    with pytest.raises(BadInputError, match="different noise schedule"):
+        check_reference(tiny_unconditional, other)
+    with pytest.raises(BadInputError, match="trained on the full training set"):
+        _check_reference_data(tiny_conditional, shapes_split)

@@ -37,6 +37,7 @@ def evaluate(
     audit_repeats: Annotated[int, typer.Option(help="Membership audit: shared-noise repeats (the AUC's spread is over these).", rich_help_panel=EVAL_PANEL)] = 4,
     audit_timesteps: Annotated[str, typer.Option(help="Membership audit: comma-separated fixed timesteps of the denoising loss.", rich_help_panel=EVAL_PANEL)] = "25,50,100,150,200,300,400",
     audit_confidence: Annotated[float, typer.Option(help="Confidence level of the empirical ε lower bound.", rich_help_panel=EVAL_PANEL)] = 0.95,
+    audit_reference: Annotated[Optional[Path], typer.Option(help="Calibrate the membership audit with a model that saw neither the forget nor the held-out images (needed for out-of-distribution forget data such as a canary).", rich_help_panel=EVAL_PANEL)] = None,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the results (schema: docs/metrics.md) to this .json file.", rich_help_panel=opt.OUTPUT_PANEL)] = None,
     gate: Annotated[Optional[list[str]], typer.Option("--gate", help='Condition to hold, e.g. "forget_rate<=0.05", "fid<=12", "fid<=+10%" (with --baseline); repeatable; exit 3 if one fails.', rich_help_panel=GATE_PANEL)] = None,
     baseline: Annotated[Optional[Path], typer.Option(help="A previous --json result that relative gates (+10%, -5%) refer to.", rich_help_panel=GATE_PANEL)] = None,
@@ -77,6 +78,7 @@ def evaluate(
         sample_batch_size=sample_batch_size, metrics=tuple(metric) if metric else None,
         feature_extractor=feature_extractor, inception_weights=str(inception_weights) if inception_weights else None,
         audit=AuditConfig(timesteps=timesteps, repeats=audit_repeats, confidence=audit_confidence, seed=seed),
+        audit_reference=str(audit_reference) if audit_reference else None,
         classifier_cache=str(classifier_cache) if classifier_cache else None, device=device,
     )
     checkpoint = load_checkpoint(model)

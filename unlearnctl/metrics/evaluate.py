@@ -57,6 +57,7 @@ class EvalConfig:
     kid_subset_size: int = 1000  # torch-fidelity kid_subset_size (capped at the smaller set)
     prc_neighborhood: int = 3  # torch-fidelity prc_neighborhood (k of the k-NN balls)
     audit: AuditConfig = field(default_factory=AuditConfig)  # membership audit parameters
+    audit_reference: str | None = None  # checkpoint that calibrates the audit (never saw forget or held-out images)
     classifier_cache: str | None = None  # folder of cached classifiers (default ~/.cache/unlearnctl)
     device: str = "auto"  # torch device
 
@@ -116,6 +117,7 @@ class EvalContext:
     config: EvalConfig
     device: torch.device
     classifier: "DomainClassifier | None" = None
+    reference: "Checkpoint | None" = None  # membership audit calibration model
     feature_space: "FeatureSpace | None" = None
     samples: Samples | None = None
     progress: ProgressFn = None
@@ -217,7 +219,7 @@ def membership(context: EvalContext) -> dict[str, Any]:
     from unlearnctl.metrics.membership import membership_audit
 
     result = membership_audit(context.unet, context.checkpoint, context.forget_set, context.split, context.config.audit,
-                              progress=context.progress)
+                              progress=context.progress, reference=context.reference)
     context.details["membership"] = result.pop("details")
     return result
 
@@ -260,6 +262,20 @@ def planned_keys(run: list[str]) -> set[str]:
     """Result keys that will hold numbers (what ``--gate`` may name)."""
     keys = {key for name in run for key in METRICS[name].keys}
     return keys | {"num_samples", "num_retain_samples", "num_forget_samples"}
+
+
+def _check_reference_data(reference: "Checkpoint", split: "DataSplit") -> None:
+    """The audit reference must not have trained on the held-out images or on the full training set."""
+    require(reference.data.get("heldout_fingerprint") == split.description.get("heldout_fingerprint"),
+            "the audit reference was trained on another train/held-out split, so it may have seen the non-members; "
+            "use a model trained on the same data source and split")
+    from unlearnctl.provenance import ROOT_COMMANDS
+
+    roots = [e for e in reference.lineage if isinstance(e, dict) and e.get("command") in ROOT_COMMANDS]
+    trained_on = roots[-1].get("data_fingerprint") if roots else None  # the newest from-scratch training
+    require(trained_on not in (None, split.description["fingerprint"]),
+            "the audit reference was trained on the full training set (forget images included) or records no training "
+            "data; use a model trained without the forget set, e.g. `unlearnctl unlearn --method retrain`")
 
 
 def _needs_classifier(context: EvalContext, run: list[str]) -> bool:
@@ -383,6 +399,13 @@ def run_evaluation(
         from unlearnctl.metrics.gates import parse_gates
 
         parse_gates(gates, planned_keys(run), baseline)
+    if config.audit_reference and "membership" in run:
+        from unlearnctl.checkpoint import load_checkpoint
+        from unlearnctl.metrics.membership import check_reference
+
+        context.reference = load_checkpoint(config.audit_reference)
+        check_reference(checkpoint, context.reference)
+        _check_reference_data(context.reference, split)
     if _needs_classifier(context, run):
         require(context.labelled, "the domain classifier needs labelled data (class sub-folders or npz labels); "
                 "for quality metrics use --feature-extractor inception-v3-compat --inception-weights PATH")

@@ -218,6 +218,30 @@ def epsilon_lower_bound(member_scores: np.ndarray, nonmember_scores: np.ndarray,
 # --------------------------------------------------------------------------------------------- the audit
 
 
+def check_reference(checkpoint: "Checkpoint", reference: "Checkpoint") -> None:
+    """A calibration reference must see the same images and noise schedule as the audited model."""
+    keys = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "prediction_type")
+    require(all(checkpoint.scheduler_config.get(k) == reference.scheduler_config.get(k) for k in keys),
+            "the audit reference has a different noise schedule; use a model trained with the same scheduler")
+    for key in ("sample_size", "in_channels"):
+        require(checkpoint.unet_config.get(key) == reference.unet_config.get(key),
+                f"the audit reference's {key} {reference.unet_config.get(key)} differs from the model's {checkpoint.unet_config.get(key)}")
+
+
+def _reference_condition(images: ImageSet, reference: "Checkpoint") -> torch.Tensor | None:
+    """Condition a reference on an image's class when it knows that class (by name), else on its null class."""
+    if not reference.conditional:
+        return None
+    names = reference.data.get("class_names") or []
+    labels = torch.full((len(images),), reference.null_class, dtype=torch.long)
+    if images.labels is not None:
+        for i, label in enumerate(images.labels.tolist()):
+            name = images.class_names[label] if 0 <= label < len(images.class_names) else None
+            if name in names and names.index(name) < reference.null_class:
+                labels[i] = names.index(name)
+    return labels
+
+
 def membership_audit(
     unet: torch.nn.Module,
     checkpoint: "Checkpoint",
@@ -225,25 +249,46 @@ def membership_audit(
     split: "DataSplit",
     config: AuditConfig | None = None,
     progress: ProgressFn = None,
+    reference: "Checkpoint | None" = None,
 ) -> dict[str, Any]:
-    """Run the audit; returns the ``membership_*`` result keys plus ``details`` for the provenance."""
+    """Run the audit; returns the ``membership_*`` result keys plus ``details`` for the provenance.
+
+    ``reference``: a model trained without the forget images *and* without the held-out images (e.g.
+    one trained on the retain data only). With it, each image's score is calibrated by how hard the
+    image is for a model that never saw it (offline reference attack, Watson et al. 2022; Carlini et
+    al. 2022): ``score = −log(L(x) / L_ref(x))`` with the same shared noise for both models. Needed when
+    the forget images have no same-distribution held-out images (an out-of-distribution canary is hard
+    for every model that has not memorised it, which the raw loss mistakes for "non-member").
+    """
     config = config or AuditConfig()
     members, nonmembers, source = audit_sets(forget_set, split)
     generator = torch.Generator().manual_seed(config.seed)
     members, nonmembers = _cap(members, config.max_images, generator), _cap(nonmembers, config.max_images, generator)
+    common = dict(timesteps=config.timesteps, repeats=config.repeats, seed=config.seed, batch_size=config.batch_size)
     schedule = NoiseSchedule(checkpoint.scheduler_config)
     was_training = unet.training
     unet.eval()
     try:
-        common = dict(timesteps=config.timesteps, repeats=config.repeats, seed=config.seed, batch_size=config.batch_size)
         loss_m = denoising_losses(unet, schedule, members.images, _condition(members, checkpoint), **common)  # R×M
         loss_n = denoising_losses(unet, schedule, nonmembers.images, _condition(nonmembers, checkpoint), progress=progress, **common)
     finally:
         unet.train(was_training)
-    score_m, score_n = (-loss_m.mean(0)).double().numpy(), (-loss_n.mean(0)).double().numpy()
-    figures = attack_figures(score_m, score_n, TARGET_FPR)
-    per_repeat = [attack_figures(-loss_m[r].double().numpy(), -loss_n[r].double().numpy())["auc"] for r in range(config.repeats)]
-    bound = epsilon_lower_bound(score_m, score_n, config.confidence, config.seed)
+    score_m, score_n = -loss_m, -loss_n  # R×M, R×N: higher = more member-like
+    calibration = None
+    if reference is not None:
+        check_reference(checkpoint, reference)
+        ref_unet = reference.build_unet(next(unet.parameters()).device).eval()
+        ref_m = denoising_losses(ref_unet, schedule, members.images, _reference_condition(members, reference), **common)
+        ref_n = denoising_losses(ref_unet, schedule, nonmembers.images, _reference_condition(nonmembers, reference), **common)
+        score_m, score_n = -(loss_m / ref_m).log(), -(loss_n / ref_n).log()
+        calibration = {"reference": str(reference.path) if reference.path else None, "reference_sha256": reference.sha256,
+                       "score": "-log(L / L_ref)", "reference_member_loss_mean": float(ref_m.mean()),
+                       "reference_nonmember_loss_mean": float(ref_n.mean())}
+    # the attack score of an image: mean over repeats (for the ratio: of the per-repeat log ratios)
+    final_m, final_n = score_m.mean(0).double().numpy(), score_n.mean(0).double().numpy()
+    figures = attack_figures(final_m, final_n, TARGET_FPR)
+    per_repeat = [attack_figures(score_m[r].double().numpy(), score_n[r].double().numpy())["auc"] for r in range(config.repeats)]
+    bound = epsilon_lower_bound(final_m, final_n, config.confidence, config.seed)
     mean_m, mean_n = float(loss_m.mean()), float(loss_n.mean())
     return {
         "membership_auc": figures["auc"],
@@ -256,5 +301,6 @@ def membership_audit(
         "membership_members": len(members),
         "membership_nonmembers": len(nonmembers),
         "details": {"nonmember_source": source, "member_loss_mean": mean_m, "nonmember_loss_mean": mean_n,
-                    "auc_per_repeat": per_repeat, "epsilon_test": bound, "config": config.to_dict()},
+                    "calibration": calibration, "auc_per_repeat": per_repeat, "epsilon_test": bound,
+                    "config": config.to_dict()},
     }
