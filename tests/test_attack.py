@@ -220,3 +220,19 @@ def test_cli_curve_needs_a_forget_set(cli, tiny_unconditional, tmp_path):
     result = cli("relearn-attack", "--model", tiny_unconditional.path, "--out", tmp_path / "a.safetensors",
                  "--curve-every", 2, "--steps", 2, "--device", "cpu", "--quiet")
     assert result.code == 2 and "--curve-every needs what to measure" in " ".join(result.err.split())
+
+
+def test_cli_data_that_moved_needs_and_accepts_data(cli, unlearned, shapes_npz, tmp_path):
+    import dataclasses
+    import shutil
+
+    moved = tmp_path / "moved.npz"
+    shutil.copy(shapes_npz, moved)
+    gone = dataclasses.replace(unlearned, data={**unlearned.data, "source": f"npz:{tmp_path / 'gone.npz'}"})
+    model = save_checkpoint(gone, tmp_path / "gone.safetensors")
+    args = ("relearn-attack", "--model", model, "--steps", 2, "--batch-size", 8, "--device", "cpu", "--quiet")
+    result = cli(*args, "--out", tmp_path / "a.safetensors")
+    assert result.code == 2 and "pass --data" in result.err
+    result = cli(*args, "--out", tmp_path / "b.safetensors", "--data", f"npz:{moved}")
+    assert result.code == 0, result
+    assert load_checkpoint(tmp_path / "b.safetensors").lineage[-1]["attack"]["aux"]["shared_images"] == 0

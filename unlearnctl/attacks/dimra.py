@@ -250,6 +250,19 @@ def _curve_probe(checkpoint: "Checkpoint", forget_set: "ForgetSet", split: "Data
     return probe, metric
 
 
+def _recorded_data(checkpoint: "Checkpoint") -> "DataSplit":
+    """The model's training data as recorded; the forget sets are rebuilt on it."""
+    from unlearnctl.data import load_recorded_data
+
+    try:
+        return load_recorded_data(checkpoint.data)
+    except BadInputError as exc:
+        message = str(exc)
+        if "--data" not in message:
+            message = f"the model's training data cannot be reloaded ({message}); pass --data"
+        raise BadInputError(message) from None
+
+
 def relearn_attack(
     checkpoint: "Checkpoint",
     aux_spec: str = "retain",
@@ -279,7 +292,7 @@ def relearn_attack(
         progress: progress callback.
     """
     from unlearnctl.checkpoint import lineage_entry
-    from unlearnctl.data import check_compatible, load_recorded_data, resolve_forget
+    from unlearnctl.data import check_compatible, resolve_forget
     from unlearnctl.diffusion import NoiseSchedule
     from unlearnctl.training import fit_denoiser, resolve_device
 
@@ -289,7 +302,7 @@ def relearn_attack(
     started = time.perf_counter()
 
     # 1. What must stay out: every forget set of the lineage, plus the curve's.
-    split = data if data is not None else load_recorded_data(checkpoint.data)
+    split = data if data is not None else _recorded_data(checkpoint)
     check_compatible(split.description, checkpoint.unet_config, checkpoint.conditional)
     forget_sets = recorded_forget_sets(checkpoint, split)
     curve_set = None

@@ -53,7 +53,7 @@ def relearn_attack(
     from unlearnctl.attacks import parse_aux_spec
     from unlearnctl.attacks.dimra import relearn_attack as attack
     from unlearnctl.checkpoint import atomic_write_text, check_output_path, load_checkpoint, save_checkpoint
-    from unlearnctl.data import load_data
+    from unlearnctl.data import DEFAULT_HELDOUT_FRACTION, load_data
     from unlearnctl.errors import require
 
     check_output_path(out)
@@ -72,7 +72,7 @@ def relearn_attack(
     if data:
         recorded = checkpoint.data
         split = load_data(data, resolution=recorded.get("requested_resolution"), channels=recorded.get("requested_channels"),
-                          split_seed=recorded.get("split_seed", 0), heldout_fraction=recorded.get("heldout_fraction", 0.2),
+                          split_seed=recorded.get("split_seed", 0), heldout_fraction=recorded.get("heldout_fraction", DEFAULT_HELDOUT_FRACTION),
                           canary_copies=recorded.get("canary_copies"))
     note(f"DiMRA on {model} with --aux {aux}: {steps} steps, lr {lr:g}, batch {batch_size}", quiet)
     with ProgressBars(quiet) as progress:
