@@ -7,14 +7,11 @@ for 2 CPU cores, real enough that forgetting and relearning can be measured.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 SHAPE_NAMES = ("bar", "column", "box", "cross")
 
@@ -51,7 +48,7 @@ def shapes_npz(tmp_path_factory) -> Path:
     """An ``.npz`` data set (240 images, 4 classes) usable as ``npz:PATH``."""
     path = tmp_path_factory.mktemp("data") / "shapes.npz"
     images, labels = make_shapes()
-    np.savez(path, images=images, labels=labels)
+    np.savez(path, images=images, labels=labels, class_names=np.array(SHAPE_NAMES))
     return path
 
 

@@ -11,7 +11,8 @@ Sources (``spec`` strings):
 * ``digits+canary`` — the digits plus ``K`` copies (default 2% of the train split) of one out-of-distribution
   8×8 "T-shirt" drawn by :func:`canary_image`, labelled ``canary``; the SISS memorisation scenario.
 * ``folder:PATH`` — an ImageFolder tree (one sub-folder per class) or a flat folder of images.
-* ``npz:PATH`` — an ``.npz`` with ``images`` (uint8 ``N×H×W`` or ``N×H×W×C``) and optional ``labels``.
+* ``npz:PATH`` — an ``.npz`` with ``images`` (uint8 ``N×H×W`` or ``N×H×W×C``), optional ``labels`` and optional
+  ``class_names`` (a string array).
 """
 
 from __future__ import annotations
@@ -155,6 +156,11 @@ def _load_npz(path: Path) -> tuple[list[np.ndarray], np.ndarray | None, list[str
                 f"{path}: 'labels' must be {len(images)} non-negative integers")
         labels = labels.astype(np.int64)
     names = [str(int(c)) for c in range(int(labels.max()) + 1)] if labels is not None else []
+    if labels is not None and "class_names" in archive.files:
+        given = [str(n) for n in archive["class_names"].tolist()]
+        require(len(given) > int(labels.max()) and len(set(given)) == len(given),
+                f"{path}: 'class_names' must name every label once ({len(given)} names for labels up to {int(labels.max())})")
+        names = given
     return list(images), labels, names
 
 

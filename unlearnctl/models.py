@@ -35,9 +35,7 @@ def unet_config(
     Conditional models get ``num_classes + 1`` class embeddings: the last one is the null class used for
     label dropout and classifier-free guidance.
     """
-    if preset not in PRESETS:
-        raise BadInputError(f"unknown model size {preset!r}; choose one of {', '.join(PRESETS)}")
-    spec = PRESETS[preset]
+    spec = check_preset(preset)
     levels = len(spec["block_out_channels"])
     require(resolution % 2 ** (levels - 1) == 0 and resolution >= 2 ** levels,
             f"model size {preset!r} needs a resolution divisible by {2 ** (levels - 1)} and at least {2 ** levels}, got {resolution}")
@@ -59,6 +57,12 @@ def unet_config(
     }
     config.update(overrides or {})
     return config
+
+
+def check_preset(preset: str) -> dict[str, Any]:
+    if preset not in PRESETS:
+        raise BadInputError(f"unknown model size {preset!r}; choose one of {', '.join(PRESETS)}")
+    return PRESETS[preset]
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:

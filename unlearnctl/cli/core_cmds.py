@@ -9,7 +9,7 @@ import typer
 
 from unlearnctl.cli import options as opt
 from unlearnctl.cli.app import app
-from unlearnctl.cli.ui import ProgressBars, key_value_table, note, print_json, stdout
+from unlearnctl.cli.ui import ProgressBars, key_value_table, print_json, stdout
 
 
 def load_split(data, resolution, channels, split_seed, canary_copies):
@@ -44,21 +44,23 @@ def train(
 ):
     """Train a diffusion model (DDPM, ε-prediction, linear β 1e-4→0.02, 1000 steps) from scratch."""
     from unlearnctl.checkpoint import check_output_path, save_checkpoint
-    from unlearnctl.models import read_config_file
+    from unlearnctl.models import check_preset, read_config_file
     from unlearnctl.training import TrainConfig, train_model
 
     check_output_path(out)
+    check_preset(size)
     overrides = read_config_file(unet_config) if unet_config else None
     config = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, ema_decay=ema_decay, label_dropout=label_dropout, seed=seed)
     split = load_split(data, resolution, channels, split_seed, canary_copies)
     exclude = opt.forget_spec(exclude_class, exclude_index, exclude_canary, None)
-    note(f"training a {size} {'conditional' if conditional else 'unconditional'} model on {split.description['source']} "
-         f"({split.description['num_train']} images, {split.description['resolution']}px)", quiet)
     with ProgressBars(quiet) as progress:
         checkpoint = train_model(split, conditional=conditional, preset=size, unet_overrides=overrides, config=config,
                                  exclude=exclude, device=device, progress=progress)
     save_checkpoint(checkpoint, out)
-    stdout.print(f"wrote {out} ({checkpoint.lineage[-1]['wall_time_s'] or 0:.0f} s)")
+    entry = checkpoint.lineage[-1]
+    stdout.print(f"wrote {out}: {size} {'conditional' if conditional else 'unconditional'} model, "
+                 f"{entry['params']['num_train_images']} training images of {split.description['source']}, "
+                 f"{steps} steps in {entry['wall_time_s'] or 0:.0f} s")
     if grid:
         _write_grid(checkpoint, grid, seed, device, quiet)
 
