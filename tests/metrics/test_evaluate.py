@@ -127,3 +127,11 @@ def test_docs_document_every_result_key():
     text = (Path(__file__).parents[2] / "docs" / "metrics.md").read_text()
     for key in [*result_keys(), "num_samples", "num_retain_samples", "num_forget_samples", "provenance", *PROVENANCE_KEYS]:
         assert f"`{key}`" in text, key
+
+
+def test_membership_only_generates_nothing(tiny_conditional, monkeypatch):
+    import unlearnctl.diffusion as diffusion
+
+    monkeypatch.setattr(diffusion, "sample_images", lambda *a, **k: pytest.fail("the audit alone needs no samples"))
+    result = evaluate(tiny_conditional, ForgetSpec(classes=("2",)), fast(metrics=("membership",), num_samples=1))
+    assert result["num_samples"] == 0 and isinstance(result["membership_auc"], float)

@@ -30,18 +30,22 @@ class Metric:
         compute: ``compute(context) -> dict`` returning values for (a subset of) ``keys``.
         applies: ``applies(context) -> str | None``: ``None`` when the group can be computed for this
             model and forget set, else the reason it is skipped (its keys are then ``null``).
+        uses_samples: whether it scores generated samples (an evaluation of groups that do not, such as
+            the membership audit, generates nothing).
     """
 
     name: str
     keys: dict[str, str]
     compute: Callable[["EvalContext"], dict[str, Any]]
     applies: Callable[["EvalContext"], str | None]
+    uses_samples: bool = True
 
 
 METRICS: dict[str, Metric] = {}
 
 
-def register_metric(name: str, keys: dict[str, str], applies: Callable[["EvalContext"], str | None] | None = None):
+def register_metric(name: str, keys: dict[str, str], applies: Callable[["EvalContext"], str | None] | None = None,
+                    uses_samples: bool = True):
     """Decorator registering ``compute`` as metric group ``name`` producing ``keys``."""
     if not name or name.strip() != name or not name.replace("-", "").isalnum():
         raise ValueError(f"metric name {name!r} must be a non-empty alphanumeric word")
@@ -53,7 +57,7 @@ def register_metric(name: str, keys: dict[str, str], applies: Callable[["EvalCon
         raise ValueError(f"metric {name!r} redefines result keys {clash}")
 
     def decorate(compute: Callable[["EvalContext"], dict[str, Any]]):
-        METRICS[name] = Metric(name, dict(keys), compute, applies or (lambda context: None))
+        METRICS[name] = Metric(name, dict(keys), compute, applies or (lambda context: None), uses_samples)
         return compute
 
     return decorate

@@ -214,7 +214,7 @@ def retain(context: EvalContext) -> dict[str, Any]:
     "membership_loss_ratio": "SISS membership loss ratio: mean denoising loss of forget images / of non-members",
     "membership_members": "distinct forget images audited",
     "membership_nonmembers": "held-out images audited",
-}, applies=_no_forget_set)
+}, applies=_no_forget_set, uses_samples=False)
 def membership(context: EvalContext) -> dict[str, Any]:
     from unlearnctl.metrics.membership import membership_audit
 
@@ -394,7 +394,8 @@ def run_evaluation(
     context = EvalContext(checkpoint, checkpoint.build_unet(device).eval(), split, forget_set, config, device, progress=progress)
     run, skipped = _plan(context)
     require(run, "no metric can be computed for this model: " + "; ".join(f"{k}: {v}" for k, v in skipped.items()))
-    labels, forget_ids = _sample_plan(checkpoint, forget_set, config.num_samples)
+    sampling = any(METRICS[name].uses_samples for name in run)
+    labels, forget_ids = _sample_plan(checkpoint, forget_set, config.num_samples) if sampling else (None, [])
     if gates:
         from unlearnctl.metrics.gates import parse_gates
 
@@ -420,10 +421,14 @@ def run_evaluation(
     from unlearnctl.diffusion import sample_images
 
     tick = time.perf_counter()
-
-    images = sample_images(context.unet, checkpoint.scheduler_config, num_images=None if labels is not None else config.num_samples,
-                           labels=labels, null_class=checkpoint.null_class, steps=config.steps, sampler=config.sampler,
-                           guidance=config.guidance, seed=config.seed, batch_size=config.sample_batch_size, progress=progress)
+    if sampling:
+        images = sample_images(context.unet, checkpoint.scheduler_config, num_images=None if labels is not None else config.num_samples,
+                               labels=labels, null_class=checkpoint.null_class, steps=config.steps, sampler=config.sampler,
+                               guidance=config.guidance, seed=config.seed, batch_size=config.sample_batch_size, progress=progress)
+    else:  # nothing scores samples (e.g. --metric membership): generate none
+        size = checkpoint.unet_config["sample_size"]
+        images = torch.zeros((0, checkpoint.unet_config["in_channels"], size, size))
+        labels = torch.zeros(0, dtype=torch.long) if checkpoint.conditional else None
     retained, forgotten = _masks(checkpoint, forget_set, labels, len(images), forget_ids)
     context.samples = Samples(images, labels, retained, forgotten)
     timing["sampling_s"] = time.perf_counter() - tick

@@ -228,18 +228,31 @@ def check_reference(checkpoint: "Checkpoint", reference: "Checkpoint") -> None:
                 f"the audit reference's {key} {reference.unet_config.get(key)} differs from the model's {checkpoint.unet_config.get(key)}")
 
 
-def _reference_condition(images: ImageSet, reference: "Checkpoint") -> torch.Tensor | None:
-    """Condition a reference on an image's class when it knows that class (by name), else on its null class."""
+def _reference_conditions(members: ImageSet, nonmembers: ImageSet, audited: "Checkpoint",
+                          reference: "Checkpoint") -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Reference labels for members and non-members, treating both sides alike.
+
+    A conditional reference is conditioned on each image's class (matched by name) only when the audited
+    model is conditional and the reference knows the class of *every* audited image; otherwise on its null
+    class for all — never the class for one side and the null class for the other.
+    """
     if not reference.conditional:
-        return None
+        return None, None
     names = reference.data.get("class_names") or []
-    labels = torch.full((len(images),), reference.null_class, dtype=torch.long)
-    if images.labels is not None:
-        for i, label in enumerate(images.labels.tolist()):
+
+    def mapped(images: ImageSet) -> list[int | None]:
+        if images.labels is None:
+            return [None] * len(images)
+        out = []
+        for label in images.labels.tolist():
             name = images.class_names[label] if 0 <= label < len(images.class_names) else None
-            if name in names and names.index(name) < reference.null_class:
-                labels[i] = names.index(name)
-    return labels
+            out.append(names.index(name) if name in names and names.index(name) < reference.null_class else None)
+        return out
+
+    ids_m, ids_n = mapped(members), mapped(nonmembers)
+    use_class = audited.conditional and None not in ids_m + ids_n
+    labels = [torch.tensor(ids if use_class else [reference.null_class] * len(ids), dtype=torch.long) for ids in (ids_m, ids_n)]
+    return labels[0], labels[1]
 
 
 def membership_audit(
@@ -278,11 +291,14 @@ def membership_audit(
     if reference is not None:
         check_reference(checkpoint, reference)
         ref_unet = reference.build_unet(next(unet.parameters()).device).eval()
-        ref_m = denoising_losses(ref_unet, schedule, members.images, _reference_condition(members, reference), **common)
-        ref_n = denoising_losses(ref_unet, schedule, nonmembers.images, _reference_condition(nonmembers, reference), **common)
+        cond_m, cond_n = _reference_conditions(members, nonmembers, checkpoint, reference)
+        ref_m = denoising_losses(ref_unet, schedule, members.images, cond_m, **common)
+        ref_n = denoising_losses(ref_unet, schedule, nonmembers.images, cond_n, **common)
         score_m, score_n = -(loss_m / ref_m).log(), -(loss_n / ref_n).log()
         calibration = {"reference": str(reference.path) if reference.path else None, "reference_sha256": reference.sha256,
-                       "score": "-log(L / L_ref)", "reference_member_loss_mean": float(ref_m.mean()),
+                       "score": "-log(L / L_ref)", "reference_conditioning": None if cond_m is None else
+                       ("class" if bool((cond_m != reference.null_class).any()) else "null class"),
+                       "reference_member_loss_mean": float(ref_m.mean()),
                        "reference_nonmember_loss_mean": float(ref_n.mean())}
     # the attack score of an image: mean over repeats (for the ratio: of the per-repeat log ratios)
     final_m, final_n = score_m.mean(0).double().numpy(), score_n.mean(0).double().numpy()
