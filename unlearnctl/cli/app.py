@@ -73,5 +73,10 @@ def main() -> None:
     sys.exit(run())
 
 
-# Command modules register themselves on ``app``; imported last so ``app`` exists.
-from unlearnctl.cli import attack_cmds, compare_cmds, core_cmds, evaluate_cmds, unlearn_cmds  # noqa: E402,F401
+# Command modules register themselves on ``app``; imported last so ``app`` exists, in pipeline order
+# (which is the order of ``--help`` and docs/cli.md).
+from unlearnctl.cli import core_cmds  # noqa: E402,F401,I001
+from unlearnctl.cli import unlearn_cmds  # noqa: E402,F401
+from unlearnctl.cli import attack_cmds  # noqa: E402,F401
+from unlearnctl.cli import evaluate_cmds  # noqa: E402,F401
+from unlearnctl.cli import compare_cmds  # noqa: E402,F401
