@@ -25,6 +25,11 @@ Class-conditional models: the mixture also draws the condition. A sample noised 
 c_x, one noised from a carries c_a, and q(m_t, c | x, c_x) = N(m_t; γ_t x, σ_t² I)·1[c = c_x]. When
 c_x ≠ c_a the weights reduce to 1[c = c_x]/(1−λ) and 1[c = c_a]/λ; when equal (unconditional models,
 data forgetting within one class, both labels dropped to the null class) they are the weights above.
+
+Fast mode (opt-in, ``--refresh-every K``, K > 1): the exact step needs two backward passes (g_x and g_a
+separately, to know ||g_a||). With K > 1 the factor C/||g_a|| is measured on every K-th step only; the
+steps in between reuse the last factor and take *one* backward pass of L_x − (C/||g_a||)·L_a. Its effect
+on forget rate and quality is measured in docs/performance.md; K = 1 (default) is the exact reference step.
 """
 
 from __future__ import annotations
@@ -64,10 +69,13 @@ class GradientScaling(MethodConfig):
 class SISSConfig(GradientScaling):
     lambda_: float = param(0.5, "defensive-mixture weight λ ∈ (0, 1), the share of noisy samples drawn from "
                                 "forget images.", flag="--lambda")
+    refresh_every: int = param(1, "fast mode: measure the scaling factor C/‖g_a‖ every K steps only and reuse it "
+                                  "in between (one backward pass instead of two on those steps); 1 = exact.")
 
     def __post_init__(self):
         super().__post_init__()
         require(0 < self.lambda_ < 1, f"λ must be strictly between 0 and 1, got {self.lambda_}")
+        require(self.refresh_every >= 1, f"refresh interval must be at least 1 step, got {self.refresh_every}")
 
 
 # --------------------------------------------------------------------------------------------- the formulas
@@ -176,18 +184,30 @@ class SISS(Method):
     def step(self) -> StepOutput:
         L_x, L_a, terms = self.losses()
         params = self.ctx.parameters()
+        refresh = self.steps_taken % self.config.refresh_every == 0 or self.factor is None
+        self.steps_taken += 1
+        if not refresh:  # fast mode: the last measured factor, one backward pass
+            g = gradient(L_x - self.factor * L_a, params)
+            set_gradients(params, g)
+            return StepOutput(float((L_x - self.factor * L_a).detach()), {k: float(v.detach()) for k, v in terms.items()},
+                              {"g": float(norm(g))})
         g_x = gradient(L_x, params, retain_graph=True)  # both terms share the forward pass
         g_a = gradient(L_a, params)
-        g, factor = scale_negative(g_x, g_a, self.C)
+        g, self.factor = scale_negative(g_x, g_a, self.C)
         set_gradients(params, g)
         return StepOutput(
-            loss=float((L_x - factor * L_a).detach()),  # the objective whose gradient is g (factor held constant)
+            loss=float((L_x - self.factor * L_a).detach()),  # the objective whose gradient is g (factor held constant)
             terms={k: float(v.detach()) for k, v in terms.items()},
             grad_norms={"g_x": float(norm(g_x)), "g_a": float(norm(g_a)), "g": float(norm(g))},
         )
 
+    steps_taken = 0  # steps taken so far (fast mode refreshes the factor when a multiple of refresh_every)
+    factor: float | None = None  # C/‖g_a‖ of the last refresh
+
     def state_dict(self) -> dict[str, Any]:
-        return {"scaling_norm": self.C}
+        return {"scaling_norm": self.C, "steps_taken": self.steps_taken, "factor": self.factor}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.C = float(state["scaling_norm"])
+        self.steps_taken = int(state.get("steps_taken", 0))
+        self.factor = state.get("factor")
