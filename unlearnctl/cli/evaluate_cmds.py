@@ -68,6 +68,8 @@ def evaluate(
         check_output_path(grid, suffix=".png")
     if save_samples:
         opt_folder(save_samples)
+    if (grid or save_samples) and metric and set(metric) == {"membership"}:
+        raise BadInputError("--grid and --save-samples need samples; the membership audit alone generates none")
     base = load_baseline(baseline) if baseline else None
     try:
         timesteps = tuple(int(t) for t in audit_timesteps.split(","))

@@ -318,7 +318,6 @@ class Evaluation:
     result: dict[str, Any]
     samples: Samples
     real_retain: ImageSet
-    class_names: list[str]
 
     def save_samples(self, folder: str | Path) -> Path:
         """Write ``retain/``, ``forget/`` and ``real/`` PNG folders and ``samples.npz``.
@@ -329,6 +328,7 @@ class Evaluation:
         """
         from unlearnctl.sampling import save_npz, save_png_folder
 
+        require(len(self.samples.images) > 0, "no samples were generated (the membership audit alone needs none)")
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         save_png_folder(self.samples.images[self.samples.retain], None, folder / "retain")
@@ -342,6 +342,7 @@ class Evaluation:
         """PNG grids: ``path`` = retained conditions (a row per class), ``<stem>-forget.png`` = forget condition."""
         from unlearnctl.sampling import save_grid
 
+        require(len(self.samples.images) > 0, "no samples were generated (the membership audit alone needs none)")
         path = Path(path)
         samples, written = self.samples, []
         retained = torch.nonzero(samples.retain).flatten()
@@ -451,7 +452,7 @@ def run_evaluation(
     # 4) provenance
     result["provenance"] = _provenance(context, run, skipped, forget_source, timing,
                                        describe(context.classifier) if context.classifier else None)
-    return Evaluation(result, context.samples, context.real_retain, list(split.class_names))
+    return Evaluation(result, context.samples, context.real_retain)
 
 
 def evaluate(

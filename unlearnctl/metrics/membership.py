@@ -76,18 +76,26 @@ class AuditConfig:
 
 def unique_images(images: ImageSet) -> ImageSet:
     """Drop repeated images (same uint8 pixels), keeping the first occurrence's label."""
-    pixels = ((images.images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).flatten(1)
-    _, inverse = torch.unique(pixels, dim=0, return_inverse=True)
+    _, inverse = torch.unique(_pixels(images.images), dim=0, return_inverse=True)
     first = torch.full((int(inverse.max()) + 1,), len(inverse), dtype=torch.long).scatter_reduce(
         0, inverse, torch.arange(len(inverse)), reduce="amin")
     return images.subset(first.sort().values)
 
 
+def _pixels(images: torch.Tensor) -> torch.Tensor:
+    return ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).flatten(1)
+
+
 def audit_sets(forget_set: "ForgetSet", split: "DataSplit") -> tuple[ImageSet, ImageSet, str]:
-    """``(members, non_members, source)``: distinct forget images and matched held-out images."""
+    """``(members, non_members, source)``: distinct forget images and matched held-out images.
+
+    Held-out images that also occur in the train split (exact duplicates) are not non-members and are dropped.
+    """
     members = unique_images(forget_set.forget)
-    heldout = split.heldout
-    require(len(heldout) > 0, "the membership audit needs held-out images (non-members); the data has none")
+    train = {bytes(row.numpy()) for row in _pixels(split.train.images)}
+    unseen = torch.tensor([bytes(row.numpy()) not in train for row in _pixels(split.heldout.images)], dtype=torch.bool)
+    heldout = split.heldout.subset(unseen)
+    require(len(heldout) > 0, "the membership audit needs held-out images (non-members) that are not in the train split; the data has none")
     classes = sorted({int(c) for c in members.labels.tolist() if c >= 0}) if members.labels is not None else []
     if classes and heldout.labels is not None:
         same = torch.isin(heldout.labels, torch.tensor(classes))
