@@ -13,6 +13,9 @@ key                    content
 ``data``               data description: source, resolution, channels, class names,
                        training-set fingerprint, split seed (see :mod:`unlearnctl.data`)
 ``lineage``            list of entries, one per command that produced or changed the weights
+``integrity``          sha256 over the canonical JSON of the four entries above (the newest
+                       lineage entry holds ``weights_sha256``, so it covers the weights too):
+                       ``inspect --verify`` flags any edit made outside the tool
 =====================  ===================================================================
 
 Loading never runs code from the file: pickle formats are refused, and the safetensors header is
@@ -22,6 +25,7 @@ Writes are atomic: a temporary file in the target folder, flushed, fsynced and r
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -43,6 +47,14 @@ FORMAT_VERSION = 1
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".pkl", ".pickle")
 REQUIRED_METADATA = ("format", "format_version", "unet_config", "scheduler_config", "data", "lineage")
 MAX_HEADER_BYTES = 16 * 1024 * 1024  # a header is JSON of names and shapes; 16 MiB is far beyond any UNet's
+MAX_TENSORS = 100_000  # a large UNet has ~1,000 tensors
+MAX_RANK = 8  # UNet weights have at most 4 dimensions
+# Sanity bounds on a UNet config read from an untrusted file, checked before diffusers builds anything
+# (a config asking for a billion layers would otherwise hang the loader); far beyond any real model.
+UNET_INT_BOUNDS = {"in_channels": (1, 64), "out_channels": (1, 64), "layers_per_block": (1, 32),
+                   "norm_num_groups": (1, 1024), "attention_head_dim": (1, 8192), "num_class_embeds": (1, 1_000_000)}
+MAX_SAMPLE_SIZE, MAX_LEVELS, MAX_WIDTH = 4096, 8, 16384
+MAX_TRAIN_TIMESTEPS = 100_000
 DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
 
 
@@ -67,6 +79,7 @@ class Checkpoint:
     lineage: list[dict[str, Any]] = field(default_factory=list)
     path: Path | None = None
     sha256: str | None = None
+    integrity: str | None = None  # the file's ``integrity`` record, as read (``None``: absent or not saved yet)
 
     @property
     def conditional(self) -> bool:
@@ -88,9 +101,14 @@ class Checkpoint:
         return unet.to(device)
 
     def derive(self, state_dict: dict[str, torch.Tensor], entry: dict[str, Any]) -> "Checkpoint":
-        """A new checkpoint whose lineage is this one's plus ``entry`` (parent hash filled in)."""
-        entry = {**entry, "parent_sha256": self.sha256}
-        return replace(self, state_dict=state_dict, lineage=[*self.lineage, entry], path=None, sha256=None)
+        """A new checkpoint whose lineage is this one's plus ``entry``.
+
+        The entry names its parent twice: the parent file's sha256 and the hash of the parent's weights as
+        they were when this command read them, which must equal the parent entry's ``weights_sha256``
+        (``inspect --verify`` checks the chain link without needing the parent file).
+        """
+        entry = {**entry, "parent_sha256": self.sha256, "parent_weights_sha256": weights_sha256(self.state_dict)}
+        return replace(self, state_dict=state_dict, lineage=[*self.lineage, entry], path=None, sha256=None, integrity=None)
 
 
 def build_unet(unet_config: dict[str, Any]) -> "torch.nn.Module":
@@ -152,6 +170,13 @@ def weights_sha256(state_dict: dict[str, torch.Tensor]) -> str:
     return digest.hexdigest()
 
 
+def metadata_integrity(checkpoint: Checkpoint) -> str:
+    """sha256 over the canonical JSON of configs, data and lineage (which holds the weights hash)."""
+    record = {"unet_config": checkpoint.unet_config, "scheduler_config": checkpoint.scheduler_config,
+              "data": checkpoint.data, "lineage": checkpoint.lineage}
+    return hashlib.sha256(json.dumps(record, sort_keys=True, separators=(",", ":")).encode("utf-8")).hexdigest()
+
+
 def file_sha256(path: str | Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
@@ -201,9 +226,26 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def serialize(checkpoint: Checkpoint) -> bytes:
+def safetensors_bytes(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> bytes:
+    """``safetensors.torch.save`` with a deterministic header.
+
+    safetensors keeps metadata in a hash map whose order changes from run to run, so the same checkpoint
+    would get different bytes (and sha256) each time. The header is re-emitted with sorted metadata keys
+    and tensors in file order; the tensor bytes are untouched.
+    """
     from safetensors.torch import save
 
+    payload = save(tensors, metadata=metadata)
+    (size,) = struct.unpack("<Q", payload[:8])
+    header = json.loads(payload[8:8 + size])
+    ordered = {"__metadata__": dict(sorted(header.pop("__metadata__", {}).items()))}
+    ordered.update(sorted(header.items(), key=lambda item: item[1]["data_offsets"][0]))
+    raw = json.dumps(ordered, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    raw += b" " * (-len(raw) % 8)  # the data starts 8-byte aligned, as safetensors writes it
+    return struct.pack("<Q", len(raw)) + raw + payload[8 + size:]
+
+
+def serialize(checkpoint: Checkpoint) -> bytes:
     tensors = {name: tensor.detach().cpu().contiguous() for name, tensor in checkpoint.state_dict.items()}
     metadata = {
         "format": FORMAT_NAME,
@@ -212,8 +254,9 @@ def serialize(checkpoint: Checkpoint) -> bytes:
         "scheduler_config": json.dumps(checkpoint.scheduler_config, sort_keys=True),
         "data": json.dumps(checkpoint.data, sort_keys=True),
         "lineage": json.dumps(checkpoint.lineage),
+        "integrity": metadata_integrity(checkpoint),
     }
-    return save(tensors, metadata=metadata)
+    return safetensors_bytes(tensors, metadata)
 
 
 def save_checkpoint(checkpoint: Checkpoint, path: str | Path) -> Path:
@@ -228,6 +271,7 @@ def save_checkpoint(checkpoint: Checkpoint, path: str | Path) -> Path:
     payload = serialize(checkpoint)
     atomic_write_bytes(path, payload)
     checkpoint.path, checkpoint.sha256 = path, hashlib.sha256(payload).hexdigest()
+    checkpoint.integrity = metadata_integrity(checkpoint)
     return path
 
 
@@ -245,20 +289,39 @@ def _refuse_unsafe_path(path: Path) -> None:
 
 
 def read_header(path: Path) -> dict[str, Any]:
-    """Parse and validate a safetensors header without reading any tensor bytes."""
+    """Parse and validate a safetensors header without reading any tensor bytes.
+
+    Checks, in order: the file is not a pickle or zip archive, the header length fits the file and
+    :data:`MAX_HEADER_BYTES`, the header is a JSON object, ``__metadata__`` maps strings to strings, and every
+    tensor has a known dtype, a shape of at most :data:`MAX_RANK` non-negative ints and byte offsets whose
+    size matches dtype × shape; the tensors tile the data area exactly (no gaps, no overlaps, nothing after).
+    """
     size = path.stat().st_size
     require(size >= 8, f"{path} is not a safetensors file (too short)")
     with open(path, "rb") as handle:
-        (header_len,) = struct.unpack("<Q", handle.read(8))
+        start = handle.read(8)
+        _refuse_archive_bytes(path, start)
+        (header_len,) = struct.unpack("<Q", start)
         require(header_len <= min(MAX_HEADER_BYTES, size - 8), f"{path} is not a valid safetensors file (bad header size)")
         raw = handle.read(header_len)
     try:
         header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (UnicodeDecodeError, ValueError, RecursionError):  # ValueError: bad JSON, or an int of 4,300+ digits
         raise BadInputError(f"{path} is not a valid safetensors file (header is not JSON)") from None
     require(isinstance(header, dict), f"{path} is not a valid safetensors file (header is not an object)")
+    metadata = header.get("__metadata__", {})
+    require(isinstance(metadata, dict) and all(isinstance(v, str) for v in metadata.values()),
+            f"{path} is not a valid safetensors file (__metadata__ must map strings to strings)")
+    require(len(header) <= MAX_TENSORS + 1, f"{path} is not a plausible model file (more than {MAX_TENSORS} tensors)")
     _validate_tensor_entries(path, header, data_bytes=size - 8 - header_len)
     return header
+
+
+def _refuse_archive_bytes(path: Path, start: bytes) -> None:
+    """A ``torch.save`` zip or a raw pickle renamed to ``.safetensors`` is named as such (it is never opened)."""
+    if start.startswith(b"PK\x03\x04") or (start[:1] == b"\x80" and start[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05")):
+        raise BadInputError(f"{path} is a pickle/zip archive (torch.save format), not safetensors; loading it could run "
+                            "code, so it is refused — save the weights with safetensors and use `unlearnctl import`")
 
 
 def _validate_tensor_entries(path: Path, header: dict[str, Any], data_bytes: int) -> None:
@@ -269,9 +332,10 @@ def _validate_tensor_entries(path: Path, header: dict[str, Any], data_bytes: int
         bad = f"{path} is corrupt (tensor {name[:60]!r}: %s)"
         require(isinstance(entry, dict), bad % "entry is not an object")
         dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
-        require(dtype in DTYPE_BYTES, bad % f"unsupported dtype {str(dtype)[:20]}")
+        require(isinstance(dtype, str) and dtype in DTYPE_BYTES, bad % f"unsupported dtype {str(dtype)[:20]}")
         require(
-            isinstance(shape, list) and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape),
+            isinstance(shape, list) and len(shape) <= MAX_RANK
+            and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape),
             bad % "bad shape",
         )
         require(
@@ -286,29 +350,115 @@ def _validate_tensor_entries(path: Path, header: dict[str, Any], data_bytes: int
         require(end - begin == numel * DTYPE_BYTES[dtype], bad % "byte size does not match dtype and shape")
         spans.append((begin, end))
     spans.sort()
-    for (_, prev_end), (begin, _) in zip(spans, spans[1:]):
-        require(begin >= prev_end, f"{path} is corrupt (overlapping tensors)")
+    position = 0
+    for begin, end in spans:  # the safetensors rule: the data area is tiled exactly, in order
+        require(begin >= position, f"{path} is corrupt (overlapping tensors)")
+        require(begin == position, f"{path} is corrupt (unindexed bytes between tensors)")
+        position = end
+    require(position == data_bytes, f"{path} is corrupt ({data_bytes - position} bytes after the last tensor)")
 
 
 def _parse_metadata(path: Path, metadata: Any) -> dict[str, Any]:
     require(isinstance(metadata, dict), f"{path} has no unlearnctl metadata; import diffusers models with `unlearnctl import`")
+    if metadata.get("format") == "unlearnctl-state":
+        raise BadInputError(f"{path} is a resume state written by --checkpoint-every, not a model; pass it to --resume")
     missing = [key for key in REQUIRED_METADATA if key not in metadata]
     require(not missing, f"{path} lacks metadata {', '.join(missing)}; is it an unlearnctl checkpoint?")
-    require(metadata["format"] == FORMAT_NAME, f"{path} is not an unlearnctl checkpoint (format {metadata['format']!r})")
+    require(metadata["format"] == FORMAT_NAME, f"{path} is not an unlearnctl checkpoint (format {metadata['format'][:40]!r})")
     require(
         metadata["format_version"] == str(FORMAT_VERSION),
-        f"{path} has format version {metadata['format_version']!r}; this unlearnctl reads version {FORMAT_VERSION}",
+        f"{path} has format version {metadata['format_version'][:20]!r}; this unlearnctl reads version {FORMAT_VERSION}",
     )
     parsed = {}
     for key in REQUIRED_METADATA[2:]:
         try:
             parsed[key] = json.loads(metadata[key])
-        except (TypeError, json.JSONDecodeError):
+        except (TypeError, ValueError, RecursionError):
             raise BadInputError(f"{path} has corrupt metadata {key!r} (not JSON)") from None
     for key in ("unet_config", "scheduler_config", "data"):
         require(isinstance(parsed[key], dict), f"{path} has corrupt metadata {key!r} (not an object)")
     require(isinstance(parsed["lineage"], list), f"{path} has corrupt metadata 'lineage' (not a list)")
+    _check_unet_config(path, parsed["unet_config"])
+    _check_scheduler_config(path, parsed["scheduler_config"])
+    _check_data_description(path, parsed["data"], parsed["unet_config"])
+    _check_lineage_types(path, parsed["lineage"])
+    integrity = metadata.get("integrity")
+    parsed["integrity"] = integrity if isinstance(integrity, str) else None
     return parsed
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_unet_config(path: Path, config: dict[str, Any]) -> None:
+    """Bounds on the numbers that size a UNet, before diffusers is asked to build one from them."""
+    bad = f"{path} has an implausible UNet config (%s); the file is corrupt or not from unlearnctl"
+    size = config.get("sample_size")
+    sizes = size if isinstance(size, list) else [size]
+    require(len(sizes) in (1, 2) and all(_is_int(s) and 1 <= s <= MAX_SAMPLE_SIZE for s in sizes), bad % "sample_size")
+    for key, (low, high) in UNET_INT_BOUNDS.items():
+        value = config.get(key)
+        if value is None and key not in ("in_channels", "out_channels"):
+            continue  # optional: diffusers' default applies (num_class_embeds None = unconditional)
+        require(_is_int(value) and low <= value <= high, bad % key)
+    widths = config.get("block_out_channels")
+    require(isinstance(widths, list) and 1 <= len(widths) <= MAX_LEVELS
+            and all(_is_int(w) and 1 <= w <= MAX_WIDTH for w in widths), bad % "block_out_channels")
+    for key in ("down_block_types", "up_block_types"):
+        blocks = config.get(key)
+        require(blocks is None or (isinstance(blocks, list) and len(blocks) == len(widths)
+                                   and all(isinstance(b, str) for b in blocks)), bad % key)
+
+
+def _check_scheduler_config(path: Path, config: dict[str, Any]) -> None:
+    steps = config.get("num_train_timesteps", 1000)
+    require(_is_int(steps) and 1 <= steps <= MAX_TRAIN_TIMESTEPS,
+            f"{path} has an implausible scheduler config (num_train_timesteps); the file is corrupt")
+    _scheduler_ok(path, json.dumps(config, sort_keys=True))
+
+
+@functools.lru_cache(maxsize=32)
+def _scheduler_ok(path: Path, config_json: str) -> None:
+    from diffusers import DDPMScheduler
+
+    try:
+        scheduler = DDPMScheduler.from_config(json.loads(config_json))
+    except Exception as exc:  # diffusers raises many types for bad configs
+        raise BadInputError(f"{path} has a scheduler config diffusers cannot build ({str(exc)[:100]})") from None
+    require(bool(torch.isfinite(scheduler.alphas_cumprod).all()) and bool((scheduler.alphas_cumprod > 0).all()),
+            f"{path} has a scheduler config with an invalid noise schedule")
+
+
+def _check_data_description(path: Path, data: dict[str, Any], unet_config: dict[str, Any]) -> None:
+    """Types of the fields every command reads, and their agreement with the UNet config."""
+    bad = f"{path} has corrupt metadata 'data' (%s)"
+    names = data.get("class_names", [])
+    require(isinstance(names, list) and all(isinstance(n, str) for n in names), bad % "class_names")
+    require(isinstance(data.get("source", ""), str), bad % "source")
+    for key in ("resolution", "channels", "split_seed", "num_train", "num_heldout"):
+        require(key not in data or _is_int(data[key]), bad % key)
+    if "resolution" in data:
+        require(data["resolution"] == unet_config["sample_size"], bad % "resolution differs from the UNet's sample_size")
+    if "channels" in data:
+        require(data["channels"] == unet_config["in_channels"], bad % "channels differ from the UNet's in_channels")
+    if names and unet_config.get("num_class_embeds") is not None:
+        require(len(names) + 1 == unet_config["num_class_embeds"], bad % "class count differs from the UNet's class embeddings")
+
+
+LINEAGE_FIELD_TYPES = {"command": (str,), "method": (str, type(None)), "params": (dict, type(None)),
+                       "seed": (int, type(None)), "forget": (dict, type(None)), "parent_sha256": (str, type(None)),
+                       "parent_weights_sha256": (str, type(None)), "weights_sha256": (str, type(None)),
+                       "created": (str,), "wall_time_s": (int, float, type(None))}
+
+
+def _check_lineage_types(path: Path, lineage: list[Any]) -> None:
+    for i, entry in enumerate(lineage):
+        require(isinstance(entry, dict) and isinstance(entry.get("command"), str),
+                f"{path} has corrupt metadata 'lineage' (entry {i} is not an object with a command)")
+        for key, types in LINEAGE_FIELD_TYPES.items():
+            require(key not in entry or isinstance(entry[key], types),
+                    f"{path} has corrupt metadata 'lineage' (entry {i}: {key} has the wrong type)")
 
 
 def load_checkpoint(path: str | Path) -> Checkpoint:
@@ -327,9 +477,15 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     return Checkpoint(state_dict=state_dict, path=path, sha256=file_sha256(path), **meta)
 
 
-def _check_weights_match_config(path: Path, header: dict[str, Any], unet_config: dict[str, Any]) -> None:
+@functools.lru_cache(maxsize=32)
+def _expected_shapes(config_json: str) -> dict[str, list[int]]:
+    """Tensor names and shapes of the UNet a config describes (built on the meta device: no memory)."""
     with torch.device("meta"):
-        expected = {name: list(t.shape) for name, t in build_unet(unet_config).state_dict().items()}
+        return {name: list(t.shape) for name, t in build_unet(json.loads(config_json)).state_dict().items()}
+
+
+def _check_weights_match_config(path: Path, header: dict[str, Any], unet_config: dict[str, Any]) -> None:
+    expected = _expected_shapes(json.dumps(unet_config, sort_keys=True))
     found = {name: entry["shape"] for name, entry in header.items() if name != "__metadata__"}
     missing, unexpected = expected.keys() - found.keys(), found.keys() - expected.keys()
     require(not missing and not unexpected, f"{path} weights do not match its UNet config "

@@ -31,6 +31,22 @@ class RuntimeFailure(UnlearnctlError, RuntimeError):
     exit_code = 1
 
 
+class NonFiniteFailure(RuntimeFailure):
+    """A loss, gradient or weight became NaN/Inf during a run.
+
+    Attributes:
+        step: optimizer steps completed with finite values (the last good state is after this step).
+        weights: the last good weights to save (EMA weights where the run keeps an EMA), or ``None`` when
+            no finite copy is left in memory (then the newest ``--checkpoint-every`` state is the last good).
+        checkpoint: set by the library entry point: the last good weights as an unsaved checkpoint whose
+            lineage entry says where and why the run stopped; the CLI writes it to ``OUT.last-good.safetensors``.
+    """
+
+    def __init__(self, message: str, step: int, weights=None):
+        super().__init__(message)
+        self.step, self.weights, self.checkpoint = step, weights, None
+
+
 class GateFailed(UnlearnctlError):
     """One or more ``--gate`` conditions failed."""
 

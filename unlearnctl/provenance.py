@@ -5,9 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from unlearnctl.checkpoint import Checkpoint, file_sha256, weights_sha256
+import re
+
+from unlearnctl.checkpoint import Checkpoint, file_sha256, metadata_integrity, weights_sha256
 
 ROOT_COMMANDS = ("train", "import", "retrain")  # entries that start a chain: no parent file
+SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 def summary(checkpoint: Checkpoint) -> dict[str, Any]:
@@ -31,23 +34,50 @@ def summary(checkpoint: Checkpoint) -> dict[str, Any]:
 def verify_checkpoint(checkpoint: Checkpoint, search_dir: Path | None = None) -> list[str]:
     """Problems with the checkpoint's integrity (empty list = verified).
 
-    Checks that the weights are the ones the last command wrote (``weights_sha256``), that every entry
-    after a root entry names its parent file, and — for parents found next to the file — that the parent's
-    lineage is exactly this lineage's prefix.
+    Checks, in order:
+
+    1. the weights are the ones the last command wrote (``weights_sha256`` of the newest entry) and finite;
+    2. the metadata — configs, data description, every lineage entry — is what the tool wrote (the file's
+       ``integrity`` record);
+    3. the lineage chain: every entry records the hash of the weights it wrote, every entry after the first
+       names its parent file (``parent_sha256``), and where it records the hash of the weights it started
+       from (``parent_weights_sha256``), that hash is the previous entry's ``weights_sha256``;
+    4. for parent files found next to the file (or in ``search_dir``): the parent's lineage is exactly this
+       lineage's prefix.
     """
+    from unlearnctl.resume import first_nonfinite
+
     problems = []
     lineage = checkpoint.lineage
     if not lineage:
         return ["the lineage is empty: no command recorded producing these weights"]
-    recorded = lineage[-1].get("weights_sha256")
+    recorded = lineage[-1].get("weights_sha256") if isinstance(lineage[-1], dict) else None
     if recorded != weights_sha256(checkpoint.state_dict):
         problems.append("the weights differ from those the last recorded command wrote (changed outside unlearnctl)")
+    bad = first_nonfinite(checkpoint.state_dict)
+    if bad is not None:
+        problems.append(f"weight {bad} holds NaN/Inf values")
+    if checkpoint.integrity is None:
+        problems.append("the file has no integrity record (not written by this unlearnctl, or edited)")
+    elif checkpoint.integrity != metadata_integrity(checkpoint):
+        problems.append("the metadata (configs, data description or lineage) was changed outside unlearnctl")
     for i, entry in enumerate(lineage):
         if not isinstance(entry, dict) or "command" not in entry:
             problems.append(f"lineage entry {i} is malformed")
             continue
-        if i > 0 and entry.get("command") not in ROOT_COMMANDS and not entry.get("parent_sha256"):
+        if not SHA256.fullmatch(str(entry.get("weights_sha256"))):
+            problems.append(f"lineage entry {i} ({entry['command']}) records no hash of the weights it wrote")
+        if i == 0:
+            continue
+        if entry.get("command") not in ROOT_COMMANDS and not entry.get("parent_sha256"):
             problems.append(f"lineage entry {i} ({entry['command']}) names no parent file")
+        elif entry.get("parent_sha256") is not None and not SHA256.fullmatch(str(entry["parent_sha256"])):
+            problems.append(f"lineage entry {i} ({entry['command']}) has a malformed parent_sha256")
+        parent_weights = entry.get("parent_weights_sha256")
+        previous = lineage[i - 1].get("weights_sha256") if isinstance(lineage[i - 1], dict) else None
+        if parent_weights is not None and parent_weights != previous:
+            problems.append(f"lineage entry {i} ({entry['command']}) started from other weights than entry {i - 1} wrote "
+                            "(broken chain)")
     problems += _check_parents_nearby(checkpoint, search_dir)
     return problems
 

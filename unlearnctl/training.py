@@ -16,12 +16,13 @@ import torch
 
 from unlearnctl.data import ImageSet
 from unlearnctl.diffusion import NoiseSchedule, denoising_loss
-from unlearnctl.errors import RuntimeFailure, require
+from unlearnctl.errors import NonFiniteFailure, RuntimeFailure, require
 from unlearnctl.progress import ProgressFn, report
 
 if TYPE_CHECKING:
     from unlearnctl.checkpoint import Checkpoint
     from unlearnctl.data import DataSplit, ForgetSpec
+    from unlearnctl.resume import Checkpointer, ResumeOptions
 
 
 @dataclass
@@ -100,9 +101,38 @@ def drop_labels(labels: torch.Tensor, null_class: int, share: float, generator: 
     return torch.where(keep, labels, torch.full_like(labels, null_class))
 
 
-def check_finite(loss: torch.Tensor, step: int) -> None:
+def check_finite(loss: torch.Tensor, step: int, last_good: Callable[[], dict[str, torch.Tensor] | None] = lambda: None) -> None:
+    """Stop with :class:`NonFiniteFailure` (exit 1) if ``loss`` is NaN/Inf; ``step`` = steps completed so far."""
     if not torch.isfinite(loss):
-        raise RuntimeFailure(f"loss became {loss.item()} at step {step}; lower --lr (no output was written)")
+        raise NonFiniteFailure(f"loss became {loss.item()} in step {step + 1}; lower --lr", step, last_good())
+
+
+def loop_state(unet: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, ema: "EMA | None",
+               generator: torch.Generator) -> dict[str, Any]:
+    """Everything :func:`fit_denoiser` changes, for a resumable state file (:mod:`unlearnctl.resume`)."""
+    return {"model": unet.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "ema": None if ema is None else {"shadow": ema.shadow, "updates": ema.updates},
+            "generator": generator.get_state()}
+
+
+def load_loop_state(state: dict[str, Any], unet: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
+                    ema: "EMA | None", generator: torch.Generator) -> None:
+    """Inverse of :func:`loop_state`; a state that does not fit this run raises :class:`BadInputError`."""
+    from unlearnctl.errors import BadInputError
+
+    try:
+        device = next(unet.parameters()).device
+        unet.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        require((state["ema"] is None) == (ema is None), "EMA on in one run and off in the other")
+        if ema is not None:
+            ema.shadow = {k: v.to(device) for k, v in state["ema"]["shadow"].items()}
+            require(ema.shadow.keys() == unet.state_dict().keys(), "EMA tensors do not match the model")
+            ema.updates = int(state["ema"]["updates"])
+        generator.set_state(state["generator"])
+    except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as exc:
+        raise BadInputError(f"the resume state does not fit this run ({str(exc)[:120]}); start over without --resume") from None
 
 
 def fit_denoiser(
@@ -115,13 +145,23 @@ def fit_denoiser(
     progress: ProgressFn = None,
     task: str = "train",
     on_step: Callable[[int, torch.nn.Module], None] | None = None,
+    checkpointer: "Checkpointer | None" = None,
 ) -> dict[str, torch.Tensor]:
     """Train ``unet`` in place on ``data`` with the DDPM loss; returns the weights to save (EMA if on).
 
     Args:
         null_class: for class-conditional models, the null class index; ``None`` trains unconditionally.
         on_step: called as ``on_step(step, unet)`` after each optimizer step (probes, curves).
+        checkpointer: writes a resumable state every N steps and, when resuming, the state to start from
+            (:mod:`unlearnctl.resume`); the resumed run is bit-identical to an uninterrupted one on CPU.
+
+    Raises:
+        NonFiniteFailure: the loss, the gradient norm or a weight became NaN/Inf. The loss and gradient are
+            checked before the optimizer step, the weights after it (before the EMA takes them in), so the
+            failure carries the last good weights (the EMA's when on) whenever a finite copy exists.
     """
+    from unlearnctl.resume import finite_or_none, first_nonfinite
+
     require(null_class is None or data.labels is not None, "a class-conditional model needs labelled data")
     generator = torch.Generator().manual_seed(config.seed)
     batches = BatchSampler(data, config.batch_size, generator)
@@ -130,24 +170,41 @@ def fit_denoiser(
     ema = EMA(unet, config.ema_decay) if config.ema_decay > 0 else None
     device = next(unet.parameters()).device
     unet.train()
+    start = 0
+    saved = checkpointer.restore() if checkpointer is not None else None
+    if saved is not None:
+        load_loop_state(saved, unet, optimizer, scheduler, ema, generator)
+        start = checkpointer.start_step
+
+    def last_good() -> dict[str, torch.Tensor] | None:
+        return finite_or_none(ema.shadow if ema is not None else unet.state_dict())
+
     started = time.perf_counter()
-    for step in range(config.steps):
+    for step in range(start, config.steps):
         x, labels = batches.next()
         if null_class is not None:
             labels = drop_labels(labels, null_class, config.label_dropout, generator)
         else:
             labels = None
         loss = denoising_loss(unet, schedule, x.to(device), labels, generator).mean()
-        check_finite(loss, step)
+        check_finite(loss, step, last_good)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(unet.parameters(), config.grad_clip)
+        if not torch.isfinite(grad_norm):
+            raise NonFiniteFailure(f"gradient norm became {float(grad_norm)} in step {step + 1}; lower --lr", step, last_good())
         optimizer.step()
         scheduler.step()
+        bad = first_nonfinite(dict(unet.named_parameters()))
+        if bad is not None:
+            raise NonFiniteFailure(f"weight {bad} became non-finite in step {step + 1}; lower --lr", step,
+                                   finite_or_none(ema.shadow) if ema is not None else None)
         if ema is not None:
             ema.update(unet)
         if on_step is not None:
             on_step(step + 1, unet)
+        if checkpointer is not None:
+            checkpointer.maybe_save(step + 1, lambda: loop_state(unet, optimizer, scheduler, ema, generator))
         report(progress, task, step + 1, config.steps, loss=loss.item(), grad_norm=float(grad_norm),
                elapsed=time.perf_counter() - started)
     unet.eval()
@@ -179,11 +236,14 @@ def train_model(
     device: str = "auto",
     progress: ProgressFn = None,
     command: str = "train",
+    resume: "ResumeOptions | None" = None,
 ) -> "Checkpoint":
     """Train a new ``UNet2DModel`` from scratch on ``data.train`` (minus ``exclude``, if given).
 
     ``exclude`` makes the model an exact-unlearning reference: trained on the retain set only.
+    ``resume`` writes resumable states every N steps and/or continues from one (same parameters only).
     Returns an unsaved :class:`~unlearnctl.checkpoint.Checkpoint` whose lineage records the recipe.
+    On NaN/Inf, the :class:`NonFiniteFailure` carries the last good weights as ``.checkpoint``.
     """
     from unlearnctl.checkpoint import Checkpoint, build_unet, default_scheduler, lineage_entry, plain_config
     from unlearnctl.data import resolve_forget
@@ -199,13 +259,25 @@ def train_model(
     num_classes = len(desc["class_names"]) if conditional else None
     cfg = unet_config(preset, resolution=desc["resolution"], channels=desc["channels"], num_classes=num_classes, overrides=unet_overrides)
     scheduler_config = plain_config(default_scheduler().config)
+    params = {"preset": preset, "conditional": conditional, "unet_overrides": unet_overrides or {}, "train": config.to_dict(),
+              "num_train_images": len(train_set)}
+    checkpointer = None
+    if resume is not None:
+        checkpointer = resume.start(command, {**params, "unet_config": cfg, "data_fingerprint": train_set.fingerprint,
+                                              "forget": forget_info}, config.steps)
     torch.manual_seed(config.seed)
     unet = build_unet(cfg).to(resolve_device(device))
     started = time.perf_counter()
-    weights = fit_denoiser(unet, NoiseSchedule(scheduler_config), train_set, config,
-                           null_class=cfg["num_class_embeds"] - 1 if conditional else None, progress=progress, task=command)
-    params = {"preset": preset, "conditional": conditional, "unet_overrides": unet_overrides or {}, "train": config.to_dict(),
-              "num_train_images": len(train_set)}
+    try:
+        weights = fit_denoiser(unet, NoiseSchedule(scheduler_config), train_set, config,
+                               null_class=cfg["num_class_embeds"] - 1 if conditional else None, progress=progress,
+                               task=command, checkpointer=checkpointer)
+    except NonFiniteFailure as exc:
+        if exc.weights is not None:
+            entry = lineage_entry(command, params, config.seed, time.perf_counter() - started, data_fingerprint=train_set.fingerprint,
+                                  forget=forget_info, stopped=str(exc), steps_run=exc.step)
+            exc.checkpoint = Checkpoint(exc.weights, cfg, scheduler_config, desc, [entry])
+        raise
     entry = lineage_entry(command, params, config.seed, time.perf_counter() - started,
                           data_fingerprint=train_set.fingerprint, forget=forget_info)
     return Checkpoint(weights, cfg, scheduler_config, desc, [entry])

@@ -39,6 +39,8 @@ def run(args: list[str] | None = None) -> int:
     debug = bool(os.environ.get("UNLEARNCTL_DEBUG"))
     try:
         result = app(args=args, standalone_mode=False, prog_name="unlearnctl")
+        if result == EXIT_INTERRUPTED:  # typer turns Ctrl-C into a silent 130; say what happened
+            return _fail("interrupted; no output was written", EXIT_INTERRUPTED)
         return result if isinstance(result, int) else 0
     except GateFailed as exc:
         from unlearnctl.cli.ui import stderr

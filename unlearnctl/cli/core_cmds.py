@@ -38,6 +38,8 @@ def train(
     exclude_index: Annotated[Optional[list[int]], typer.Option("--exclude-index", help="Train without this training-set index; repeatable.", rich_help_panel=opt.DATA_PANEL)] = None,
     exclude_canary: Annotated[bool, typer.Option("--exclude-canary", help="Train without the canary copies.", rich_help_panel=opt.DATA_PANEL)] = False,
     grid: Annotated[Optional[Path], typer.Option(help="Also write a PNG grid of samples (one row per class).", rich_help_panel=opt.OUTPUT_PANEL)] = None,
+    checkpoint_every: opt.CheckpointEvery = 0,
+    resume: opt.Resume = None,
     seed: opt.Seed = 0,
     device: opt.Device = "auto",
     quiet: opt.Quiet = False,
@@ -45,18 +47,23 @@ def train(
     """Train a diffusion model (DDPM, ε-prediction, linear β 1e-4→0.02, 1000 steps) from scratch."""
     from unlearnctl.checkpoint import check_output_path, save_checkpoint
     from unlearnctl.models import check_preset, read_config_file
+    from unlearnctl.resume import ResumeOptions, protect_output
     from unlearnctl.training import TrainConfig, train_model
 
     check_output_path(out)
+    if grid:
+        check_output_path(grid, suffix=".png")
+    resume_options = ResumeOptions.for_output(out, checkpoint_every, resume)
     check_preset(size)
     overrides = read_config_file(unet_config) if unet_config else None
     config = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, ema_decay=ema_decay, label_dropout=label_dropout, seed=seed)
     split = load_split(data, resolution, channels, split_seed, canary_copies)
     exclude = opt.forget_spec(exclude_class, exclude_index, exclude_canary, None)
-    with ProgressBars(quiet) as progress:
+    with protect_output(out, resume_options), ProgressBars(quiet) as progress:
         checkpoint = train_model(split, conditional=conditional, preset=size, unet_overrides=overrides, config=config,
-                                 exclude=exclude, device=device, progress=progress)
+                                 exclude=exclude, device=device, progress=progress, resume=resume_options)
     save_checkpoint(checkpoint, out)
+    resume_options.finish()
     entry = checkpoint.lineage[-1]
     stdout.print(f"wrote {out}: {size} {'conditional' if conditional else 'unconditional'} model, "
                  f"{entry['params']['num_train_images']} training images of {split.description['source']}, "

@@ -20,6 +20,9 @@ Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or 
 Seed = Annotated[int, typer.Option(help="Random seed; the same command and seed give the same file on the same machine.")]
 Device = Annotated[str, typer.Option(help="torch device: auto (CUDA if present, else CPU), cpu, cuda, cuda:1, ...")]
 
+CheckpointEvery = Annotated[int, typer.Option(help="Every N steps, atomically write a resumable state (model, optimizer, EMA, RNG, step) to OUT.state.safetensors; removed once OUT is written (0 = off).", rich_help_panel=OUTPUT_PANEL)]
+Resume = Annotated[Optional[Path], typer.Option(help="Continue an interrupted run from its .state.safetensors file; the options must be those of the interrupted run. The result is bit-identical to an uninterrupted run (CPU).", rich_help_panel=OUTPUT_PANEL)]
+
 Data = Annotated[Optional[str], typer.Option(help="Data source: digits, digits+canary, folder:PATH (class sub-folders) or npz:PATH.", rich_help_panel=DATA_PANEL)]
 Resolution = Annotated[Optional[int], typer.Option(help="Resize images to this square size (default: keep).", rich_help_panel=DATA_PANEL)]
 Channels = Annotated[Optional[int], typer.Option(help="1 (grey) or 3 (RGB) (default: keep).", rich_help_panel=DATA_PANEL)]
