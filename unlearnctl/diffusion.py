@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from unlearnctl.distributed import autocast, current_shard, gather_rows, rank, sample_rows
 from unlearnctl.errors import require
 from unlearnctl.progress import ProgressFn, report
 
@@ -48,8 +49,10 @@ class NoiseSchedule:
 
 
 def predict_noise(unet: torch.nn.Module, m_t: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-    """``ε_θ(m_t, t[, c])``."""
-    return unet(m_t, t.to(m_t.device), class_labels=None if labels is None else labels.to(m_t.device)).sample
+    """``ε_θ(m_t, t[, c])`` (float32; the forward runs at ``--precision``, see :mod:`unlearnctl.distributed`)."""
+    with autocast(m_t.device):
+        eps = unet(m_t, t.to(m_t.device), class_labels=None if labels is None else labels.to(m_t.device)).sample
+    return eps.float()
 
 
 def per_sample_mse(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -64,9 +67,15 @@ def denoising_loss(
     labels: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """The DDPM ε-prediction loss per sample (shape ``[B]``) at random timesteps and noise."""
+    """The DDPM ε-prediction loss per sample (shape ``[B]``) at random timesteps and noise.
+
+    Inside :func:`unlearnctl.distributed.data_parallel` ``x`` is the global batch: the randomness of all of
+    it is drawn and this process's rows are scored (shape ``[B / processes]``).
+    """
     t = schedule.random_timesteps(x.shape[0], generator)
     noise = torch.randn(x.shape, generator=generator).to(x.device)
+    shard = current_shard()
+    x, labels, t, noise = shard.take(x), shard.take(labels), shard.take(t), shard.take(noise)
     m_t = schedule.add_noise(x, noise, t)
     return per_sample_mse(predict_noise(unet, m_t, t, labels), noise)
 
@@ -121,26 +130,33 @@ def sample_images(
     config = unet.config
     generator = torch.Generator().manual_seed(seed)
     noise = torch.randn((total, config.in_channels, config.sample_size, config.sample_size), generator=generator)
-    batches = list(range(0, total, batch_size))
-    images = []
+    first, stop = sample_rows(total)  # multi-process runs: this process's share (all of it otherwise)
+    if (first, stop) != (0, total):
+        generator = torch.Generator().manual_seed(seed + 7919 * (rank() + 1))  # DDPM step noise per process
+    batches = list(range(first, stop, batch_size))
+    images = [noise[:0]]
     for done, start in enumerate(batches):
-        x = noise[start:start + batch_size].to(device)
-        batch_labels = None if labels is None else labels[start:start + batch_size].to(device)
+        end = min(start + batch_size, stop)
+        x = noise[start:end].to(device)
+        batch_labels = None if labels is None else labels[start:end].to(device)
         scheduler = _make_sampler(scheduler_config, sampler, steps)
         for t in scheduler.timesteps:
             eps = _guided_noise(unet, x, t, batch_labels, null_class, guidance if guided else 1.0)
             x = scheduler.step(eps, t, x, generator=generator).prev_sample
         images.append(x.clamp(-1, 1).cpu())
-        report(progress, "sample", done + 1, len(batches), images=min(start + batch_size, total))
-    return torch.cat(images)
+        report(progress, "sample", done + 1, len(batches), images=end - first)
+    return gather_rows(torch.cat(images), total)
 
 
 def _guided_noise(unet, x, t, labels, null_class, guidance):
     t_batch = t.expand(x.shape[0]).to(x.device)
     if guidance == 1.0:
-        return unet(x, t_batch, class_labels=labels).sample
+        with autocast(x.device):
+            return unet(x, t_batch, class_labels=labels).sample.float()
     both = torch.cat([labels, torch.full_like(labels, null_class)])
-    eps_cond, eps_null = unet(torch.cat([x, x]), torch.cat([t_batch, t_batch]), class_labels=both).sample.chunk(2)
+    with autocast(x.device):
+        eps = unet(torch.cat([x, x]), torch.cat([t_batch, t_batch]), class_labels=both).sample.float()
+    eps_cond, eps_null = eps.chunk(2)
     return eps_null + guidance * (eps_cond - eps_null)
 
 

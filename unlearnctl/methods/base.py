@@ -163,20 +163,28 @@ class MethodContext:
     def parameters(self) -> list["torch.Tensor"]:
         return [p for p in self.unet.parameters() if p.requires_grad]
 
-    def _draw(self, images: "ImageSet", batch_size: int | None) -> tuple["torch.Tensor", "torch.Tensor | None", "torch.Tensor"]:
+    # Every draw below takes sizes as the method sees them (this process's rows). In a multi-process run
+    # (unlearnctl.distributed.data_parallel) it draws the whole global batch's randomness and keeps this
+    # process's slice, so the processes together see exactly the batch of a single-process run.
+
+    def _draw(self, images: "ImageSet", batch_size: int | None, drop: bool = False) -> tuple["torch.Tensor", "torch.Tensor | None", "torch.Tensor"]:
         import torch
 
-        index = torch.randint(0, len(images), (batch_size or self.batch_size,), generator=self.generator)
+        from unlearnctl.distributed import current_shard
+        from unlearnctl.training import drop_labels
+
+        shard = current_shard()
+        size = shard.global_size(batch_size) if batch_size else self.batch_size
+        index = torch.randint(0, len(images), (size,), generator=self.generator)
         labels = images.labels[index] if (self.conditional and images.labels is not None) else None
+        if labels is not None and drop and self.label_dropout > 0:
+            labels = drop_labels(labels, self.null_class, self.label_dropout, self.generator)
+        index, labels = shard.take(index), shard.take(labels)
         return images.images[index].to(self.device), labels, index
 
     def retain_batch(self, batch_size: int | None = None, drop_labels: bool = True) -> tuple["torch.Tensor", "torch.Tensor | None"]:
         """x ~ D_r (``[B, C, H, W]``) and its labels c_x (``[B]``; a share dropped to the null class)."""
-        from unlearnctl.training import drop_labels as drop
-
-        x, c_x, _ = self._draw(self.retain, batch_size)
-        if c_x is not None and drop_labels and self.label_dropout > 0:
-            c_x = drop(c_x, self.null_class, self.label_dropout, self.generator)
+        x, c_x, _ = self._draw(self.retain, batch_size, drop=drop_labels)
         return x, c_x
 
     def forget_batch(self, batch_size: int | None = None) -> tuple["torch.Tensor", "torch.Tensor | None", "torch.Tensor"]:
@@ -184,30 +192,47 @@ class MethodContext:
         return self._draw(self.forget, batch_size)
 
     def timesteps(self, batch_size: int) -> "torch.Tensor":
-        return self.schedule.random_timesteps(batch_size, self.generator)
+        from unlearnctl.distributed import current_shard
+
+        shard = current_shard()
+        return shard.take(self.schedule.random_timesteps(shard.global_size(batch_size), self.generator))
 
     def noise(self, shape: "torch.Size") -> "torch.Tensor":
         import torch
 
-        return torch.randn(shape, generator=self.generator).to(self.device)
+        from unlearnctl.distributed import current_shard
+
+        shard = current_shard()
+        full = (shard.global_size(shape[0]), *shape[1:])
+        return shard.take(torch.randn(full, generator=self.generator)).to(self.device)
 
     def uniform(self, shape: "torch.Size") -> "torch.Tensor":
         """U[0, 1) noise of ``shape`` on the model's device."""
         import torch
 
-        return torch.rand(shape, generator=self.generator).to(self.device)
+        from unlearnctl.distributed import current_shard
+
+        shard = current_shard()
+        full = (shard.global_size(shape[0]), *shape[1:])
+        return shard.take(torch.rand(full, generator=self.generator)).to(self.device)
 
     def bernoulli(self, n: int, p: float) -> "torch.Tensor":
         """``n`` independent coins, True with probability ``p`` (bool ``[n]`` on the model's device)."""
         import torch
 
-        return (torch.rand(n, generator=self.generator) < p).to(self.device)
+        from unlearnctl.distributed import current_shard
+
+        shard = current_shard()
+        return shard.take(torch.rand(shard.global_size(n), generator=self.generator) < p).to(self.device)
 
     def randint(self, high: int, n: int) -> "torch.Tensor":
         """``n`` integers uniform in ``[0, high)`` (CPU)."""
         import torch
 
-        return torch.randint(0, high, (n,), generator=self.generator)
+        from unlearnctl.distributed import current_shard
+
+        shard = current_shard()
+        return shard.take(torch.randint(0, high, (shard.global_size(n),), generator=self.generator))
 
     def coefficients(self, t: "torch.Tensor") -> tuple["torch.Tensor", "torch.Tensor"]:
         """γ_t, σ_t shaped ``[B, 1, 1, 1]`` on the model's device."""
@@ -218,11 +243,15 @@ class MethodContext:
         """A uniformly random real class different from each entry of ``c`` (any real class for the null class)."""
         import torch
 
+        from unlearnctl.distributed import current_shard
+
         require(self.num_classes >= 2, "a random other class needs at least two classes")
+        shard = current_shard()
+        full = (shard.global_size(c.shape[0]),)
         is_null = c == self.null_class
-        shift = torch.randint(1, self.num_classes, c.shape, generator=self.generator)
+        shift = shard.take(torch.randint(1, self.num_classes, full, generator=self.generator)).to(c.device)
         other = (c.clamp(max=self.num_classes - 1) + shift) % self.num_classes  # never equals c for real classes
-        anyone = torch.randint(0, self.num_classes, c.shape, generator=self.generator)
+        anyone = shard.take(torch.randint(0, self.num_classes, full, generator=self.generator)).to(c.device)
         return torch.where(is_null, anyone, other)
 
 
@@ -260,11 +289,15 @@ class Method:
 
     def step(self) -> StepOutput:
         """Fill ``p.grad`` of every trainable parameter with the step's gradient (no clipping here)."""
+        from unlearnctl.distributed import mean_floats
+
         total, terms = self.loss()
         params = self.ctx.parameters()
         grads = gradient(total, params)
         set_gradients(params, grads)
-        return StepOutput(float(total.detach()), {k: float(v.detach()) for k, v in terms.items()}, {"g": float(norm(grads))})
+        # multi-process runs: the global batch's values, so guards (NegGrad) decide alike on every process
+        values = mean_floats([float(total.detach()), *(float(v.detach()) for v in terms.values())])
+        return StepOutput(values[0], dict(zip(terms, values[1:])), {"g": float(norm(grads))})
 
     # ----- shared loss pieces
 
@@ -299,11 +332,14 @@ class Method:
 
 
 def gradient(loss: "torch.Tensor", params: list["torch.Tensor"], retain_graph: bool = False) -> list["torch.Tensor"]:
-    """∇_θ loss as a list aligned with ``params`` (zeros where the loss does not depend on a parameter)."""
-    import torch
+    """∇_θ loss as a list aligned with ``params`` (zeros where the loss does not depend on a parameter).
 
-    grads = torch.autograd.grad(loss, params, retain_graph=retain_graph, allow_unused=True)
-    return [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
+    In a multi-process run the gradient is averaged over the processes, i.e. it is the global batch's
+    (:func:`unlearnctl.distributed.gradients`; fp16 runs also scale the loss there).
+    """
+    from unlearnctl.distributed import gradients
+
+    return gradients(loss, params, retain_graph)
 
 
 def norm(grads: list["torch.Tensor"]) -> "torch.Tensor":
