@@ -110,9 +110,11 @@ def siss_weights(d_x: "torch.Tensor", d_a: "torch.Tensor", lam: float, match_x: 
 
 def scale_negative(g_x: list["torch.Tensor"], g_a: list["torch.Tensor"], C: float) -> tuple[list["torch.Tensor"], float]:
     """g = g_x − (C/‖g_a‖)·g_a; returns g and the factor C/‖g_a‖ (0 when g_a vanishes)."""
+    import torch
+
     g_a_norm = float(norm(g_a))
     factor = C / g_a_norm if g_a_norm > 0 else 0.0
-    return [gx - factor * ga for gx, ga in zip(g_x, g_a)], factor
+    return list(torch._foreach_add(g_x, g_a, alpha=-factor)), factor  # g_x − factor·g_a, fused over all tensors
 
 
 def calibrate_scaling_norm(method: Method, share: float, batches: int, progress: "ProgressFn" = None) -> float:
