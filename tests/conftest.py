@@ -59,28 +59,27 @@ def shapes_split(shapes_npz):
     return load_data(f"npz:{shapes_npz}")
 
 
-@pytest.fixture(scope="session")
-def tiny_conditional(shapes_split, tmp_path_factory):
-    """A tiny class-conditional model trained on ``shapes`` (saved; ``.path`` is set)."""
+def _train_tiny(split, folder, conditional: bool):
     from unlearnctl.checkpoint import save_checkpoint
     from unlearnctl.training import TrainConfig, train_model
 
     config = TrainConfig(steps=400, batch_size=64, lr=2e-3, warmup_steps=20, seed=0)
-    checkpoint = train_model(shapes_split, conditional=True, preset="tiny", config=config, device="cpu")
-    save_checkpoint(checkpoint, tmp_path_factory.mktemp("models") / "tiny-conditional.safetensors")
+    checkpoint = train_model(split, conditional=conditional, preset="tiny", config=config, device="cpu")
+    name = "tiny-conditional" if conditional else "tiny-unconditional"
+    save_checkpoint(checkpoint, folder / f"{name}.safetensors")
     return checkpoint
+
+
+@pytest.fixture(scope="session")
+def tiny_conditional(shapes_split, tmp_path_factory):
+    """A tiny class-conditional model trained on ``shapes`` (saved; ``.path`` is set)."""
+    return _train_tiny(shapes_split, tmp_path_factory.mktemp("models"), conditional=True)
 
 
 @pytest.fixture(scope="session")
 def tiny_unconditional(shapes_split, tmp_path_factory):
     """A tiny unconditional model trained on ``shapes`` (saved; ``.path`` is set)."""
-    from unlearnctl.checkpoint import save_checkpoint
-    from unlearnctl.training import TrainConfig, train_model
-
-    config = TrainConfig(steps=400, batch_size=64, lr=2e-3, warmup_steps=20, seed=0)
-    checkpoint = train_model(shapes_split, conditional=False, preset="tiny", config=config, device="cpu")
-    save_checkpoint(checkpoint, tmp_path_factory.mktemp("models") / "tiny-unconditional.safetensors")
-    return checkpoint
+    return _train_tiny(shapes_split, tmp_path_factory.mktemp("models"), conditional=False)
 
 
 def nearest_centroid_labels(images: torch.Tensor, split) -> torch.Tensor:
