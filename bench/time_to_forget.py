@@ -122,11 +122,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def _split(text: str) -> list[str]:
     """Split ``a,b:x=1,y=2,c`` at commas that start a new method name (not a parameter)."""
-    from unlearnctl.methods import available_methods
-
     out: list[str] = []
     for part in text.split(","):
-        if out and "=" in part and part.split("=")[0] not in available_methods():
+        if out and "=" in part and ":" not in part:
             out[-1] += "," + part
         else:
             out.append(part)
