@@ -13,7 +13,7 @@ FAST = ("--batch-size", "8", "--device", "cpu", "--quiet")
 
 def test_unlearn_writes_a_checkpoint_with_its_lineage(cli, tiny_conditional, tmp_path):
     out = tmp_path / "siss.safetensors"
-    result = cli("unlearn", "--model", tiny_conditional.path, "--method", "siss", "--forget-class", "box", "--steps", "2",
+    result = cli("unlearn", "--model", tiny_conditional.path, "--method", "siss", "--forget-class", "2", "--steps", "2",
                  "--lambda", "0.4", "--scaling-norm", "0.05", "--out", out, *FAST)
     assert result.code == 0, result
     assert "wrote" in result.out
@@ -22,7 +22,7 @@ def test_unlearn_writes_a_checkpoint_with_its_lineage(cli, tiny_conditional, tmp
     assert entry["command"] == "unlearn" and entry["method"] == "siss" and entry["steps_run"] == 2
     assert entry["params"]["method_params"] == {"scaling_norm": 0.05, "scaling_share": 0.1, "calibration_batches": 4, "lambda_": 0.4}
     assert entry["params"]["batch_size"] == 8 and entry["seed"] == 0
-    assert entry["forget"]["spec"]["classes"] == ["box"] and entry["forget"]["mode"] == "class"
+    assert entry["forget"]["spec"]["classes"] == ["2"] and entry["forget"]["mode"] == "class"
     assert entry["parent_sha256"] == tiny_conditional.sha256 and entry["wall_time_s"] is not None
 
 
@@ -50,13 +50,13 @@ def test_bad_input_exits_2_without_output(cli, tiny_conditional, tmp_path):
     out = tmp_path / "bad.safetensors"
     base = ("unlearn", "--model", tiny_conditional.path, "--out", out, *FAST)
     for args, message in [
-        (("--method", "sis", "--forget-class", "box"), "unknown method 'sis'"),
-        (("--method", "siss", "--forget-class", "box", "--eta", "0.1"), "--eta is not a parameter of siss"),
+        (("--method", "sis", "--forget-class", "2"), "unknown method 'sis'"),
+        (("--method", "siss", "--forget-class", "2", "--eta", "0.1"), "--eta is not a parameter of siss"),
         (("--method", "siss"), "the forget set is empty"),
         (("--method", "siss", "--forget-class", "hexagon"), "class 'hexagon' is not in the data"),
-        (("--method", "siss", "--forget-class", "box", "--lambda", "1.5"), "λ must be strictly between 0 and 1"),
-        (("--method", "siss", "--forget-class", "bar", "--forget-class", "column", "--forget-class", "box",
-          "--forget-class", "cross"), "whole training set"),
+        (("--method", "siss", "--forget-class", "2", "--lambda", "1.5"), "λ must be strictly between 0 and 1"),
+        (("--method", "siss", "--forget-class", "0", "--forget-class", "1", "--forget-class", "2",
+          "--forget-class", "3"), "whole training set"),
     ]:
         result = cli(*base, *args)
         assert result.code == 2, (args, result)
@@ -70,7 +70,7 @@ def test_nan_loss_exits_1_and_writes_nothing(cli, tiny_conditional, tmp_path):
     broken = tiny_conditional.derive(weights, {"command": "edit", "params": {}})
     save_checkpoint(broken, tmp_path / "broken.safetensors")
     out = tmp_path / "nan.safetensors"
-    result = cli("unlearn", "--model", tmp_path / "broken.safetensors", "--method", "naive", "--forget-class", "box",
+    result = cli("unlearn", "--model", tmp_path / "broken.safetensors", "--method", "naive", "--forget-class", "2",
                  "--steps", "2", "--out", out, *FAST)
     assert result.code == 1, result
     assert "nan" in result.err and "no output was written" in result.err

@@ -65,8 +65,8 @@ def test_nearest_retain_pairs_each_forget_image_with_its_nearest_retain_image(ti
 
 
 def test_alternative_sources(tiny_conditional, tiny_unconditional, shapes_split, tmp_path):
-    spec = ForgetSpec(classes=("box",))
-    _, report = run(tiny_conditional, shapes_split, "dimum", spec, steps=1, params={"alternative": "class:bar"})
+    spec = ForgetSpec(classes=("2",))
+    _, report = run(tiny_conditional, shapes_split, "dimum", spec, steps=1, params={"alternative": "class:0"})
     assert report["prepared"]["num_alternatives"] == int((shapes_split.train.labels == 0).sum())
     _, report = run(tiny_conditional, shapes_split, "dimum", spec, steps=1, params={"num_generated": 8})
     assert report["prepared"] == {"alternative": "generated", "num_alternatives": 8}
@@ -75,7 +75,7 @@ def test_alternative_sources(tiny_conditional, tiny_unconditional, shapes_split,
     _, report = run(tiny_conditional, shapes_split, "dimum", spec, steps=1, params={"alternative": f"folder:{tmp_path / 'alt.npz'}"})
     assert report["prepared"]["num_alternatives"] == 5
     with pytest.raises(BadInputError, match="itself being forgotten"):
-        run(tiny_conditional, shapes_split, "dimum", spec, steps=1, params={"alternative": "class:box"})
+        run(tiny_conditional, shapes_split, "dimum", spec, steps=1, params={"alternative": "class:2"})
     with pytest.raises(BadInputError, match="class-conditional"):
         run(tiny_unconditional, shapes_split, "dimum", ForgetSpec(indices=(0,)), steps=1, params={"alternative": "generated"})
 
@@ -87,5 +87,5 @@ def test_config_validation():
 
 
 def test_runs_on_the_tiny_models(tiny_conditional, tiny_unconditional, shapes_split):
-    check_basics(tiny_conditional, shapes_split, "dimum", ForgetSpec(classes=("box",)), {"alternative": "class:bar"})
+    check_basics(tiny_conditional, shapes_split, "dimum", ForgetSpec(classes=("2",)), {"alternative": "class:0"})
     check_basics(tiny_unconditional, shapes_split, "dimum", ForgetSpec(indices=(0, 1)))

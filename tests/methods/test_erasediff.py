@@ -89,5 +89,5 @@ def test_config_validation():
 
 
 def test_runs_on_the_tiny_models(tiny_conditional, tiny_unconditional, shapes_split):
-    check_basics(tiny_conditional, shapes_split, "erasediff", ForgetSpec(classes=("box",)), {"forget_target": "pseudo-label"})
+    check_basics(tiny_conditional, shapes_split, "erasediff", ForgetSpec(classes=("2",)), {"forget_target": "pseudo-label"})
     check_basics(tiny_unconditional, shapes_split, "erasediff", ForgetSpec(indices=(0, 1)))

@@ -23,7 +23,7 @@ def test_loss_is_minus_forget_loss_plus_alpha_retain(alpha):
 
 
 def test_divergence_guard_stops_before_the_offending_update(tiny_conditional, shapes_split):
-    model, report = run(tiny_conditional, shapes_split, "neggrad", ForgetSpec(classes=("box",)), steps=5,
+    model, report = run(tiny_conditional, shapes_split, "neggrad", ForgetSpec(classes=("2",)), steps=5,
                         params={"max_forget_loss": 1e-6})
     assert report["steps_run"] == 0 and report["stopped"].startswith("divergence guard")
     assert all(torch.equal(model.state_dict[k], v) for k, v in tiny_conditional.state_dict.items())
@@ -31,5 +31,5 @@ def test_divergence_guard_stops_before_the_offending_update(tiny_conditional, sh
 
 
 def test_runs_on_the_tiny_models(tiny_conditional, tiny_unconditional, shapes_split):
-    check_basics(tiny_conditional, shapes_split, "neggrad", ForgetSpec(classes=("box",)))
+    check_basics(tiny_conditional, shapes_split, "neggrad", ForgetSpec(classes=("2",)))
     check_basics(tiny_unconditional, shapes_split, "neggrad", ForgetSpec(indices=(0, 1)), {"alpha": 1.0})

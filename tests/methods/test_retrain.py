@@ -14,7 +14,7 @@ from methods.common import run
 
 
 def test_retrains_from_scratch_with_the_recorded_recipe(tiny_conditional, shapes_split, tmp_path):
-    model, report = run(tiny_conditional, shapes_split, "retrain", ForgetSpec(classes=("box",)), steps=4, batch_size=None)
+    model, report = run(tiny_conditional, shapes_split, "retrain", ForgetSpec(classes=("2",)), steps=4, batch_size=None)
     recipe = training_recipe(tiny_conditional)
     entry = model.lineage[-1]
     assert entry["command"] == "retrain" and entry["method"] == "retrain" and entry["steps_run"] == 4
@@ -37,4 +37,4 @@ def test_needs_a_recorded_recipe(tiny_conditional, shapes_split):
 
     imported = replace(tiny_conditional, lineage=[{"command": "import", "params": {}}])
     with pytest.raises(BadInputError, match="no training recipe"):
-        run(imported, shapes_split, "retrain", ForgetSpec(classes=("box",)), steps=2)
+        run(imported, shapes_split, "retrain", ForgetSpec(classes=("2",)), steps=2)

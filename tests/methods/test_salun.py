@@ -36,7 +36,7 @@ def test_random_label_loss_matches_a_direct_computation(conditional):
 
 
 def test_only_salient_weights_change(tiny_conditional, shapes_split):
-    model, report = run(tiny_conditional, shapes_split, "salun", ForgetSpec(classes=("box",)), steps=3,
+    model, report = run(tiny_conditional, shapes_split, "salun", ForgetSpec(classes=("2",)), steps=3,
                         params={"saliency_percent": 10.0, "saliency_batches": 2})
     share = report["prepared"]["salient_share"]
     assert 0.09 <= share <= 0.11
@@ -52,5 +52,5 @@ def test_config_validation():
 
 
 def test_runs_on_the_tiny_models(tiny_conditional, tiny_unconditional, shapes_split):
-    check_basics(tiny_conditional, shapes_split, "salun", ForgetSpec(classes=("box",)), {"saliency_batches": 2})
+    check_basics(tiny_conditional, shapes_split, "salun", ForgetSpec(classes=("2",)), {"saliency_batches": 2})
     check_basics(tiny_unconditional, shapes_split, "salun", ForgetSpec(indices=(0, 1)), {"saliency_batches": 2})

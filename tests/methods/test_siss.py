@@ -164,7 +164,7 @@ def test_config_validation(bad):
 
 
 def test_class_forgetting_on_the_conditional_model(tiny_conditional, shapes_split):
-    check_basics(tiny_conditional, shapes_split, "siss", ForgetSpec(classes=("box",)))
+    check_basics(tiny_conditional, shapes_split, "siss", ForgetSpec(classes=("2",)))
 
 
 def test_data_forgetting_on_the_unconditional_model(tiny_unconditional, shapes_split):
