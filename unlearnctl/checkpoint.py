@@ -34,6 +34,7 @@ import shutil
 import struct
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -116,9 +117,24 @@ def build_unet(unet_config: dict[str, Any]) -> "torch.nn.Module":
     from diffusers import UNet2DModel
 
     try:
-        return UNet2DModel.from_config(unet_config)
+        with quiet_diffusers():
+            return UNet2DModel.from_config(unet_config)
     except Exception as exc:  # diffusers raises many types for bad configs
-        raise BadInputError(f"UNet config cannot be built by diffusers: {exc}") from None
+        raise BadInputError(f"UNet config cannot be built by diffusers: {str(exc)[:200]}") from None
+
+
+@contextmanager
+def quiet_diffusers():
+    """Hold back diffusers' config warnings (e.g. unknown keys): the CLI's stderr is one line per error."""
+    import logging
+
+    logger = logging.getLogger("diffusers")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def versions() -> dict[str, str]:
@@ -166,7 +182,7 @@ def weights_sha256(state_dict: dict[str, torch.Tensor]) -> str:
     for name in sorted(state_dict):
         tensor = state_dict[name].detach().cpu().contiguous()
         digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
-        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")  # reshape: 0-d too
     return digest.hexdigest()
 
 
@@ -195,9 +211,20 @@ def check_output_path(path: str | Path, suffix: str | None = ".safetensors") -> 
         require(path.suffix == suffix, f"output file {path} must end in {suffix}")
     parent = path.parent if str(path.parent) else Path(".")
     require(parent.is_dir(), f"output folder {parent} does not exist; create it first")
-    require(os.access(parent, os.W_OK), f"output folder {parent} is not writable")
     require(not path.is_dir(), f"output path {path} is a folder; give a file name")
+    require(_can_create_in(parent), f"output folder {parent} is not writable; choose another --out folder")
     return path
+
+
+def _can_create_in(folder: Path) -> bool:
+    """Create and remove a probe file: unlike ``os.access`` this also holds for root and read-only mounts."""
+    if not os.access(folder, os.W_OK):
+        return False
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".unlearnctl-probe-"):
+            return True
+    except OSError:
+        return False
 
 
 def atomic_write_bytes(path: str | Path, payload: bytes) -> None:
@@ -330,7 +357,8 @@ def _validate_tensor_entries(path: Path, header: dict[str, Any], data_bytes: int
         if name == "__metadata__":
             continue
         bad = f"{path} is corrupt (tensor {name[:60]!r}: %s)"
-        require(isinstance(entry, dict), bad % "entry is not an object")
+        require(isinstance(entry, dict) and entry.keys() == {"dtype", "shape", "data_offsets"},
+                bad % "entry must hold exactly dtype, shape and data_offsets")
         dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
         require(isinstance(dtype, str) and dtype in DTYPE_BYTES, bad % f"unsupported dtype {str(dtype)[:20]}")
         require(
@@ -423,7 +451,8 @@ def _scheduler_ok(path: Path, config_json: str) -> None:
     from diffusers import DDPMScheduler
 
     try:
-        scheduler = DDPMScheduler.from_config(json.loads(config_json))
+        with quiet_diffusers():
+            scheduler = DDPMScheduler.from_config(json.loads(config_json))
     except Exception as exc:  # diffusers raises many types for bad configs
         raise BadInputError(f"{path} has a scheduler config diffusers cannot build ({str(exc)[:100]})") from None
     require(bool(torch.isfinite(scheduler.alphas_cumprod).all()) and bool((scheduler.alphas_cumprod > 0).all()),

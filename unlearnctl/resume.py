@@ -21,6 +21,8 @@ metadata key        content
 ``step``            optimizer steps completed
 ``state``           JSON skeleton of the nested state; each tensor appears as
                     ``{"__tensor__": name}`` and is stored under that name
+``integrity``       sha256 over the four entries above and every tensor's name, dtype, shape
+                    and bytes: a state damaged on disk is refused, never resumed from
 ==================  =====================================================================
 
 ``OUT.state.safetensors`` (next to the output) is rewritten atomically every N steps, never with
@@ -161,6 +163,15 @@ def canonical(params: dict[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps(params, sort_keys=True, default=str))
 
 
+def _state_integrity(metadata: dict[str, str], tensors: dict[str, torch.Tensor]) -> str:
+    import hashlib
+
+    from unlearnctl.checkpoint import weights_sha256
+
+    record = [metadata.get(key) for key in ("command", "params", "step", "state")] + [weights_sha256(tensors)]
+    return hashlib.sha256(json.dumps(record).encode("utf-8")).hexdigest()
+
+
 def save_state(path: str | Path, command: str, params: dict[str, Any], step: int, state: dict[str, Any]) -> Path:
     """Atomically write a state file (see the module docstring for the layout)."""
     from unlearnctl.checkpoint import atomic_write_bytes, safetensors_bytes
@@ -170,6 +181,7 @@ def save_state(path: str | Path, command: str, params: dict[str, Any], step: int
         "format": STATE_FORMAT, "format_version": str(STATE_FORMAT_VERSION), "command": command,
         "params": json.dumps(canonical(params), sort_keys=True), "step": str(step), "state": json.dumps(skeleton),
     }
+    metadata["integrity"] = _state_integrity(metadata, tensors)
     path = Path(path)
     atomic_write_bytes(path, safetensors_bytes(tensors, metadata))
     return path
@@ -203,6 +215,7 @@ def load_state(path: str | Path) -> RunState:
         tensors = load_file(str(path))
     except Exception as exc:  # safetensors' own checks, should ours miss something
         raise BadInputError(corrupt % str(exc)[:100]) from None
+    require(meta.get("integrity") == _state_integrity(meta, tensors), corrupt % "integrity check failed")
     try:
         state = unpack(skeleton, tensors)
     except (TypeError, ValueError, RecursionError) as exc:
@@ -228,6 +241,17 @@ def first_difference(saved: Any, current: Any, where: str = "") -> tuple[str, An
 
 
 # --------------------------------------------------------------------------------------------- run-time
+
+
+def to_device(state: Any, device: "torch.device | str") -> Any:
+    """``state`` with every tensor moved to ``device`` (method state restored for a GPU run)."""
+    if isinstance(state, torch.Tensor):
+        return state.to(device)
+    if isinstance(state, dict):
+        return {k: to_device(v, device) for k, v in state.items()}
+    if isinstance(state, (list, tuple)):
+        return type(state)(to_device(v, device) for v in state)
+    return state
 
 
 def first_nonfinite(tensors: dict[str, torch.Tensor]) -> str | None:

@@ -26,13 +26,14 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from unlearnctl.errors import RuntimeFailure, require
+from unlearnctl.errors import NonFiniteFailure, require
 from unlearnctl.progress import ProgressFn, report
 
 if TYPE_CHECKING:
     from unlearnctl.checkpoint import Checkpoint
     from unlearnctl.data import DataSplit, ForgetSet, ForgetSpec
     from unlearnctl.methods.base import Method, StepOutput
+    from unlearnctl.resume import Checkpointer, ResumeOptions
 
 DEFAULT_PROBE_EVERY = 10  # probe interval used by --until-forget-rate when --probe-every is not given
 
@@ -111,6 +112,7 @@ def unlearn(
     method_params: dict[str, Any] | None = None,
     data: "DataSplit | None" = None,
     progress: ProgressFn = None,
+    resume: "ResumeOptions | None" = None,
 ) -> tuple["Checkpoint", dict[str, Any]]:
     """Make ``checkpoint`` forget ``forget_spec`` with ``method``; returns the new checkpoint and a report.
 
@@ -122,11 +124,13 @@ def unlearn(
         method_params: the method's own parameters by config field name (e.g. ``{"lambda_": 0.5}``).
         data: the data split; default: reloaded from the checkpoint's recorded description (fingerprint checked).
         progress: callback receiving a :class:`~unlearnctl.progress.Progress` per step and per probe.
+        resume: write a resumable state every N steps and/or continue from one (:mod:`unlearnctl.resume`).
 
     Raises:
         BadInputError: unknown method or parameter, data that does not fit the model, an empty forget set
             or one that is everything.
-        RuntimeFailure: a loss term or gradient norm became NaN/Inf (nothing is returned, nothing written).
+        NonFiniteFailure: a loss term, gradient norm or weight became NaN/Inf (nothing is returned, nothing
+            written); its ``.checkpoint`` holds the last good weights when a finite copy exists.
     """
     from unlearnctl.data import check_compatible, load_recorded_data, resolve_forget
     from unlearnctl.methods import get_method
@@ -139,12 +143,13 @@ def unlearn(
     forget_set = resolve_forget(forget_spec, split)
     require(len(forget_set.retain) > 0, "nothing would be retained; retrain from scratch on other data instead")
     if method_cls.exact:
-        return _retrain(checkpoint, method_cls, split, forget_set, config, progress)
-    return _fine_tune(checkpoint, method, method_cls, method_config, split, forget_set, config, progress)
+        return _retrain(checkpoint, method_cls, split, forget_set, config, progress, resume)
+    return _fine_tune(checkpoint, method, method_cls, method_config, split, forget_set, config, progress, resume)
 
 
-def _fine_tune(checkpoint, name, method_cls, method_config, split, forget_set, config, progress):
-    from unlearnctl.checkpoint import lineage_entry
+def _fine_tune(checkpoint, name, method_cls, method_config, split, forget_set, config, progress, resume=None):
+    from unlearnctl.checkpoint import lineage_entry, weights_sha256
+    from unlearnctl.resume import finite_or_none, to_device
     from unlearnctl.diffusion import NoiseSchedule
     from unlearnctl.methods.base import MethodContext
     from unlearnctl.training import resolve_device
@@ -163,17 +168,39 @@ def _fine_tune(checkpoint, name, method_cls, method_config, split, forget_set, c
     runner = method_cls(method_config, ctx)
     probe = ForgetProbe(checkpoint, forget_set, split, config, progress) if config.probe_interval else None
 
+    checkpointer = None
+    if resume is not None:  # the parameters that determine the result; --resume refuses any change
+        checkpointer = resume.start("unlearn", {
+            "method": name, "method_params": method_config.to_dict(), "steps": steps, "lr": lr, "batch_size": batch_size,
+            "seed": config.seed, "grad_clip": config.grad_clip, "label_dropout": config.label_dropout,
+            "probe_every": config.probe_interval, "until_forget_rate": config.until_forget_rate,
+            "probe_samples": config.probe_samples, "probe_steps": config.probe_steps,
+            "base_weights_sha256": weights_sha256(checkpoint.state_dict), "data_fingerprint": split.description["fingerprint"],
+            "forget_fingerprint": forget_set.fingerprint}, steps)
+
     started = time.perf_counter()
     prepared = runner.prepare(progress)
     optimizer = torch.optim.AdamW(ctx.parameters(), lr=lr, weight_decay=0.0)  # no decay: SalUn's frozen weights stay exact
     state = UnlearnState(runner, optimizer, generator)
-    run_loop(state, steps, config, probe, progress)
+    saved = checkpointer.restore() if checkpointer is not None else None
+    if saved is not None:
+        _load_state(state, {**saved, "method": to_device(saved["method"], device)})
+    try:
+        run_loop(state, steps, config, probe, progress, checkpointer)
+    except NonFiniteFailure as exc:  # checked before the optimizer step: the weights in memory are the last good
+        last_good = finite_or_none(unet.state_dict())
+        if last_good is not None:
+            entry = lineage_entry("unlearn", {"method_params": method_config.to_dict(), "steps": steps, "lr": lr},
+                                  config.seed, time.perf_counter() - started, method=name, forget=forget_set.describe(),
+                                  steps_run=state.step, stopped=str(exc), data_fingerprint=split.description["fingerprint"])
+            exc.checkpoint = checkpoint.derive(last_good, entry)
+        raise
     wall = time.perf_counter() - started
 
     weights = {k: v.detach().cpu().clone() for k, v in unet.state_dict().items()}
     bad = [k for k, v in weights.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
     if bad:
-        raise RuntimeFailure(f"weights {bad[0]} became non-finite; lower --lr (no output was written)")
+        raise NonFiniteFailure(f"weights {bad[0]} became non-finite; lower --lr", state.step)
     params = {
         "method_params": method_config.to_dict(), "prepared": prepared, "steps": steps, "lr": lr,
         "batch_size": batch_size, "grad_clip": config.grad_clip, "label_dropout": config.label_dropout,
@@ -204,9 +231,23 @@ def _forget_images(forget_set: "ForgetSet", checkpoint: "Checkpoint"):
     return ImageSet(forget.images, labels, forget.class_names)
 
 
+def _load_state(state: UnlearnState, saved: dict[str, Any]) -> None:
+    from unlearnctl.errors import BadInputError
+
+    try:
+        state.load_state_dict(saved)
+    except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as exc:
+        raise BadInputError(f"the resume state does not fit this run ({str(exc)[:120]}); start over without --resume") from None
+
+
 def run_loop(state: UnlearnState, steps: int, config: UnlearnConfig, probe: "ForgetProbe | None",
-             progress: ProgressFn = None) -> UnlearnState:
-    """Run ``state`` up to ``steps`` optimizer steps (from ``state.step``: a loaded state resumes)."""
+             progress: ProgressFn = None, checkpointer: "Checkpointer | None" = None) -> UnlearnState:
+    """Run ``state`` up to ``steps`` optimizer steps (from ``state.step``: a loaded state resumes).
+
+    ``checkpointer`` writes the state every N steps (``--checkpoint-every``).
+    """
+    from unlearnctl.resume import first_nonfinite
+
     runner = state.method
     params = runner.ctx.parameters()
     interval = config.probe_interval
@@ -222,12 +263,17 @@ def run_loop(state: UnlearnState, steps: int, config: UnlearnConfig, probe: "For
             break
         torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
         state.optimizer.step()
+        bad = first_nonfinite(dict(runner.ctx.unet.named_parameters()))
+        if bad is not None:
+            raise NonFiniteFailure(f"weight {bad} became non-finite in step {state.step + 1}; lower --lr", state.step)
         state.step += 1
         state.history.append({"step": state.step, **out.values()})
         info.update(out.values())
         if probe is not None and state.step % interval == 0:
             info["forget_rate"] = _probe(state, probe, config, progress, steps)
         report(progress, "unlearn", state.step, steps, **info)
+        if checkpointer is not None:
+            checkpointer.maybe_save(state.step, state.state_dict)
     return state
 
 
@@ -244,7 +290,7 @@ def _check_finite(out: "StepOutput", step: int) -> None:
     bad = out.non_finite()
     if bad:
         value = out.values()[bad[0]]
-        raise RuntimeFailure(f"{bad[0]} became {value} at step {step}; lower --lr (no output was written)")
+        raise NonFiniteFailure(f"{bad[0]} became {value} in step {step + 1}; lower --lr", step)
 
 
 class ForgetProbe:
@@ -278,13 +324,13 @@ class ForgetProbe:
 # --------------------------------------------------------------------------------------------- exact unlearning
 
 
-def _retrain(checkpoint, method_cls, split, forget_set, config, progress):
+def _retrain(checkpoint, method_cls, split, forget_set, config, progress, resume=None):
     from unlearnctl.checkpoint import lineage_entry
 
     started = time.perf_counter()
     weights, params = method_cls.run(checkpoint, split, forget_set, steps=config.steps, lr=config.lr,
                                      batch_size=config.batch_size, seed=config.seed, device=config.device,
-                                     progress=progress)
+                                     progress=progress, resume=resume)
     wall = time.perf_counter() - started
     steps_run = params["train"]["steps"]
     params["data"] = split.description["source"]

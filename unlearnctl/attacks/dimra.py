@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 
     from unlearnctl.checkpoint import Checkpoint
     from unlearnctl.data import DataSplit, ForgetSet, ForgetSpec, ImageSet
+    from unlearnctl.resume import ResumeOptions
     from unlearnctl.training import TrainConfig
 
 CURVE_SCHEMA = "unlearnctl.relearn-curve"
@@ -273,6 +274,7 @@ def relearn_attack(
     data: "DataSplit | None" = None,
     device: str = "auto",
     progress: ProgressFn = None,
+    resume: "ResumeOptions | None" = None,
 ) -> tuple["Checkpoint", RelearnCurve | None]:
     """Run DiMRA on ``checkpoint``; returns the attacked (unsaved) checkpoint and the relearning curve.
 
@@ -290,8 +292,11 @@ def relearn_attack(
             recorded forget fingerprints must still match.
         device: torch device (``auto`` = CUDA if present).
         progress: progress callback.
+        resume: write a resumable state every N steps and/or continue from one (:mod:`unlearnctl.resume`);
+            the curve points measured so far are part of the state.
     """
-    from unlearnctl.checkpoint import lineage_entry
+    from unlearnctl.checkpoint import lineage_entry, weights_sha256
+    from unlearnctl.errors import NonFiniteFailure
     from unlearnctl.data import check_compatible, resolve_forget
     from unlearnctl.diffusion import NoiseSchedule
     from unlearnctl.training import fit_denoiser, resolve_device
@@ -315,6 +320,14 @@ def relearn_attack(
                 "--forget-canary or --forget-images (the model's lineage records no forget set)")
         curve_set = forget_sets[-1]
 
+    checkpointer = None
+    if resume is not None:  # the parameters that determine the result; --resume refuses any change
+        checkpointer = resume.start("relearn-attack", {
+            "aux": aux_spec, "config": config.to_dict(), "curve_every": curve_every,
+            "curve_forget": curve_set.fingerprint if curve_set is not None else None,
+            "base_weights_sha256": weights_sha256(checkpoint.state_dict), "data_fingerprint": split.description["fingerprint"]},
+            config.steps)
+
     # 2. The auxiliary data D_au, guarded against forget-set items.
     resolved_device = resolve_device(device)
     context = AuxContext(checkpoint, split, forget_sets, seed=config.seed, num_generated=config.num_generated,
@@ -337,14 +350,26 @@ def relearn_attack(
                 curve.points.append({"step": step, "forget_rate": result["forget_rate"], "num_samples": result["num_samples"]})
                 report(progress, "forget rate", len(curve.points), len(checkpoints), forget_rate=result["forget_rate"])
 
-        measure(0, unet)
+        if checkpointer is not None:  # the points measured before an interruption come back with the state
+            checkpointer.extras["curve"] = (lambda: {"points": curve.points},
+                                            lambda saved: curve.points.extend(saved["points"]))
+        if checkpointer is None or checkpointer.resumed is None:
+            measure(0, unet)
         on_step = measure
-    weights = fit_denoiser(unet, NoiseSchedule(checkpoint.scheduler_config), aux, config.train_config(),
-                           null_class=checkpoint.null_class, progress=progress, task="relearn-attack", on_step=on_step)
-
-    # 4. The lineage says it was attacked, how, and with which auxiliary data.
     params = {"attack": "dimra", "aux": aux_info["spec"], "config": config.to_dict(), "curve_every": curve_every,
               "curve_forget": curve_forget_spec.to_dict() if curve_forget_spec is not None else None}
+    try:
+        weights = fit_denoiser(unet, NoiseSchedule(checkpoint.scheduler_config), aux, config.train_config(),
+                               null_class=checkpoint.null_class, progress=progress, task="relearn-attack", on_step=on_step,
+                               checkpointer=checkpointer)
+    except NonFiniteFailure as exc:
+        if exc.weights is not None:
+            entry = lineage_entry("relearn-attack", params, config.seed, time.perf_counter() - started,
+                                  stopped=str(exc), steps_run=exc.step)
+            exc.checkpoint = checkpoint.derive(exc.weights, entry)
+        raise
+
+    # 4. The lineage says it was attacked, how, and with which auxiliary data.
     attack = {"name": "dimra", "aux": aux_info, "excluded": [forget_set.describe() for forget_set in forget_sets],
               "data_fingerprint": split.description["fingerprint"]}
     entry = lineage_entry("relearn-attack", params, config.seed, time.perf_counter() - started, attack=attack,

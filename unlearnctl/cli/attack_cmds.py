@@ -40,6 +40,8 @@ def relearn_attack(
     curve_sample_steps: Annotated[int, typer.Option(help="DDIM steps per curve sample.", rich_help_panel=CURVE_PANEL)] = D.curve_sample_steps,
     data: Annotated[Optional[str], typer.Option(help="The model's training data, if its recorded source moved (forget fingerprints must still match).", rich_help_panel=opt.DATA_PANEL)] = None,
     json_: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.", rich_help_panel=opt.OUTPUT_PANEL)] = False,
+    checkpoint_every: opt.CheckpointEvery = 0,
+    resume: opt.Resume = None,
     seed: opt.Seed = D.seed,
     device: opt.Device = "auto",
     quiet: opt.Quiet = False,
@@ -55,9 +57,11 @@ def relearn_attack(
     from unlearnctl.checkpoint import atomic_write_text, check_output_path, load_checkpoint, save_checkpoint
     from unlearnctl.data import DEFAULT_HELDOUT_FRACTION, load_data
     from unlearnctl.errors import require
+    from unlearnctl.resume import ResumeOptions, protect_output
 
     check_output_path(out)
     require(out.resolve() != model.resolve(), f"--out {out} is the input model; write the attacked model to a new file")
+    resume_options = ResumeOptions.for_output(out, checkpoint_every, resume)
     for path, suffix in ((curve_json, ".json"), (curve_csv, ".csv")):
         if path is not None:
             check_output_path(path, suffix=suffix)
@@ -75,10 +79,12 @@ def relearn_attack(
                           split_seed=recorded.get("split_seed", 0), heldout_fraction=recorded.get("heldout_fraction", DEFAULT_HELDOUT_FRACTION),
                           canary_copies=recorded.get("canary_copies"))
     note(f"DiMRA on {model} with --aux {aux}: {steps} steps, lr {lr:g}, batch {batch_size}", quiet)
-    with ProgressBars(quiet) as progress:
+    with protect_output(out, resume_options), ProgressBars(quiet) as progress:
         attacked, curve = attack(checkpoint, aux, config, curve_forget_spec=None if forget.empty else forget,
-                                 curve_every=curve_every, data=split, device=device, progress=progress)
+                                 curve_every=curve_every, data=split, device=device, progress=progress,
+                                 resume=resume_options)
     save_checkpoint(attacked, out)
+    resume_options.finish()
     if curve is not None and curve_json is not None:
         import json
 

@@ -65,6 +65,8 @@ def unlearn(
     split_seed: opt.SplitSeed = 0,
     canary_copies: opt.CanaryCopies = None,
     json_: Annotated[bool, typer.Option("--json", help="Print the run report as JSON on stdout.", rich_help_panel=opt.OUTPUT_PANEL)] = False,
+    checkpoint_every: opt.CheckpointEvery = 0,
+    resume: opt.Resume = None,
     seed: opt.Seed = 0,
     device: opt.Device = "auto",
     quiet: opt.Quiet = False,
@@ -75,10 +77,14 @@ def unlearn(
     from unlearnctl.checkpoint import check_output_path, load_checkpoint, save_checkpoint
     from unlearnctl.errors import BadInputError
     from unlearnctl.methods import get_method
+    from unlearnctl.resume import ResumeOptions, protect_output
     from unlearnctl.unlearning import UnlearnConfig, report_summary
     from unlearnctl.unlearning import unlearn as run_unlearn
 
     check_output_path(out)
+    if out.resolve() == model.resolve():
+        raise BadInputError(f"--out {out} is the input model; write the unlearned model to a new file")
+    resume_options = ResumeOptions.for_output(out, checkpoint_every, resume)
     method_cls = get_method(method)
     given = {name: value for name, value in method_values.items() if value is not None}
     options = _method_options()
@@ -97,10 +103,12 @@ def unlearn(
 
         split = load_split(data, resolution, channels, split_seed, canary_copies)
     note(f"unlearning with {method} ({method_cls.summary})", quiet)
-    with ProgressBars(quiet) as bars:
+    with protect_output(out, resume_options), ProgressBars(quiet) as bars:
         progress = _with_probe_lines(bars, quiet)
-        result_model, result = run_unlearn(checkpoint, method, spec, config, given, data=split, progress=progress)
+        result_model, result = run_unlearn(checkpoint, method, spec, config, given, data=split, progress=progress,
+                                           resume=resume_options)
     save_checkpoint(result_model, out)
+    resume_options.finish()
     if json_:
         print_json({**report_summary(result), "out": str(out), "sha256": result_model.sha256})
         return
