@@ -61,7 +61,7 @@ def test_retain_source_holds_no_forget_image(unlearned, shapes_split):
     forget = ctx.forget_sets[0]
     aux, info = build_aux_data(get_aux_source("retain"), "", ctx)
     assert not hashes_of(aux.images) & hashes_of(forget.forget.images)
-    assert 2 not in aux.labels.tolist() and "2" not in info["class_counts"]
+    assert 2 not in aux.labels.tolist() and shapes_split.class_names[2] not in info["class_counts"]
     assert len(aux) == len(forget.retain) == info["num_images"]
     assert info["forget_fingerprints"] == [forget.fingerprint] and info["shared_images"] == 0
 
@@ -109,6 +109,20 @@ def test_user_aux_with_forget_images_is_refused(unlearned, shapes_split, tmp_pat
     np.savez(ok, images=pixels)  # a conditional model needs labels
     with pytest.raises(BadInputError, match="needs labels"):
         build_aux_data(get_aux_source("npz"), str(ok), context(unlearned, shapes_split))
+
+
+def test_folder_source_maps_class_folders_to_model_classes(unlearned, shapes_split, tmp_path):
+    from unlearnctl.sampling import save_png_folder
+
+    held = shapes_split.heldout.subset(torch.isin(shapes_split.heldout.labels, torch.tensor([0, 3])))
+    save_png_folder(held.images, held.labels, tmp_path / "aux", shapes_split.class_names)
+    aux, info = build_aux_data(get_aux_source("folder"), str(tmp_path / "aux"), context(unlearned, shapes_split))
+    assert sorted(aux.labels.tolist()) == sorted(held.labels.tolist()), info
+    names = shapes_split.class_names
+    assert info["class_counts"].keys() == {names[0], names[3]}
+    (tmp_path / "aux" / names[3]).rename(tmp_path / "aux" / "zebra")
+    with pytest.raises(BadInputError, match="class 'zebra' is not in the data"):
+        build_aux_data(get_aux_source("folder"), str(tmp_path / "aux"), context(unlearned, shapes_split))
 
 
 def test_generated_source_samples_retained_classes_and_drops_forget_copies(unlearned, shapes_split, monkeypatch):
