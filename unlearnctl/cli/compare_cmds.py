@@ -1,5 +1,213 @@
-"""Commands: compare and demo — tables, the report, the full pipeline."""
+"""Commands: ``compare`` (tables and the HTML report) and ``demo`` (the whole pipeline, ``make demo``)."""
 
 from __future__ import annotations
 
-from unlearnctl.cli.app import app  # noqa: F401
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from unlearnctl.cli import options as opt
+from unlearnctl.cli.app import app
+from unlearnctl.cli.ui import ProgressBars, note, stderr, stdout
+
+REPORT_PANEL = "Report"
+EVAL_PANEL = "Evaluating checkpoints on the fly"
+DEMO_PANEL = "Recipe (defaults fit 15 minutes on 2 CPU cores)"
+
+
+def _output(path: Optional[Path], suffix: str) -> Optional[Path]:
+    """Validate an output path before any work; ``-`` means stdout."""
+    from unlearnctl.checkpoint import check_output_path
+
+    if path is None or str(path) == "-":
+        return path
+    return check_output_path(path, suffix=suffix)
+
+
+def _write(path: Path, text: str, quiet: bool) -> None:
+    from unlearnctl.checkpoint import atomic_write_text
+
+    if str(path) == "-":
+        sys.stdout.write(text)
+        return
+    atomic_write_text(path, text)
+    note(f"wrote {path}", quiet)
+
+
+def print_comparison(comparison) -> None:
+    """The tables on stdout; off a terminal (logs, CI) 160 columns wide so no cell is cut."""
+    from rich.console import Console
+
+    console = stdout if stdout.is_terminal else Console(width=160, highlight=False)
+    console.print(comparison_table(comparison))
+
+
+def comparison_table(comparison):
+    """The comparison as rich tables (one per scenario), differences to the reference in parentheses."""
+    from rich.console import Group
+    from rich.table import Table
+
+    from unlearnctl.report.compare import TABLE_KEYS, TITLES, cell_text, format_value
+
+    tables = []
+    for scenario in comparison.scenarios:
+        reference = f"reference: {scenario.reference}" if scenario.reference else "no reference run"
+        table = Table(title=f"{scenario.label} ({reference}; Δ to it in parentheses)", title_justify="left")
+        table.add_column("run", style="bold")
+        table.add_column("method")
+        for key in TABLE_KEYS:
+            table.add_column(TITLES[key], justify="right")
+        table.add_column("relearn gap", justify="right")
+        previous = None
+        for row in scenario.rows:
+            name = f"  ↺ {row.run.name}" if row.run.attacked else row.run.name
+            style = "green" if row.is_reference else ("dim" if row.run.attacked else None)
+            table.add_row(name, row.run.group if row.run.group != previous else "",
+                          *[cell_text(row, key) for key in TABLE_KEYS], format_value("relearn_gap", row.relearn_gap, signed=True),
+                          style=style, end_section=False)
+            previous = row.run.group
+        tables.append(table)
+    return Group(*tables)
+
+
+@app.command(rich_help_panel="Attack and evaluate")
+def compare(
+    files: Annotated[list[Path], typer.Argument(help="Evaluation JSONs (unlearnctl evaluate --json), checkpoints (.safetensors, evaluated now) and relearning-curve JSONs (relearn-attack --curve-json).", show_default=False)],
+    report: Annotated[Optional[Path], typer.Option(help="Write a self-contained HTML report (table, Pareto plot, attack bars, relearning curves, sample grids, provenance); figures also as <name>-*.png next to it.", rich_help_panel=REPORT_PANEL)] = None,
+    title: Annotated[str, typer.Option(help="Title of the HTML report.", rich_help_panel=REPORT_PANEL)] = "unlearnctl report",
+    csv: Annotated[Optional[Path], typer.Option("--csv", help="Write the table as CSV (one row per run, every metric and difference); - for stdout.", rich_help_panel=opt.OUTPUT_PANEL)] = None,
+    markdown: Annotated[Optional[Path], typer.Option("--markdown", help="Write the table as Markdown (one table per scenario); - for stdout.", rich_help_panel=opt.OUTPUT_PANEL)] = None,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the comparison as JSON (schema unlearnctl.compare/1, docs/report.md); - for stdout.", rich_help_panel=opt.OUTPUT_PANEL)] = None,
+    forget_class: opt.ForgetClass = None,
+    forget_index: opt.ForgetIndex = None,
+    forget_canary: opt.ForgetCanary = False,
+    forget_images: opt.ForgetImages = None,
+    num_samples: Annotated[int, typer.Option("--num-samples", "-n", help="Checkpoints: images to generate per model.", rich_help_panel=EVAL_PANEL)] = 1000,
+    steps: Annotated[int, typer.Option(help="Checkpoints: DDIM steps.", rich_help_panel=EVAL_PANEL)] = 50,
+    seed: opt.Seed = 0,
+    device: opt.Device = "auto",
+    quiet: opt.Quiet = False,
+):
+    """Compare runs: one table grouped by scenario and method, retrain as the reference, and an HTML report.
+
+    Rows of one scenario (same training data, same forget set) go base, retrain (the reference), then each
+    method followed by its attacked version (↺, matched through the lineage). Checkpoints are evaluated on
+    the fly (what they forgot comes from --forget-* or their lineage).
+    """
+    from unlearnctl.errors import require
+    from unlearnctl.report import compare as build, load_runs, write_report
+
+    stdout_targets = [p for p in (csv, markdown, json_out) if p is not None and str(p) == "-"]
+    require(len(stdout_targets) <= 1, "only one of --csv, --markdown, --json can write to stdout (-)")
+    csv, markdown, json_out = _output(csv, ".csv"), _output(markdown, ".md"), _output(json_out, ".json")
+    if report is not None:
+        _output(report, ".html")
+    eval_config = None
+    if any(p.suffix == ".safetensors" for p in files):
+        from unlearnctl.metrics.evaluate import EvalConfig
+
+        eval_config = EvalConfig(num_samples=num_samples, steps=steps, seed=seed, device=device)
+    spec = opt.forget_spec(forget_class, forget_index, forget_canary, forget_images)
+    with ProgressBars(quiet) as progress:
+        runs = load_runs(files, eval_config=eval_config, forget_spec=None if spec.empty else spec, progress=progress,
+                         on_evaluate=lambda path: note(f"evaluating {path}", quiet))
+    comparison = build(runs)
+    if not stdout_targets:
+        print_comparison(comparison)
+    for warning in comparison.warnings:
+        note(f"[yellow]warning:[/yellow] {warning}", quiet)
+    for path, text in ((csv, comparison.to_csv), (markdown, comparison.to_markdown), (json_out, comparison.to_json)):
+        if path is not None:
+            _write(path, text(), quiet)
+    if report is not None:
+        for path in write_report(comparison, report, title=title):
+            note(f"wrote {path}", quiet)
+
+
+@app.command(rich_help_panel="Attack and evaluate")
+def demo(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (created). A rerun reuses the finished steps in it.", rich_help_panel=opt.OUTPUT_PANEL)] = Path("demo-out"),
+    quick: Annotated[bool, typer.Option("--quick", help="Tiny sizes (about a minute): checks the pipeline, the numbers mean nothing.", rich_help_panel=DEMO_PANEL)] = False,
+    base_steps: Annotated[Optional[int], typer.Option(help="Training steps of the base models and of retrain (default 1000; --quick 40).", rich_help_panel=DEMO_PANEL)] = None,
+    methods: Annotated[Optional[str], typer.Option(help="Comma-separated unlearning methods of the class scenario (default: every method).", rich_help_panel=DEMO_PANEL)] = None,
+    no_canary: Annotated[bool, typer.Option("--no-canary", help="Skip the canary (data-unlearning) scenario.", rich_help_panel=DEMO_PANEL)] = False,
+    canary_retrain: Annotated[bool, typer.Option("--canary-retrain", help="Also retrain the canary model without the canary (its reference; one more base training).", rich_help_panel=DEMO_PANEL)] = False,
+    attack_steps: Annotated[Optional[int], typer.Option(help="DiMRA steps per attack (default 200; --quick 4).", rich_help_panel=DEMO_PANEL)] = None,
+    eval_samples: Annotated[Optional[int], typer.Option(help="Images generated per evaluation (default 1000; --quick 20).", rich_help_panel=DEMO_PANEL)] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the stages and exit.", rich_help_panel=opt.OUTPUT_PANEL)] = False,
+    seed: opt.Seed = 0,
+    device: opt.Device = "auto",
+    quiet: opt.Quiet = False,
+):
+    """The main job: train the bases, run every unlearning method, attack every result, evaluate, compare, report.
+
+    On the embedded digits: class scenario (forget class 8 with every method and retrain) and canary
+    scenario (forget a memorised canary with SISS and retrain). Every step writes an ordinary checkpoint or
+    JSON into --out, so any step can be re-run by hand; one progress line per stage on stderr, the
+    comparison table and the report path on stdout.
+    """
+    from unlearnctl.demo import DemoConfig, plan, quick_config, run_demo
+
+    overrides = {k: v for k, v in {"base_steps": base_steps, "attack_steps": attack_steps, "eval_samples": eval_samples}.items()
+                 if v is not None}
+    if methods is not None:
+        overrides["methods"] = tuple(m.strip() for m in methods.split(",") if m.strip())
+    if no_canary:
+        overrides["canary"] = False
+    if canary_retrain:
+        overrides["canary_retrain"] = True
+    overrides.update(seed=seed, device=device)
+    config = quick_config(**overrides) if quick else DemoConfig(**overrides)
+    if dry_run:
+        for i, name in enumerate(plan(config, out), start=1):
+            stdout.print(f"{i:>3}. {name}", highlight=False)
+        return
+    with _StageProgress(quiet) as display:
+        result = run_demo(config, out, progress=display.progress, on_stage=display.stage)
+    print_comparison(result.comparison)
+    for warning in result.comparison.warnings:
+        note(f"[yellow]warning:[/yellow] {warning}", quiet)
+    ran = sum(not e.reused for e in result.stages)
+    stdout.print(f"demo finished in {result.seconds:.0f} s ({ran} stages run, {len(result.stages) - ran} reused); "
+                 f"files in {result.out}/", highlight=False)
+    stdout.print(f"report: {result.report}", highlight=False)
+
+
+class _StageProgress:
+    """One line per finished stage on stderr; on a terminal, a transient bar of the running stage's loop."""
+
+    def __init__(self, quiet: bool):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.quiet = quiet
+        self.live = not quiet and stderr.is_terminal
+        self.bars = Progress(TextColumn("  {task.description:<16}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                             console=stderr, transient=True, disable=not self.live)
+        self.tasks: dict[str, int] = {}
+
+    def __enter__(self) -> "_StageProgress":
+        self.bars.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.bars.__exit__(*exc)
+
+    def progress(self, event) -> None:
+        if not self.live:
+            return
+        if event.task not in self.tasks:
+            self.tasks[event.task] = self.bars.add_task(event.task, total=event.total)
+        self.bars.update(self.tasks[event.task], completed=event.step, total=event.total)
+
+    def stage(self, event) -> None:
+        for task in self.tasks.values():
+            self.bars.remove_task(task)
+        self.tasks.clear()
+        if self.quiet:
+            return
+        status = "reused" if event.reused else f"{event.seconds:6.1f} s"
+        width = len(str(event.total))
+        self.bars.console.print(f"stage {event.index:>{width}}/{event.total}  {event.name:<58} {status}", highlight=False,
+                                soft_wrap=True)

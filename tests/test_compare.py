@@ -1,0 +1,220 @@
+"""``unlearnctl compare`` and :mod:`unlearnctl.report.compare`: roles from lineage, grouping, reference
+differences, relearn gaps, the CSV/Markdown/JSON renderings and bad input — on evaluation JSONs shaped like
+``unlearnctl evaluate --json`` writes them (real ones come from the demo test)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+import pytest
+
+from unlearnctl.errors import BadInputError
+from unlearnctl.report import compare, load_runs
+from unlearnctl.report.runs import Run
+
+SPEC_8 = {"classes": ["8"], "indices": [], "canary": False, "images": None}
+SPEC_CANARY = {"classes": [], "indices": [], "canary": True, "images": None}
+
+
+def evaluation(sha: str, lineage: list[dict], *, forget_rate: float, fid: float, retain: float | None = 0.95,
+               data: str = "fp-digits", forget: str = "fp-8", spec: dict = SPEC_8, source: str = "digits",
+               num_samples: int = 1000) -> dict:
+    """An evaluation result with the keys and provenance ``unlearnctl evaluate --json`` writes."""
+    from unlearnctl.metrics import METRICS
+
+    result = {"schema": "unlearnctl.evaluate/1"}
+    result.update({key: None for metric in METRICS.values() for key in metric.keys})
+    result.update(forget_rate=forget_rate, forget_mode="class", fid=fid, kid=fid / 100, precision=0.8, recall=0.7,
+                  retain_accuracy=retain, membership_auc=0.6, num_samples=num_samples)
+    result["provenance"] = {
+        "model": {"path": f"{sha}.safetensors", "sha256": sha, "conditional": True, "lineage": lineage},
+        "data": {"source": source, "fingerprint": data},
+        "forget": {"mode": "class", "spec": spec, "fingerprint": forget},
+        "sampler": {"name": "ddim", "steps": 25, "guidance": 1.0, "seed": 0, "num_samples": num_samples},
+        "extractor": {"name": "domain-classifier"}, "metrics_run": ["quality", "forget"], "skipped": {},
+    }
+    return result
+
+
+TRAIN = {"command": "train", "method": None, "seed": 0, "forget": None, "parent_sha256": None}
+
+
+def unlearned(method: str, parent: str) -> list[dict]:
+    return [TRAIN, {"command": "unlearn", "method": method, "seed": 0, "forget": SPEC_8, "parent_sha256": parent}]
+
+
+def attacked(lineage: list[dict], parent: str) -> list[dict]:
+    return [*lineage, {"command": "relearn-attack", "method": None, "seed": 0, "forget": None, "parent_sha256": parent}]
+
+
+RETRAIN = [TRAIN, {"command": "retrain", "method": "retrain", "seed": 0, "forget": SPEC_8, "parent_sha256": "base"}]
+
+
+@pytest.fixture
+def class_files(tmp_path):
+    """A class scenario given in scrambled order: base, retrain, salun (+ attacked), siss (+ attacked)."""
+    results = {
+        "siss-attacked": evaluation("siss-att", attacked(unlearned("siss", "base"), "siss"), forget_rate=0.40, fid=12.0),
+        "base": evaluation("base", [TRAIN], forget_rate=0.97, fid=10.0),
+        "salun": evaluation("salun", unlearned("salun", "base"), forget_rate=0.20, fid=14.0, retain=0.90),
+        "retrain": evaluation("retrain", RETRAIN, forget_rate=0.01, fid=9.0),
+        "siss": evaluation("siss", unlearned("siss", "base"), forget_rate=0.05, fid=11.0),
+        "salun-attacked": evaluation("salun-att", attacked(unlearned("salun", "base"), "salun"), forget_rate=0.60, fid=13.0),
+    }
+    paths = {}
+    for name, result in results.items():
+        paths[name] = tmp_path / f"{name}.json"
+        paths[name].write_text(json.dumps(result))
+    return paths
+
+
+def test_roles_come_from_the_lineage():
+    base = Run("base", "base.json", evaluation("b", [TRAIN], forget_rate=0.9, fid=1))
+    retrain = Run("retrain", "r.json", evaluation("r", RETRAIN, forget_rate=0.0, fid=1))
+    excluded = Run("ex", "e.json", evaluation("e", [{**TRAIN, "forget": SPEC_8}], forget_rate=0.0, fid=1))
+    siss = Run("siss", "s.json", evaluation("s", unlearned("siss", "b"), forget_rate=0.1, fid=1))
+    hit = Run("siss-attacked", "a.json", evaluation("a", attacked(unlearned("siss", "b"), "s"), forget_rate=0.5, fid=1))
+    assert [r.role for r in (base, retrain, excluded, siss, hit)] == ["base", "reference", "reference", "unlearned", "attacked"]
+    assert [r.group for r in (base, retrain, excluded, siss, hit)] == ["base", "retrain", "retrain", "siss", "siss"]
+    assert hit.parent_sha256 == "s" and hit.method == "siss"
+
+
+def test_rows_grouped_by_method_with_reference_differences(class_files):
+    comparison = compare(load_runs(list(class_files.values())))
+    assert len(comparison.scenarios) == 1
+    scenario = comparison.scenarios[0]
+    # base, the reference, then methods in registry order (siss before salun), each followed by its attacked run
+    assert [r.run.name for r in scenario.rows] == ["base", "retrain", "siss", "siss-attacked", "salun", "salun-attacked"]
+    assert scenario.reference == "retrain"
+    rows = {r.run.name: r for r in scenario.rows}
+    assert rows["siss"].deltas["forget_rate"] == pytest.approx(0.04)
+    assert rows["salun"].deltas["fid"] == pytest.approx(5.0)
+    assert rows["salun"].deltas["retain_accuracy"] == pytest.approx(-0.05)
+    assert rows["retrain"].deltas["forget_rate"] == 0.0
+    # relearn gap: attacked forget rate − forget rate of the model it attacked (matched by parent sha256)
+    assert rows["siss-attacked"].relearn_gap == pytest.approx(0.35)
+    assert rows["siss-attacked"].attacked_from == "siss"
+    assert rows["salun-attacked"].relearn_gap == pytest.approx(0.40)
+    assert rows["siss"].relearn_gap is None
+    assert comparison.warnings == []
+
+
+def test_scenarios_are_kept_apart_and_missing_reference_is_warned(class_files, tmp_path):
+    canary = tmp_path / "canary-siss.json"
+    canary.write_text(json.dumps(evaluation("c-siss", unlearned("siss", "c-base"), forget_rate=0.0, fid=20.0, data="fp-canary",
+                                            forget="fp-canary", spec=SPEC_CANARY, source="digits+canary")))
+    comparison = compare(load_runs([*class_files.values(), canary]))
+    assert [s.label for s in comparison.scenarios] == ["digits — forget class 8", "digits+canary — forget the canary"]
+    canary_rows = comparison.scenarios[1].rows
+    assert [r.run.name for r in canary_rows] == ["canary-siss"]
+    assert canary_rows[0].deltas["forget_rate"] is None  # never compared with the digits reference
+    assert any("no reference" in w for w in comparison.warnings)
+
+
+def test_different_sampler_settings_are_warned(class_files):
+    data = json.loads(class_files["siss"].read_text())
+    data["provenance"]["sampler"]["num_samples"] = 50
+    class_files["siss"].write_text(json.dumps(data))
+    assert any("different sampler" in w for w in compare(load_runs(list(class_files.values()))).warnings)
+
+
+def test_csv_markdown_and_json_renderings(class_files):
+    comparison = compare(load_runs(list(class_files.values())))
+    rows = list(csv.DictReader(io.StringIO(comparison.to_csv())))
+    assert [r["run"] for r in rows][:3] == ["base", "retrain", "siss"]
+    siss_attacked = next(r for r in rows if r["run"] == "siss-attacked")
+    assert float(siss_attacked["relearn_gap"]) == pytest.approx(0.35)
+    assert siss_attacked["role"] == "attacked" and siss_attacked["method"] == "siss"
+    assert float(siss_attacked["delta_forget_rate"]) == pytest.approx(0.39)
+    markdown = comparison.to_markdown()
+    assert "| siss-attacked | siss | 0.400 (+0.390) |" in markdown
+    assert "**retrain** (reference)" in markdown
+    data = json.loads(comparison.to_json())
+    assert data["schema"] == "unlearnctl.compare/1"
+    assert data["scenarios"][0]["reference"] == "retrain"
+    assert len(data["rows"]) == 6
+
+
+def test_curve_attaches_to_the_attacked_run(class_files, tmp_path):
+    curve = tmp_path / "siss-curve.json"
+    curve.write_text(json.dumps({"schema": "unlearnctl.relearn-curve", "model": {"sha256": "siss"},
+                                 "points": [{"step": 0, "forget_rate": 0.05, "num_samples": 10}]}))
+    runs = load_runs([*class_files.values(), curve])
+    assert next(r for r in runs if r.name == "siss-attacked").curve["points"][0]["forget_rate"] == 0.05
+    assert len(runs) == 6  # the curve is no run of its own
+    stray = tmp_path / "stray-curve.json"
+    stray.write_text(json.dumps({"schema": "unlearnctl.relearn-curve", "model": {"sha256": "nobody"}, "points": []}))
+    with pytest.raises(BadInputError, match="no compared run"):
+        load_runs([class_files["siss"], stray])
+
+
+def test_sibling_grids_are_picked_up(class_files):
+    png = b"\x89PNG\r\n\x1a\n" + b"0" * 20
+    class_files["siss"].with_suffix(".png").write_bytes(png)
+    class_files["siss"].with_name("siss-forget.png").write_bytes(png)
+    runs = {r.name: r for r in load_runs(list(class_files.values()))}
+    assert set(runs["siss"].grids) == {"retained", "forget"}
+    assert runs["base"].grids == {}
+
+
+@pytest.mark.parametrize("content, match", [
+    ({"schema": "something-else"}, "schema"),
+    ({"schema": "unlearnctl.evaluate/1"}, "provenance"),
+    ([1, 2], "no JSON object"),
+])
+def test_bad_json_inputs(tmp_path, content, match):
+    path = tmp_path / "x.json"
+    path.write_text(json.dumps(content))
+    with pytest.raises(BadInputError, match=match):
+        load_runs([path])
+
+
+def test_bad_paths(tmp_path):
+    with pytest.raises(BadInputError, match="does not exist"):
+        load_runs([tmp_path / "missing.json"])
+    pickle = tmp_path / "model.pt"
+    pickle.write_bytes(b"x")
+    with pytest.raises(BadInputError, match="compare reads"):
+        load_runs([pickle])
+    with pytest.raises(BadInputError, match="nothing to compare"):
+        load_runs([])
+
+
+# --------------------------------------------------------------------------------------------- CLI
+
+
+def test_cli_table_and_files(cli, class_files, tmp_path):
+    out_csv, out_md = tmp_path / "t.csv", tmp_path / "t.md"
+    result = cli("compare", *class_files.values(), "--csv", out_csv, "--markdown", out_md)
+    assert result.code == 0, result
+    assert "digits — forget class 8" in result.out and "reference: retrain" in result.out
+    assert "0.400 (+0.390)" in result.out  # siss-attacked: value and difference to the reference, uncut
+    assert "+0.350" in result.out  # its relearn gap
+    assert out_csv.read_text().startswith("run,source,scenario,method,role")
+    assert "| run | method |" in out_md.read_text()
+
+
+def test_cli_json_to_stdout_is_clean(cli, class_files):
+    result = cli("compare", *class_files.values(), "--json", "-")
+    assert result.code == 0, result
+    assert json.loads(result.out)["schema"] == "unlearnctl.compare/1"
+
+
+@pytest.mark.parametrize("args, match", [
+    (["--csv", "out.txt"], "must end in .csv"),
+    (["--csv", "-", "--json", "-"], "only one of"),
+    (["--report", "r.pdf"], "must end in .html"),
+])
+def test_cli_bad_outputs_exit_2_before_any_work(cli, class_files, tmp_path, monkeypatch, args, match):
+    monkeypatch.chdir(tmp_path)
+    result = cli("compare", class_files["siss"], *args)
+    assert result.code == 2 and match in result.err, result
+
+
+def test_cli_bad_input_exit_2(cli, tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    result = cli("compare", bad)
+    assert result.code == 2 and "not valid JSON" in result.err
