@@ -216,6 +216,26 @@ def gradients(loss: "torch.Tensor", params: list["torch.Tensor"], retain_graph: 
         scale = _loss_scale.value  # overflow: the scale was halved; recompute from the kept graph
 
 
+def backward(loss: "torch.Tensor", params: list["torch.Tensor"]) -> None:
+    """``loss.backward()`` into ``p.grad``, averaged over the processes inside :func:`data_parallel`; under
+    fp16 the loss is scaled (dynamic scale) and overflowed gradients are recomputed at a lower scale."""
+    if _precision != "fp16":
+        loss.backward()
+        reduce_gradients(params)
+        return
+    while True:
+        scale = _loss_scale.value
+        for p in params:
+            p.grad = None
+        (loss * scale).backward(retain_graph=True)
+        with_grad = [p for p in params if p.grad is not None]
+        for p in with_grad:
+            p.grad.div_(scale)
+        reduce_gradients(params)
+        if _loss_scale.accept([p.grad for p in with_grad]):
+            return
+
+
 def reduce_gradients(params: list["torch.Tensor"]) -> None:
     """Average ``p.grad`` over the processes inside :func:`data_parallel` (after ``loss.backward()``)."""
     if current_shard().world == 1:

@@ -146,20 +146,26 @@ def fit_denoiser(
     task: str = "train",
     on_step: Callable[[int, torch.nn.Module], None] | None = None,
     checkpointer: "Checkpointer | None" = None,
+    precision: str = "fp32",
 ) -> dict[str, torch.Tensor]:
     """Train ``unet`` in place on ``data`` with the DDPM loss; returns the weights to save (EMA if on).
+
+    Under ``accelerate launch`` the processes split every global batch and average their gradients
+    (:mod:`unlearnctl.distributed`): the same steps as one process, with ``batch_size`` images in all.
 
     Args:
         null_class: for class-conditional models, the null class index; ``None`` trains unconditionally.
         on_step: called as ``on_step(step, unet)`` after each optimizer step (probes, curves).
         checkpointer: writes a resumable state every N steps and, when resuming, the state to start from
             (:mod:`unlearnctl.resume`); the resumed run is bit-identical to an uninterrupted one on CPU.
+        precision: ``fp32``, ``bf16`` or ``fp16`` (CUDA) autocast of the forward passes.
 
     Raises:
         NonFiniteFailure: the loss, the gradient norm or a weight became NaN/Inf. The loss and gradient are
             checked before the optimizer step, the weights after it (before the EMA takes them in), so the
             failure carries the last good weights (the EMA's when on) whenever a finite copy exists.
     """
+    from unlearnctl.distributed import backward, data_parallel, mean_floats, use_precision
     from unlearnctl.resume import finite_or_none, first_nonfinite
 
     require(null_class is None or data.labels is not None, "a class-conditional model needs labelled data")
@@ -180,33 +186,36 @@ def fit_denoiser(
         return finite_or_none(ema.shadow if ema is not None else unet.state_dict())
 
     started = time.perf_counter()
-    for step in range(start, config.steps):
-        x, labels = batches.next()
-        if null_class is not None:
-            labels = drop_labels(labels, null_class, config.label_dropout, generator)
-        else:
-            labels = None
-        loss = denoising_loss(unet, schedule, x.to(device), labels, generator).mean()
-        check_finite(loss, step, last_good)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(unet.parameters(), config.grad_clip)
-        if not torch.isfinite(grad_norm):
-            raise NonFiniteFailure(f"gradient norm became {float(grad_norm)} in step {step + 1}; lower --lr", step, last_good())
-        optimizer.step()
-        scheduler.step()
-        bad = first_nonfinite(dict(unet.named_parameters()))
-        if bad is not None:
-            raise NonFiniteFailure(f"weight {bad} became non-finite in step {step + 1}; lower --lr", step,
-                                   finite_or_none(ema.shadow) if ema is not None else None)
-        if ema is not None:
-            ema.update(unet)
-        if on_step is not None:
-            on_step(step + 1, unet)
-        if checkpointer is not None:
-            checkpointer.maybe_save(step + 1, lambda: loop_state(unet, optimizer, scheduler, ema, generator))
-        report(progress, task, step + 1, config.steps, loss=loss.item(), grad_norm=float(grad_norm),
-               elapsed=time.perf_counter() - started)
+    params = list(unet.parameters())
+    with data_parallel(config.batch_size), use_precision(precision, device):
+        for step in range(start, config.steps):
+            x, labels = batches.next()  # the global batch; each process scores its share (denoising_loss)
+            if null_class is not None:
+                labels = drop_labels(labels, null_class, config.label_dropout, generator)
+            else:
+                labels = None
+            loss = denoising_loss(unet, schedule, x.to(device), labels, generator).mean()
+            loss_value = mean_floats([float(loss.detach())])[0]  # the global batch's loss, alike on every process
+            check_finite(torch.tensor(loss_value), step, last_good)
+            optimizer.zero_grad(set_to_none=True)
+            backward(loss, params)  # loss.backward(); averaged over processes; fp16 loss scaling
+            grad_norm = torch.nn.utils.clip_grad_norm_(unet.parameters(), config.grad_clip)
+            if not torch.isfinite(grad_norm):
+                raise NonFiniteFailure(f"gradient norm became {float(grad_norm)} in step {step + 1}; lower --lr", step, last_good())
+            optimizer.step()
+            scheduler.step()
+            bad = first_nonfinite(dict(unet.named_parameters()))
+            if bad is not None:
+                raise NonFiniteFailure(f"weight {bad} became non-finite in step {step + 1}; lower --lr", step,
+                                       finite_or_none(ema.shadow) if ema is not None else None)
+            if ema is not None:
+                ema.update(unet)
+            if on_step is not None:
+                on_step(step + 1, unet)
+            if checkpointer is not None:
+                checkpointer.maybe_save(step + 1, lambda: loop_state(unet, optimizer, scheduler, ema, generator))
+            report(progress, task, step + 1, config.steps, loss=loss_value, grad_norm=float(grad_norm),
+                   elapsed=time.perf_counter() - started)
     unet.eval()
     if ema is not None:
         unet.load_state_dict(ema.shadow)
@@ -216,7 +225,9 @@ def fit_denoiser(
 def resolve_device(device: str = "auto") -> torch.device:
     """``auto`` picks CUDA when present, else CPU; anything else must be a valid torch device."""
     if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        from unlearnctl.distributed import device as process_device
+
+        return process_device("auto") or torch.device("cuda" if torch.cuda.is_available() else "cpu")  # launched: rank's GPU
     try:
         resolved = torch.device(device)
     except RuntimeError:
@@ -237,11 +248,13 @@ def train_model(
     progress: ProgressFn = None,
     command: str = "train",
     resume: "ResumeOptions | None" = None,
+    precision: str = "fp32",
 ) -> "Checkpoint":
     """Train a new ``UNet2DModel`` from scratch on ``data.train`` (minus ``exclude``, if given).
 
     ``exclude`` makes the model an exact-unlearning reference: trained on the retain set only.
     ``resume`` writes resumable states every N steps and/or continues from one (same parameters only).
+    ``precision`` (fp32, bf16, fp16 on CUDA) is the forward passes' autocast; it is recorded in the lineage.
     Returns an unsaved :class:`~unlearnctl.checkpoint.Checkpoint` whose lineage records the recipe.
     On NaN/Inf, the :class:`NonFiniteFailure` carries the last good weights as ``.checkpoint``.
     """
@@ -271,7 +284,7 @@ def train_model(
     try:
         weights = fit_denoiser(unet, NoiseSchedule(scheduler_config), train_set, config,
                                null_class=cfg["num_class_embeds"] - 1 if conditional else None, progress=progress,
-                               task=command, checkpointer=checkpointer)
+                               task=command, checkpointer=checkpointer, precision=precision)
     except NonFiniteFailure as exc:
         if exc.weights is not None:
             entry = lineage_entry(command, params, config.seed, time.perf_counter() - started, data_fingerprint=train_set.fingerprint,
@@ -279,5 +292,5 @@ def train_model(
             exc.checkpoint = Checkpoint(exc.weights, cfg, scheduler_config, desc, [entry])
         raise
     entry = lineage_entry(command, params, config.seed, time.perf_counter() - started,
-                          data_fingerprint=train_set.fingerprint, forget=forget_info)
+                          data_fingerprint=train_set.fingerprint, forget=forget_info, precision=precision)
     return Checkpoint(weights, cfg, scheduler_config, desc, [entry])
