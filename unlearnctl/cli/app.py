@@ -34,10 +34,25 @@ def _fail(message: str, code: int) -> int:
     return code
 
 
+def _join_processes() -> None:
+    """Under ``accelerate launch`` (several processes): join the process group; only the main process prints
+    (and writes files, see :mod:`unlearnctl.distributed`). Nothing happens in an ordinary run."""
+    from unlearnctl import distributed
+
+    if not distributed.launched():
+        return
+    distributed.state()
+    if not distributed.is_main_process():
+        from unlearnctl.cli.ui import stderr, stdout
+
+        stdout.quiet = stderr.quiet = True
+
+
 def run(args: list[str] | None = None) -> int:
     """Run the CLI and return its exit code (the entry point of tests and ``main``)."""
     debug = bool(os.environ.get("UNLEARNCTL_DEBUG"))
     try:
+        _join_processes()
         result = app(args=args, standalone_mode=False, prog_name="unlearnctl")
         if result == EXIT_INTERRUPTED:  # typer turns Ctrl-C into a silent 130; say what happened
             return _fail("interrupted; no output was written", EXIT_INTERRUPTED)

@@ -59,7 +59,8 @@ def note(message: str, quiet: bool = False) -> None:
 
 
 def print_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+    if not stdout.quiet:  # quiet only in the non-main processes of a multi-process run
+        sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
 
 
 def key_value_table(title: str, rows: dict[str, Any]) -> Table:
