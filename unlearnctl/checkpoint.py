@@ -228,7 +228,14 @@ def _can_create_in(folder: Path) -> bool:
 
 
 def atomic_write_bytes(path: str | Path, payload: bytes) -> None:
-    """Write ``payload`` to ``path`` so that readers see the old file or the whole new one, never a part."""
+    """Write ``payload`` to ``path`` so that readers see the old file or the whole new one, never a part.
+
+    In a multi-process run (``accelerate launch``) only the main process writes: one file, written once.
+    """
+    from unlearnctl.distributed import is_main_process
+
+    if not is_main_process():
+        return
     path = Path(path)
     handle = tempfile.NamedTemporaryFile(dir=path.parent or ".", prefix=f".{path.name}.", suffix=".tmp", delete=False)
     try:

@@ -30,9 +30,15 @@ def generate(
     batch_size: int = 500,
     device: str = "auto",
     progress: ProgressFn = None,
+    precision: str = "fp32",
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Sample from ``checkpoint``: ``per_class`` images for each of ``classes`` (default all) when the
-    model is class-conditional, else ``num_images`` unconditional images. Returns ``(images, labels)``."""
+    model is class-conditional, else ``num_images`` unconditional images. Returns ``(images, labels)``.
+
+    ``precision`` (fp32, bf16, fp16 on CUDA) is the UNet's autocast; under ``accelerate launch`` each process
+    generates a share of the images and every process returns all of them."""
+    from unlearnctl.distributed import use_precision
+
     unet = checkpoint.build_unet(resolve_device(device)).eval()
     labels = None
     if checkpoint.conditional:
@@ -42,11 +48,12 @@ def generate(
         labels = balanced_labels(ids, per_class)
     else:
         require(not classes, "this model is unconditional; --class needs a class-conditional model")
-    images = sample_images(
-        unet, checkpoint.scheduler_config, num_images=None if labels is not None else num_images, labels=labels,
-        null_class=checkpoint.null_class, steps=steps, sampler=sampler, guidance=guidance, seed=seed,
-        batch_size=batch_size, progress=progress,
-    )
+    with use_precision(precision, next(unet.parameters()).device):
+        images = sample_images(
+            unet, checkpoint.scheduler_config, num_images=None if labels is not None else num_images, labels=labels,
+            null_class=checkpoint.null_class, steps=steps, sampler=sampler, guidance=guidance, seed=seed,
+            batch_size=batch_size, progress=progress,
+        )
     return images, labels
 
 
@@ -90,7 +97,11 @@ def save_png_folder(images: torch.Tensor, labels: torch.Tensor | None, folder: s
     """One PNG per image; class sub-folders when labels are given (readable back as ``folder:PATH``)."""
     from PIL import Image
 
+    from unlearnctl.distributed import is_main_process
+
     folder = Path(folder)
+    if not is_main_process():  # multi-process runs: one writer
+        return folder
     pixels = to_uint8(images).transpose(0, 2, 3, 1)
     for i, pixel in enumerate(pixels):
         sub = folder if labels is None else folder / (class_names[int(labels[i])] if class_names else str(int(labels[i])))

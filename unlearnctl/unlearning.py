@@ -53,9 +53,13 @@ class UnlearnConfig:
     probe_samples: int = 64  # images generated per probe
     probe_steps: int = 25  # DDIM steps per probe image
     device: str = "auto"  # auto (CUDA if present), cpu, cuda, ...
+    precision: str = "fp32"  # forward passes: fp32, bf16 (autocast) or fp16 (CUDA, loss-scaled)
 
     def __post_init__(self):
+        from unlearnctl.distributed import PRECISIONS
+
         require(self.steps is None or self.steps >= 1, f"steps must be at least 1, got {self.steps}")
+        require(self.precision in PRECISIONS, f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}")
         require(self.lr is None or 0 < self.lr <= 1, f"learning rate must be in (0, 1], got {self.lr}")
         require(self.batch_size is None or self.batch_size >= 1, f"batch size must be at least 1, got {self.batch_size}")
         require(self.grad_clip > 0, f"gradient clip must be > 0, got {self.grad_clip}")
@@ -144,10 +148,15 @@ def unlearn(
     require(len(forget_set.retain) > 0, "nothing would be retained; retrain from scratch on other data instead")
     if method_cls.exact:
         return _retrain(checkpoint, method_cls, split, forget_set, config, progress, resume)
-    return _fine_tune(checkpoint, method, method_cls, method_config, split, forget_set, config, progress, resume)
+    from unlearnctl.distributed import use_precision
+    from unlearnctl.training import resolve_device
+
+    with use_precision(config.precision, resolve_device(config.device)):
+        return _fine_tune(checkpoint, method, method_cls, method_config, split, forget_set, config, progress, resume)
 
 
 def _fine_tune(checkpoint, name, method_cls, method_config, split, forget_set, config, progress, resume=None):
+    from unlearnctl import distributed
     from unlearnctl.checkpoint import lineage_entry, weights_sha256
     from unlearnctl.resume import finite_or_none, to_device
     from unlearnctl.diffusion import NoiseSchedule
@@ -180,13 +189,16 @@ def _fine_tune(checkpoint, name, method_cls, method_config, split, forget_set, c
 
     started = time.perf_counter()
     prepared = runner.prepare(progress)
+    if distributed.launched():  # every process starts from the main process's choices (C, masks, alternatives)
+        runner.load_state_dict(distributed.broadcast_state(runner.state_dict()))
     optimizer = torch.optim.AdamW(ctx.parameters(), lr=lr, weight_decay=0.0)  # no decay: SalUn's frozen weights stay exact
     state = UnlearnState(runner, optimizer, generator)
     saved = checkpointer.restore() if checkpointer is not None else None
     if saved is not None:
         _load_state(state, {**saved, "method": to_device(saved["method"], device)})
     try:
-        run_loop(state, steps, config, probe, progress, checkpointer)
+        with distributed.data_parallel(batch_size):  # several processes: each takes a share of every batch
+            run_loop(state, steps, config, probe, progress, checkpointer)
     except NonFiniteFailure as exc:  # checked before the optimizer step: the weights in memory are the last good
         last_good = finite_or_none(unet.state_dict())
         if last_good is not None:
@@ -206,6 +218,7 @@ def _fine_tune(checkpoint, name, method_cls, method_config, split, forget_set, c
         "batch_size": batch_size, "grad_clip": config.grad_clip, "label_dropout": config.label_dropout,
         "probe_every": config.probe_interval, "until_forget_rate": config.until_forget_rate,
         "probe_samples": config.probe_samples, "probe_steps": config.probe_steps, "data": split.description["source"],
+        "precision": config.precision, "processes": distributed.world_size(),
     }
     probe_time = probe.seconds if probe else 0.0
     entry = lineage_entry("unlearn", params, config.seed, wall, method=name, forget=forget_set.describe(),
@@ -246,6 +259,7 @@ def run_loop(state: UnlearnState, steps: int, config: UnlearnConfig, probe: "For
 
     ``checkpointer`` writes the state every N steps (``--checkpoint-every``).
     """
+    from unlearnctl.distributed import mean_floats
     from unlearnctl.resume import first_nonfinite
 
     runner = state.method
@@ -257,6 +271,8 @@ def run_loop(state: UnlearnState, steps: int, config: UnlearnConfig, probe: "For
     while state.step < steps and state.stopped == "completed":
         state.optimizer.zero_grad(set_to_none=True)
         out = runner.step()
+        values = mean_floats([out.loss, *out.terms.values()])  # several processes: the global batch's figures
+        out.loss, out.terms = values[0], dict(zip(out.terms, values[1:]))
         _check_finite(out, state.step)
         if out.stop:
             state.stopped = out.stop
@@ -330,7 +346,7 @@ def _retrain(checkpoint, method_cls, split, forget_set, config, progress, resume
     started = time.perf_counter()
     weights, params = method_cls.run(checkpoint, split, forget_set, steps=config.steps, lr=config.lr,
                                      batch_size=config.batch_size, seed=config.seed, device=config.device,
-                                     progress=progress, resume=resume)
+                                     progress=progress, resume=resume, precision=config.precision)
     wall = time.perf_counter() - started
     steps_run = params["train"]["steps"]
     params["data"] = split.description["source"]

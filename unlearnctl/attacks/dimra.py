@@ -275,6 +275,7 @@ def relearn_attack(
     device: str = "auto",
     progress: ProgressFn = None,
     resume: "ResumeOptions | None" = None,
+    precision: str = "fp32",
 ) -> tuple["Checkpoint", RelearnCurve | None]:
     """Run DiMRA on ``checkpoint``; returns the attacked (unsaved) checkpoint and the relearning curve.
 
@@ -294,6 +295,7 @@ def relearn_attack(
         progress: progress callback.
         resume: write a resumable state every N steps and/or continue from one (:mod:`unlearnctl.resume`);
             the curve points measured so far are part of the state.
+        precision: forward passes of the fine-tuning (and of the curve's samples): fp32, bf16 or fp16 (CUDA).
     """
     from unlearnctl.checkpoint import lineage_entry, weights_sha256
     from unlearnctl.errors import NonFiniteFailure
@@ -357,11 +359,12 @@ def relearn_attack(
             measure(0, unet)
         on_step = measure
     params = {"attack": "dimra", "aux": aux_info["spec"], "config": config.to_dict(), "curve_every": curve_every,
-              "curve_forget": curve_forget_spec.to_dict() if curve_forget_spec is not None else None}
+              "curve_forget": curve_forget_spec.to_dict() if curve_forget_spec is not None else None,
+              "precision": precision}
     try:
         weights = fit_denoiser(unet, NoiseSchedule(checkpoint.scheduler_config), aux, config.train_config(),
                                null_class=checkpoint.null_class, progress=progress, task="relearn-attack", on_step=on_step,
-                               checkpointer=checkpointer)
+                               checkpointer=checkpointer, precision=precision)
     except NonFiniteFailure as exc:
         if exc.weights is not None:
             entry = lineage_entry("relearn-attack", params, config.seed, time.perf_counter() - started,

@@ -44,6 +44,7 @@ def relearn_attack(
     resume: opt.Resume = None,
     seed: opt.Seed = D.seed,
     device: opt.Device = "auto",
+    precision: opt.Precision = "fp32",
     quiet: opt.Quiet = False,
 ):
     """DiMRA: fine-tune an unlearned model on auxiliary data free of the forget set, and see whether it relearns.
@@ -67,6 +68,7 @@ def relearn_attack(
             check_output_path(path, suffix=suffix)
             require(curve_every > 0, f"{path} would hold a curve, but no curve is recorded; add --curve-every K")
     parse_aux_spec(aux)  # an unknown source fails before any work
+    opt.check_precision(precision, device)
     config = AttackConfig(steps=steps, lr=lr, batch_size=batch_size, label_dropout=label_dropout, seed=seed,
                           num_generated=num_generated, generate_steps=generate_steps, curve_samples=curve_samples,
                           curve_sample_steps=curve_sample_steps)
@@ -82,7 +84,7 @@ def relearn_attack(
     with protect_output(out, resume_options), ProgressBars(quiet) as progress:
         attacked, curve = attack(checkpoint, aux, config, curve_forget_spec=None if forget.empty else forget,
                                  curve_every=curve_every, data=split, device=device, progress=progress,
-                                 resume=resume_options)
+                                 resume=resume_options, precision=precision)
     save_checkpoint(attacked, out)
     resume_options.finish()
     if curve is not None and curve_json is not None:

@@ -42,6 +42,7 @@ def train(
     resume: opt.Resume = None,
     seed: opt.Seed = 0,
     device: opt.Device = "auto",
+    precision: opt.Precision = "fp32",
     quiet: opt.Quiet = False,
 ):
     """Train a diffusion model (DDPM, ε-prediction, linear β 1e-4→0.02, 1000 steps) from scratch."""
@@ -55,13 +56,15 @@ def train(
         check_output_path(grid, suffix=".png")
     resume_options = ResumeOptions.for_output(out, checkpoint_every, resume)
     check_preset(size)
+    opt.check_precision(precision, device)
     overrides = read_config_file(unet_config) if unet_config else None
     config = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, ema_decay=ema_decay, label_dropout=label_dropout, seed=seed)
     split = load_split(data, resolution, channels, split_seed, canary_copies)
     exclude = opt.forget_spec(exclude_class, exclude_index, exclude_canary, None)
     with protect_output(out, resume_options), ProgressBars(quiet) as progress:
         checkpoint = train_model(split, conditional=conditional, preset=size, unet_overrides=overrides, config=config,
-                                 exclude=exclude, device=device, progress=progress, resume=resume_options)
+                                 exclude=exclude, device=device, progress=progress, resume=resume_options,
+                                 precision=precision)
     save_checkpoint(checkpoint, out)
     resume_options.finish()
     entry = checkpoint.lineage[-1]
@@ -96,6 +99,7 @@ def sample(
     png_dir: Annotated[Optional[Path], typer.Option(help="Also save one PNG per image into this folder (class sub-folders).", rich_help_panel=opt.OUTPUT_PANEL)] = None,
     seed: opt.Seed = 0,
     device: opt.Device = "auto",
+    precision: opt.Precision = "fp32",
     quiet: opt.Quiet = False,
 ):
     """Generate images with DDIM or DDPM, per class or unconditionally, and write a PNG grid."""
@@ -105,10 +109,12 @@ def sample(
     check_output_path(out, suffix=".png")
     if npz:
         check_output_path(npz, suffix=".npz")
+    opt.check_precision(precision, device)
     checkpoint = load_checkpoint(model)
     with ProgressBars(quiet) as progress:
         images, labels = generate(checkpoint, classes=class_, per_class=per_class, num_images=num, steps=steps, sampler=sampler,
-                                  guidance=guidance, seed=seed, batch_size=sample_batch_size, device=device, progress=progress)
+                                  guidance=guidance, seed=seed, batch_size=sample_batch_size, device=device, progress=progress,
+                                  precision=precision)
     save_grid(images, out, nrow=per_class if labels is not None and per_class <= 32 else None)
     stdout.print(f"wrote {out} ({len(images)} images)")
     if npz:

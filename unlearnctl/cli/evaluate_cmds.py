@@ -47,6 +47,7 @@ def evaluate(
     classifier_cache: Annotated[Optional[Path], typer.Option(help="Folder of cached domain classifiers (default $UNLEARNCTL_CACHE or ~/.cache/unlearnctl).", rich_help_panel=EVAL_PANEL)] = None,
     seed: opt.Seed = 0,
     device: opt.Device = "auto",
+    precision: opt.Precision = "fp32",
     quiet: opt.Quiet = False,
 ):
     """Score a model: FID/KID/precision/recall (torch-fidelity), forget rate, retain accuracy, membership audit.
@@ -62,6 +63,7 @@ def evaluate(
 
     for text in gate or []:
         parse_gate(text)  # syntax first: a typo costs nothing
+    opt.check_precision(precision, device)
     if json_out:
         check_output_path(json_out, suffix=".json")
     if grid:
@@ -81,7 +83,7 @@ def evaluate(
         feature_extractor=feature_extractor, inception_weights=str(inception_weights) if inception_weights else None,
         audit=AuditConfig(timesteps=timesteps, repeats=audit_repeats, confidence=audit_confidence, seed=seed),
         audit_reference=str(audit_reference) if audit_reference else None,
-        classifier_cache=str(classifier_cache) if classifier_cache else None, device=device,
+        classifier_cache=str(classifier_cache) if classifier_cache else None, device=device, precision=precision,
     )
     checkpoint = load_checkpoint(model)
     split = _override_data(data, checkpoint) if data else None

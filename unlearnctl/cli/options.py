@@ -19,6 +19,7 @@ OutCheckpoint = Annotated[Path, typer.Option("--out", "-o", help="Output checkpo
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or status lines on stderr.", rich_help_panel=OUTPUT_PANEL)]
 Seed = Annotated[int, typer.Option(help="Random seed; the same command and seed give the same file on the same machine.")]
 Device = Annotated[str, typer.Option(help="torch device: auto (CUDA if present, else CPU), cpu, cuda, cuda:1, ...")]
+Precision = Annotated[str, typer.Option(help="Precision of the UNet's forward passes: fp32; bf16 (autocast; GPUs, and CPUs with AMX/AVX-512-BF16); fp16 (CUDA only, loss-scaled). Weights and gradients stay fp32.")]
 
 CheckpointEvery = Annotated[int, typer.Option(help="Every N steps, atomically write a resumable state (model, optimizer, EMA, RNG, step) to OUT.state.safetensors; removed once OUT is written (0 = off).", rich_help_panel=OUTPUT_PANEL)]
 Resume = Annotated[Optional[Path], typer.Option(help="Continue an interrupted run from its .state.safetensors file; the options must be those of the interrupted run. The result is bit-identical to an uninterrupted run (CPU).", rich_help_panel=OUTPUT_PANEL)]
@@ -38,6 +39,14 @@ Steps = Annotated[int, typer.Option(help="DDIM/DDPM sampler steps.", rich_help_p
 Sampler = Annotated[str, typer.Option(help="ddim (deterministic) or ddpm (ancestral).", rich_help_panel=SAMPLE_PANEL)]
 Guidance = Annotated[float, typer.Option(help="Classifier-free guidance scale (1 = none; conditional models).", rich_help_panel=SAMPLE_PANEL)]
 SampleBatch = Annotated[int, typer.Option("--sample-batch-size", help="Images per UNet call when sampling.", rich_help_panel=SAMPLE_PANEL)]
+
+
+def check_precision(precision: str, device: str) -> None:
+    """Refuse an unknown ``--precision`` or fp16 without a CUDA device before any work (exit 2)."""
+    from unlearnctl.distributed import check_precision as check
+    from unlearnctl.training import resolve_device
+
+    check(precision, resolve_device(device))
 
 
 def forget_spec(classes, indices, canary, images):

@@ -69,6 +69,7 @@ def unlearn(
     resume: opt.Resume = None,
     seed: opt.Seed = 0,
     device: opt.Device = "auto",
+    precision: opt.Precision = "fp32",
     quiet: opt.Quiet = False,
     **method_values: Any,
 ):
@@ -86,6 +87,7 @@ def unlearn(
         raise BadInputError(f"--out {out} is the input model; write the unlearned model to a new file")
     resume_options = ResumeOptions.for_output(out, checkpoint_every, resume)
     method_cls = get_method(method)
+    opt.check_precision(precision, device)
     given = {name: value for name, value in method_values.items() if value is not None}
     options = _method_options()
     for name in given:
@@ -94,7 +96,8 @@ def unlearn(
                                 f"(it belongs to {', '.join(options[name]['methods'])})")
     config = UnlearnConfig(steps=steps, lr=lr, batch_size=batch_size, seed=seed, grad_clip=grad_clip,
                            label_dropout=label_dropout, probe_every=probe_every, until_forget_rate=until_forget_rate,
-                           probe_samples=probe_samples, probe_steps=probe_steps, device=device)
+                           probe_samples=probe_samples, probe_steps=probe_steps, device=device,
+                           precision=precision)
     spec = opt.forget_spec(forget_class, forget_index, forget_canary, forget_images)
     checkpoint = load_checkpoint(model)
     split = None

@@ -59,7 +59,7 @@ class Retrain(Method):
     @staticmethod
     def run(checkpoint: "Checkpoint", split: "DataSplit", forget_set: "ForgetSet", *, steps: int | None,
             lr: float | None, batch_size: int | None, seed: int, device: str,
-            progress: "ProgressFn" = None, resume: Any = None) -> tuple[dict[str, Any], dict[str, Any]]:
+            progress: "ProgressFn" = None, resume: Any = None, precision: str = "fp32") -> tuple[dict[str, Any], dict[str, Any]]:
         """Train from scratch; returns ``(weights, params)`` where params records the recipe and overrides.
 
         ``resume`` (:class:`~unlearnctl.resume.ResumeOptions`) checkpoints and resumes the training run.
@@ -74,10 +74,12 @@ class Retrain(Method):
                 "the base checkpoint's recipe does not match its model (conditional flag); cannot retrain")
         model = train_model(split, conditional=bool(recipe["conditional"]), preset=recipe["preset"],
                             unet_overrides=recipe.get("unet_overrides") or None, config=config,
-                            exclude=forget_set.spec, device=device, progress=progress, command="retrain", resume=resume)
+                            exclude=forget_set.spec, device=device, progress=progress, command="retrain", resume=resume,
+                            precision=precision)
         require(model.unet_config == checkpoint.unet_config,
                 "retraining with the recorded recipe built a different UNet config than the base's; cannot compare them")
         params = {"recipe": {k: recipe[k] for k in ("preset", "conditional", "unet_overrides") if k in recipe},
                   "train": config.to_dict(), "overrides": overrides,
-                  "num_train_images": model.lineage[-1]["params"]["num_train_images"], "from_scratch": True}
+                  "num_train_images": model.lineage[-1]["params"]["num_train_images"], "from_scratch": True,
+                  "precision": precision}
         return model.state_dict, params

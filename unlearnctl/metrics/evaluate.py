@@ -60,9 +60,13 @@ class EvalConfig:
     audit_reference: str | None = None  # checkpoint that calibrates the audit (never saw forget or held-out images)
     classifier_cache: str | None = None  # folder of cached classifiers (default ~/.cache/unlearnctl)
     device: str = "auto"  # torch device
+    precision: str = "fp32"  # UNet forward passes while sampling: fp32, bf16 (autocast) or fp16 (CUDA)
 
     def __post_init__(self):
         from unlearnctl.diffusion import SAMPLERS
+        from unlearnctl.distributed import PRECISIONS
+
+        require(self.precision in PRECISIONS, f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}")
         from unlearnctl.metrics.fidelity import FEATURE_SPACES
 
         require(self.num_samples >= 1, f"number of samples must be at least 1, got {self.num_samples}")
@@ -422,10 +426,13 @@ def run_evaluation(
     from unlearnctl.diffusion import sample_images
 
     tick = time.perf_counter()
-    if sampling:
-        images = sample_images(context.unet, checkpoint.scheduler_config, num_images=None if labels is not None else config.num_samples,
-                               labels=labels, null_class=checkpoint.null_class, steps=config.steps, sampler=config.sampler,
-                               guidance=config.guidance, seed=config.seed, batch_size=config.sample_batch_size, progress=progress)
+    if sampling:  # under accelerate launch: each process generates a share, every process gets all
+        from unlearnctl.distributed import use_precision
+
+        with use_precision(config.precision, device):
+            images = sample_images(context.unet, checkpoint.scheduler_config, num_images=None if labels is not None else config.num_samples,
+                                   labels=labels, null_class=checkpoint.null_class, steps=config.steps, sampler=config.sampler,
+                                   guidance=config.guidance, seed=config.seed, batch_size=config.sample_batch_size, progress=progress)
     else:  # nothing scores samples (e.g. --metric membership): generate none
         size = checkpoint.unet_config["sample_size"]
         images = torch.zeros((0, checkpoint.unet_config["in_channels"], size, size))
