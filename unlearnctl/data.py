@@ -284,7 +284,8 @@ def check_compatible(data: dict[str, Any], unet_config: dict[str, Any], conditio
             f"data has {data['channels']} channels, the model {unet_config['in_channels']}; pass --channels {unet_config['in_channels']}")
     if conditional:
         require(len(data["class_names"]) + 1 == unet_config["num_class_embeds"],
-                f"data has {len(data['class_names'])} classes, the model {unet_config['num_class_embeds'] - 1}")
+                f"data has {len(data['class_names'])} classes, the model {unet_config['num_class_embeds'] - 1}; "
+                "give the --data the model was trained on")
 
 
 # --------------------------------------------------------------------------------------------- forget sets

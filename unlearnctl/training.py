@@ -16,7 +16,7 @@ import torch
 
 from unlearnctl.data import ImageSet
 from unlearnctl.diffusion import NoiseSchedule, denoising_loss
-from unlearnctl.errors import NonFiniteFailure, RuntimeFailure, require
+from unlearnctl.errors import BadInputError, NonFiniteFailure, require
 from unlearnctl.progress import ProgressFn, report
 
 if TYPE_CHECKING:
@@ -231,7 +231,7 @@ def resolve_device(device: str = "auto") -> torch.device:
     try:
         resolved = torch.device(device)
     except RuntimeError:
-        raise RuntimeFailure(f"unknown device {device!r}") from None
+        raise BadInputError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from None
     require(resolved.type != "cuda" or torch.cuda.is_available(), f"device {device!r} asked for but no CUDA GPU is available; use --device cpu")
     return resolved
 
