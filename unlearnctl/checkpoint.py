@@ -227,10 +227,12 @@ def _can_create_in(folder: Path) -> bool:
         return False
 
 
-def atomic_write_bytes(path: str | Path, payload: bytes) -> None:
+def atomic_write_bytes(path: str | Path, payload: bytes, fsync: bool = True) -> None:
     """Write ``payload`` to ``path`` so that readers see the old file or the whole new one, never a part.
 
     In a multi-process run (``accelerate launch``) only the main process writes: one file, written once.
+    ``fsync=False`` keeps the all-or-nothing rename (enough when a process is killed) but skips the flush to
+    disk that makes the file survive a power cut: for thousands of sample PNGs, where it costs ~5 ms each.
     """
     from unlearnctl.distributed import is_main_process
 
@@ -242,7 +244,8 @@ def atomic_write_bytes(path: str | Path, payload: bytes) -> None:
         with handle:
             handle.write(payload)
             handle.flush()
-            os.fsync(handle.fileno())
+            if fsync:
+                os.fsync(handle.fileno())
         os.chmod(handle.name, 0o666 & ~_umask())  # temp files are created 0600; give the usual mode
         os.replace(handle.name, path)
     except BaseException:

@@ -106,5 +106,7 @@ def save_png_folder(images: torch.Tensor, labels: torch.Tensor | None, folder: s
     for i, pixel in enumerate(pixels):
         sub = folder if labels is None else folder / (class_names[int(labels[i])] if class_names else str(int(labels[i])))
         sub.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(pixel.squeeze(-1) if pixel.shape[-1] == 1 else pixel).save(sub / f"{i:06d}.png")
+        buffer = io.BytesIO()
+        Image.fromarray(pixel.squeeze(-1) if pixel.shape[-1] == 1 else pixel).save(buffer, format="PNG")
+        atomic_write_bytes(sub / f"{i:06d}.png", buffer.getvalue(), fsync=False)  # a killed run leaves whole PNGs only
     return folder
