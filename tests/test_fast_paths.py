@@ -1,0 +1,115 @@
+"""Fast paths of issue 8: SISS's opt-in refresh interval, mixed precision, fp16 loss scaling.
+
+(Timings live in bench/, never here.)
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from unlearnctl import distributed
+from unlearnctl.errors import BadInputError
+from unlearnctl.methods.base import gradient, norm
+from unlearnctl.methods.siss import SISS, SISSConfig
+from methods.common import FixedContext, StubUNet, fixed_batch
+
+
+def _siss(refresh_every: int) -> tuple[SISS, FixedContext]:
+    b = fixed_batch(8)
+    ctx = FixedContext(StubUNet(), **{k: b[k] for k in ("x", "c_x", "a", "c_a", "t", "eps", "coins")})
+    method = SISS(SISSConfig(scaling_norm=0.25, refresh_every=refresh_every), ctx)
+    method.prepare()
+    return method, ctx
+
+
+def test_fast_step_is_the_exact_gradient_with_the_last_factor():
+    """Between refreshes one backward of L_x − f·L_a gives g_x − f·g_a with the last measured f."""
+    method, ctx = _siss(refresh_every=3)
+    params = ctx.parameters()
+    exact = method.step()  # step 1 measures ‖g_a‖
+    g_exact = [p.grad.clone() for p in params]
+    assert {"g_x", "g_a", "g"} <= exact.grad_norms.keys()
+    factor = method.factor
+    assert factor == pytest.approx(0.25 / exact.grad_norms["g_a"], rel=1e-5)
+
+    L_x, L_a, _ = method.losses()  # same weights and draws (fixed context): the same g_x, g_a
+    g_a = gradient(L_a, params, retain_graph=True)
+    fast = method.step()  # step 2 reuses the factor: one backward
+    assert fast.grad_norms.keys() == {"g"}
+    for p, g in zip(params, g_exact):
+        torch.testing.assert_close(p.grad, g, rtol=1e-5, atol=1e-7)
+    assert float(norm(g_a)) * method.factor == pytest.approx(0.25, rel=1e-5)
+
+    method.step()  # step 3: still the old factor
+    method.factor = 123.0  # poison it: step 4 must measure afresh
+    fourth = method.step()
+    assert "g_a" in fourth.grad_norms and method.factor == pytest.approx(factor, rel=1e-5)
+
+
+def test_default_is_exact_every_step():
+    method, _ = _siss(refresh_every=1)
+    for _ in range(3):
+        assert "g_a" in method.step().grad_norms
+
+
+def test_refresh_state_survives_a_resume():
+    method, _ = _siss(refresh_every=4)
+    method.step()
+    method.step()
+    state = method.state_dict()
+    other, _ = _siss(refresh_every=4)
+    other.load_state_dict(state)
+    assert (other.steps_taken, other.factor, other.C) == (2, method.factor, 0.25)
+    assert other.step().grad_norms.keys() == {"g"}  # step 3 of 4: no refresh
+
+
+def test_refresh_interval_is_validated():
+    with pytest.raises(BadInputError, match="refresh interval must be at least 1"):
+        SISSConfig(refresh_every=0)
+
+
+def test_precision_is_validated():
+    with pytest.raises(BadInputError, match="fp16 needs a CUDA GPU"):
+        distributed.check_precision("fp16", torch.device("cpu"))
+    with pytest.raises(BadInputError, match="unknown precision 'fp64'"):
+        distributed.check_precision("fp64", "cpu")
+    assert distributed.check_precision("bf16", "cpu") == "bf16"
+
+
+def test_bf16_autocast_runs_the_forward_in_bf16_and_returns_fp32():
+    from unlearnctl.diffusion import predict_noise
+
+    class Probe(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(1, 1, 3, padding=1)
+            self.seen = None
+
+        def forward(self, x, t, class_labels=None):
+            out = self.conv(x)
+            self.seen = out.dtype
+            return type("Out", (), {"sample": out})()
+
+    unet = Probe()
+    x, t = torch.randn(4, 1, 8, 8), torch.zeros(4, dtype=torch.long)
+    reference = predict_noise(unet, x, t)
+    assert unet.seen == torch.float32
+    with distributed.use_precision("bf16", "cpu"):
+        low = predict_noise(unet, x, t)
+    assert unet.seen == torch.bfloat16 and low.dtype == torch.float32
+    torch.testing.assert_close(low, reference, rtol=5e-2, atol=5e-2)
+    assert distributed.current_precision() == "fp32"  # restored after the block
+
+
+def test_fp16_loss_scale_backs_off_on_overflow_and_returns_true_gradients(monkeypatch):
+    w = torch.nn.Parameter(torch.tensor([1.0, -2.0]))
+    monkeypatch.setattr(distributed, "_precision", "fp16")  # the scaling logic itself (autocast needs CUDA)
+    monkeypatch.setattr(distributed, "_loss_scale", distributed._LossScale(value=2.0 ** 130, growth_interval=2))
+    loss = (w * torch.tensor([3.0, 5.0])).sum()  # ∇ = (3, 5); × 2^130 overflows float32
+    (g,) = distributed.gradients(loss, [w])
+    torch.testing.assert_close(g, torch.tensor([3.0, 5.0]))
+    assert distributed._loss_scale.value < 2.0 ** 127  # halved until the scaled gradient was finite
+    scale = distributed._loss_scale.value
+    distributed.gradients((w * 2).sum(), [w])  # second good step: grows (interval 2)
+    assert distributed._loss_scale.value == 2 * scale
