@@ -12,6 +12,9 @@ Target (issue 8): SISS and DiMUM reach forget rate ≤ 0.05 in ≤ 10% of retrai
 
     nice -n 5 .venv/bin/python bench/time_to_forget.py
     nice -n 5 .venv/bin/python bench/time_to_forget.py --methods siss,dimum --full-retrain
+    nice -n 5 .venv/bin/python bench/time_to_forget.py --methods siss:lr=1e-3,siss:lr=1e-3,refresh_every=10
+
+``name:key=value,...`` sets a method parameter, or the loop's ``lr``, ``steps`` or ``batch_size``.
 """
 
 from __future__ import annotations
@@ -27,17 +30,24 @@ from common import CLASS_MODEL, load_average, machine, peak_rss_mb, table
 METHODS = ["siss", "siss:refresh_every=10", "dimum", "siss-no-is", "erasediff", "salun", "neggrad", "naive"]
 
 
-def parse_method(text: str) -> tuple[str, dict]:
-    """``name[:param=value,...]`` → (name, params) with values typed by the method's config."""
+LOOP_KEYS = {"lr": float, "steps": int, "batch_size": int}  # loop settings that may be given like parameters
+
+
+def parse_method(text: str) -> tuple[str, dict, dict]:
+    """``name[:key=value,...]`` → (name, method params, loop overrides); ``lr``, ``steps`` and ``batch_size``
+    set the loop, every other key is a parameter of the method (typed by its config)."""
     from unlearnctl.methods import get_method
 
     name, _, rest = text.partition(":")
     types = {o.name: o.type for o in get_method(name).Config.options()}
-    params = {}
+    params, loop = {}, {}
     for pair in filter(None, rest.split(",")):
         key, _, value = pair.partition("=")
-        params[key] = types[key](value)
-    return name, params
+        if key in LOOP_KEYS:
+            loop[key] = LOOP_KEYS[key](value)
+        else:
+            params[key] = types[key](value)
+    return name, params, loop
 
 
 def retrain_step_seconds(checkpoint, forget_set, steps: int = 20) -> float:
@@ -92,12 +102,13 @@ def main(argv: list[str] | None = None) -> int:
     loads = [load_average()]
     rows = []
     for text in _split(args.methods):
-        name, params = parse_method(text)
-        config = UnlearnConfig(steps=args.max_steps, until_forget_rate=args.target, probe_every=10, seed=0, device="cpu")
+        name, params, loop = parse_method(text)
+        config = UnlearnConfig(**{"steps": args.max_steps, **loop}, until_forget_rate=args.target, probe_every=10, seed=0,
+                               device="cpu")
         torch.manual_seed(0)
         _, result = unlearn(checkpoint, name, spec, config, params, data=split)
         reached = result["stopped"] != "completed" and result["probes"] and result["probes"][-1]["forget_rate"] <= args.target
-        rows.append([text, result["steps_run"], result["probes"][-1]["forget_rate"] if result["probes"] else None,
+        rows.append([f"{text} (lr {result['lr']:g})", result["steps_run"], result["probes"][-1]["forget_rate"] if result["probes"] else None,
                      bool(reached), result["wall_time_s"], result["probe_time_s"]])
         loads.append(load_average())
         print(f"  {text}: {result['steps_run']} steps, {result['stopped']}, {result['wall_time_s']:.1f} s", flush=True)
