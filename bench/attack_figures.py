@@ -55,6 +55,21 @@ def unlearned_model(base: Path, method: str, forget_class: str, models_dir: Path
     return path
 
 
+def base_forget_rate(args) -> float:
+    """The base model's forget rate, measured exactly like every curve point (context for the table)."""
+    from unlearnctl.checkpoint import load_checkpoint
+    from unlearnctl.data import ForgetSpec, load_recorded_data, resolve_forget
+    from unlearnctl.metrics.classifier import load_or_train_classifier
+    from unlearnctl.metrics.forget import measure_forgetting
+
+    base = load_checkpoint(args.base)
+    split = load_recorded_data(base.data)
+    forget_set = resolve_forget(ForgetSpec(classes=(args.forget_class,)), split)
+    result = measure_forgetting(base.build_unet("cpu"), base, forget_set, classifier=load_or_train_classifier(split),
+                                num_samples=args.curve_samples, steps=args.curve_sample_steps, seed=0)
+    return result["forget_rate"]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--base", type=Path, default=ARTIFACTS / "digits-cond-small.safetensors")
@@ -76,6 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     args.out_dir.mkdir(parents=True, exist_ok=True)
     load = lambda: " ".join(f"{v:.1f}" for v in os.getloadavg())  # noqa: E731
     print(f"# load average at start: {load()} (2 shared cores; torch threads {torch.get_num_threads()})", flush=True)
+    base_rate = base_forget_rate(args)
+    print(f"# base model: forget rate {base_rate:.3f} (same measurement as the curves)", flush=True)
     rows = []
     for method in args.methods.split(","):
         model = unlearned_model(args.base, method, args.forget_class, args.models_dir, args.seed)
@@ -101,7 +118,9 @@ def main(argv: list[str] | None = None) -> int:
         curve = "  ".join(f"{step}:{rate:.3f}" for step, rate in row["curve"])
         print(f"{row['method']:10} {row['before']:7.3f} {row['after']:7.3f} {row['gap']:+7.3f}   {curve}")
     print(f"# load average at end: {load()}")
-    (args.out_dir / "table.json").write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "rows": rows}, indent=2))
+    print(f"# base model (never unlearned): {base_rate:.3f}")
+    (args.out_dir / "table.json").write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
+                                                         "base_forget_rate": base_rate, "rows": rows}, indent=2))
     return 0
 
 
