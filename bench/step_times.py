@@ -10,6 +10,8 @@ Table 2: our SISS step against a straightforward re-implementation of the refere
 Python loop): the resulting gradients (before and after the clip) and the time. Plus the opt-in fast mode
 (``--refresh-every K``): the factor C/‖g_a‖ measured every K steps, one backward pass in between.
 
+Table 3: the same steps under ``--precision bf16`` (autocast) against fp32.
+
     nice -n 5 .venv/bin/python bench/step_times.py                  # class scenario, batch 64, 12 rounds
     nice -n 5 .venv/bin/python bench/step_times.py --batch-size 128 --rounds 20
 """
@@ -74,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=12, help="interleaved rounds (median over rounds)")
     parser.add_argument("--refresh", default="4,10", help="fast-mode intervals K to time")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--no-precision", dest="precision", action="store_false", help="skip the bf16 table")
     args = parser.parse_args(argv)
 
     from unlearnctl.checkpoint import load_checkpoint
@@ -112,6 +115,22 @@ def main(argv: list[str] | None = None) -> int:
     print(table(f"Table 2 — SISS step vs the reference step (median of {max(3, args.rounds // 2)} interleaved rounds of {per} steps; "
                 f"load {machine().rsplit('load average ', 1)[1]})", ["step", "ms / step", "speed-up vs reference"], rows))
     print(f"\ngradient (before clip), ours exact vs reference: max |diff| = {diff:.2e} ({rel:.2e} of max |g|)")
+
+    # Table 3 ------------------------------------------------------------------------------------------------
+    if args.precision:
+        from unlearnctl.distributed import use_precision
+
+        def at(precision, r):
+            def step():
+                with use_precision(precision, args.device):
+                    loop_step(*r)
+            return step
+
+        cases = {f"{m} {p}": at(p, runner(m)) for m in ("naive", "siss") for p in ("fp32", "bf16")}
+        timing = interleaved(cases, max(3, args.rounds // 2), reference="naive fp32")
+        rows = [[name, timing[name]["median_s"] * 1000, timing[name]["ratio"]] for name in cases]
+        print(table(f"Table 3 — --precision on this device (median of {max(3, args.rounds // 2)} interleaved rounds; "
+                    f"load {machine().rsplit('load average ', 1)[1]})", ["step", "ms / step", "× naive fp32"], rows))
     print(f"peak RSS of this benchmark: {peak_rss_mb():.0f} MiB")
     return 0
 
