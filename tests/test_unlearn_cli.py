@@ -20,7 +20,9 @@ def test_unlearn_writes_a_checkpoint_with_its_lineage(cli, tiny_conditional, tmp
     model = load_checkpoint(out)
     entry = model.lineage[-1]
     assert entry["command"] == "unlearn" and entry["method"] == "siss" and entry["steps_run"] == 2
-    assert entry["params"]["method_params"] == {"scaling_norm": 0.05, "scaling_share": 0.1, "calibration_batches": 4, "lambda_": 0.4}
+    from unlearnctl.methods.siss import SISSConfig
+
+    assert entry["params"]["method_params"] == SISSConfig(lambda_=0.4, scaling_norm=0.05).to_dict()
     assert entry["params"]["batch_size"] == 8 and entry["seed"] == 0
     assert entry["forget"]["spec"]["classes"] == ["2"] and entry["forget"]["mode"] == "class"
     assert entry["parent_sha256"] == tiny_conditional.sha256 and entry["wall_time_s"] is not None

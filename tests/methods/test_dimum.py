@@ -42,19 +42,19 @@ def test_loss_is_retain_plus_beta_memorisation():
 
 
 def test_nearest_retain_pairs_each_forget_image_with_its_nearest_retain_image(tiny_unconditional, shapes_split):
-    model, report = run(tiny_unconditional, shapes_split, "dimum", ForgetSpec(indices=(0, 70, 200)), steps=1)
+    model, report = run(tiny_unconditional, shapes_split, "dimum", ForgetSpec(indices=(0, 70, 150)), steps=1)
     assert report["prepared"] == {"alternative": "nearest-retain", "num_alternatives": 3}
     # recompute the pairing directly with numpy
     train = shapes_split.train.images.flatten(1).numpy()
     mask = np.zeros(len(train), bool)
-    mask[[0, 70, 200]] = True
+    mask[[0, 70, 150]] = True
     retain, forget = train[~mask], train[mask]
     nearest = [int(np.argmin(((retain - f) ** 2).sum(1))) for f in forget]
     from unlearnctl.data import resolve_forget
     from unlearnctl.methods.base import MethodContext
     from unlearnctl.diffusion import NoiseSchedule
 
-    forget_set = resolve_forget(ForgetSpec(indices=(0, 70, 200)), shapes_split)
+    forget_set = resolve_forget(ForgetSpec(indices=(0, 70, 150)), shapes_split)
     ctx = MethodContext(unet=None, schedule=NoiseSchedule(tiny_unconditional.scheduler_config), checkpoint=tiny_unconditional,
                         forget_set=forget_set, retain=forget_set.retain, forget=forget_set.forget, batch_size=4,
                         label_dropout=0.0, generator=torch.Generator().manual_seed(0), device=torch.device("cpu"))

@@ -32,17 +32,26 @@ def base_rates(tiny_conditional, shapes_split):
     return forget_rate, retain_acc
 
 
-@pytest.mark.parametrize("method", ["siss", "siss-no-is", "erasediff", "dimum", "salun", "neggrad"])
-def test_forget_rate_drops(method, tiny_conditional, shapes_split, base_rates):
-    model, report = run(tiny_conditional, shapes_split, method, ForgetSpec(classes=("2",)), steps=40, lr=1e-3,
-                        batch_size=32, params=PARAMS.get(method))
+BUDGET = dict(steps=25, lr=2e-3, batch_size=16)  # a few seconds per method on the tiny model
+
+
+@pytest.mark.parametrize("method", ["siss", "siss-no-is", "erasediff", "dimum", "salun"])
+def test_forget_rate_drops_and_retained_classes_survive(method, tiny_conditional, shapes_split, base_rates):
+    model, report = run(tiny_conditional, shapes_split, method, ForgetSpec(classes=("2",)), params=PARAMS.get(method), **BUDGET)
     forget_rate, retain_acc = rates(model, shapes_split)
     assert forget_rate <= 0.5, (forget_rate, base_rates)
-    if method != "neggrad":  # gradient ascent alone wrecks the retained classes too; that is its known failure
-        assert retain_acc >= 0.6, (retain_acc, base_rates)
+    assert retain_acc >= 0.6, (retain_acc, base_rates)
 
 
 def test_naive_deletion_barely_forgets_in_the_same_budget(tiny_conditional, shapes_split, base_rates):
-    model, _ = run(tiny_conditional, shapes_split, "naive", ForgetSpec(classes=("2",)), steps=40, lr=1e-3, batch_size=32)
+    model, _ = run(tiny_conditional, shapes_split, "naive", ForgetSpec(classes=("2",)), **BUDGET)
     forget_rate, retain_acc = rates(model, shapes_split)
     assert forget_rate >= 0.75 and retain_acc >= 0.6  # the forgetting above comes from the methods' forget terms
+
+
+def test_neggrad_ascends_the_forget_loss(tiny_conditional, shapes_split):
+    # NegGrad's direction is its objective: the forget loss grows (the samples it leaves are noise for every
+    # class, which a nearest-mean classifier cannot score meaningfully — its known failure, not tested here)
+    _, report = run(tiny_conditional, shapes_split, "neggrad", ForgetSpec(classes=("2",)), steps=10, lr=1e-3, batch_size=16)
+    L_f = [row["L_f"] for row in report["history"]]
+    assert len(L_f) >= 5 and sum(L_f[-3:]) / 3 > 3 * sum(L_f[:3]) / 3
