@@ -269,9 +269,12 @@ for version in range(10**9):
 """
 
 
-def stray_files(folder: Path, out: Path) -> list[str]:
-    """Files other than ``out`` and the documented leftover of a killed write, ``.OUT.*.tmp``."""
-    return [p.name for p in folder.iterdir() if p != out and not (p.name.startswith(f".{out.name}.") and p.name.endswith(".tmp"))]
+def stray_files(folder: Path, *outputs: Path) -> list[str]:
+    """Files other than ``outputs`` and the documented leftover of a killed write, ``.OUTPUT.*.tmp``."""
+    def allowed(p: Path) -> bool:
+        return any(p == out or (p.name.startswith(f".{out.name}.") and p.name.endswith(".tmp")) for out in outputs)
+
+    return [p.name for p in folder.iterdir() if not allowed(p)]
 
 
 def check_complete(out: Path) -> int | None:
@@ -332,7 +335,7 @@ def test_sigkill_mid_training_then_resume_gives_the_uninterrupted_result(cli, sh
             process.send_signal(signal.SIGSTOP)
             assert not out.exists()
             steps_seen.append(load_state(state).step)  # always a whole, valid state
-            assert stray_files(folder, state) == [], list(folder.iterdir())
+            assert stray_files(folder, state, out) == [], list(folder.iterdir())
             process.send_signal(signal.SIGCONT)
             time.sleep(rng.uniform(0.0, 0.1))
         process.send_signal(signal.SIGKILL)
@@ -342,7 +345,7 @@ def test_sigkill_mid_training_then_resume_gives_the_uninterrupted_result(cli, sh
             process.kill()
             process.wait()
     assert process.returncode == -signal.SIGKILL, process.stderr.read().decode()[-2000:]
-    assert not out.exists() and stray_files(folder, state) == []
+    assert not out.exists() and stray_files(folder, state, out) == []
     killed_at = load_state(state).step
     assert killed_at % 3 == 0 and 3 <= steps_seen[0] <= killed_at < 60, steps_seen
 

@@ -73,6 +73,10 @@ def test_pickle_payloads_are_never_executed(model, tmp_path, cli):
     (folder / "diffusion_pytorch_model.bin").write_bytes(payload)
     with pytest.raises(BadInputError, match="pickle"):
         import_diffusers(tmp_path / "diffusers", {})
+    from unlearnctl.metrics.fidelity import inception_space
+
+    with pytest.raises(BadInputError, match="code-carrying pickles are refused"):  # evaluate --inception-weights
+        inception_space(tmp_path / "evil.pt")
     assert not marker.exists()
 
 

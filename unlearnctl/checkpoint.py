@@ -212,16 +212,20 @@ def check_output_path(path: str | Path, suffix: str | None = ".safetensors") -> 
     parent = path.parent if str(path.parent) else Path(".")
     require(parent.is_dir(), f"output folder {parent} does not exist; create it first")
     require(not path.is_dir(), f"output path {path} is a folder; give a file name")
-    require(_can_create_in(parent), f"output folder {parent} is not writable; choose another --out folder")
+    require(_can_create_in(parent, path.name), f"output folder {parent} is not writable; choose another --out folder")
     return path
 
 
-def _can_create_in(folder: Path) -> bool:
-    """Create and remove a probe file: unlike ``os.access`` this also holds for root and read-only mounts."""
+def _can_create_in(folder: Path, name: str) -> bool:
+    """Create and remove a probe file: unlike ``os.access`` this also holds for root and special folders.
+
+    The probe is named like the temporary file of :func:`atomic_write_bytes` (``.NAME.XXXX.tmp``), so a
+    process killed at this instant leaves nothing but the one documented kind of leftover.
+    """
     if not os.access(folder, os.W_OK):
         return False
     try:
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".unlearnctl-probe-"):
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=f".{name}.", suffix=".tmp"):
             return True
     except OSError:
         return False

@@ -367,8 +367,10 @@ class ResumeOptions:
         return self.checkpointer
 
     def finish(self) -> None:
-        """The output is written: the periodic state is no longer needed."""
-        if self.checkpoint_every and self.state_path is not None:
+        """The output is written: the periodic state is no longer needed (removed by the process that wrote it)."""
+        from unlearnctl.distributed import is_main_process
+
+        if self.checkpoint_every and self.state_path is not None and is_main_process():
             self.state_path.unlink(missing_ok=True)
 
 
