@@ -6,7 +6,9 @@ as a trained one), so these tests do not pay for the session-trained fixtures.
 
 from __future__ import annotations
 
+import json
 import os
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -43,3 +45,17 @@ def run_cli_process(*args, timeout: float = 120, env: dict | None = None, cwd: P
 
 def error_lines(stderr: str) -> list[str]:
     return [line for line in stderr.strip().splitlines() if line.strip()]
+
+
+def split_file(raw: bytes) -> tuple[dict, bytes]:
+    """A safetensors file's parsed JSON header and its data bytes."""
+    (size,) = struct.unpack("<Q", raw[:8])
+    return json.loads(raw[8:8 + size]), raw[8 + size:]
+
+
+def build_file(header: dict | bytes, data: bytes) -> bytes:
+    """A safetensors file from a header (a dict, or raw bytes used as they are) and data bytes."""
+    text = header if isinstance(header, bytes) else json.dumps(header, separators=(",", ":")).encode()
+    if not isinstance(header, bytes):
+        text += b" " * (-len(text) % 8)
+    return struct.pack("<Q", len(text)) + text + data

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pytest
 
-from reliability_common import error_lines, run_cli_process, untrained_checkpoint
+from reliability_common import build_file, error_lines, run_cli_process, split_file, untrained_checkpoint
 from unlearnctl.checkpoint import load_checkpoint, save_checkpoint
 from unlearnctl.errors import BadInputError
 from unlearnctl.provenance import summary, verify_checkpoint
@@ -41,17 +41,6 @@ PER_FILE_LIMIT_S = 5.0
 
 
 # --------------------------------------------------------------------------------------------- the mutator
-
-
-def split_file(raw: bytes) -> tuple[dict, bytes]:
-    (size,) = struct.unpack("<Q", raw[:8])
-    return json.loads(raw[8:8 + size]), raw[8 + size:]
-
-
-def build_file(header: dict, data: bytes) -> bytes:
-    text = json.dumps(header, separators=(",", ":")).encode()
-    text += b" " * (-len(text) % 8)
-    return struct.pack("<Q", len(text)) + text + data
 
 
 def random_value(rng: random.Random):
@@ -353,6 +342,7 @@ def test_fuzzed_files_through_the_cli_exit_2_with_one_line(files, tmp_path, cli)
     assert len(codes) >= 50
 
 
+@pytest.mark.slow  # a fresh process imports torch: ~3 s idle, ~25 s on a loaded machine
 def test_fuzzed_files_in_a_fresh_process_exit_2_with_one_line(files, tmp_path):
     rng = random.Random(SEED + 3)
     paths = []

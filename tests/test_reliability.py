@@ -288,6 +288,7 @@ def check_complete(out: Path) -> int | None:
     return version
 
 
+@pytest.mark.slow  # a fresh process imports torch: ~3 s idle, ~15 s on a loaded machine
 def test_sigkill_during_writes_never_leaves_a_partial_file(base, tmp_path):
     rng = random.Random(11)
     folder = tmp_path / "out"
@@ -318,6 +319,7 @@ def test_sigkill_during_writes_never_leaves_a_partial_file(base, tmp_path):
     assert len(set(versions)) > 3  # the writer really was overwriting the file while we looked
 
 
+@pytest.mark.slow  # a fresh process imports torch: ~3 s idle, ~15 s on a loaded machine
 def test_sigkill_mid_training_then_resume_gives_the_uninterrupted_result(cli, shapes_npz, tmp_path, reproducible):
     rng = random.Random(5)
     args = ["train", "--data", f"npz:{shapes_npz}", *TINY, "--steps", "60", "--checkpoint-every", "3"]
@@ -356,6 +358,7 @@ def test_sigkill_mid_training_then_resume_gives_the_uninterrupted_result(cli, sh
     assert sorted(p.name for p in folder.iterdir()) == ["m.safetensors"]
 
 
+@pytest.mark.slow  # a fresh process imports torch: ~3 s idle, ~15 s on a loaded machine
 def test_ctrl_c_exits_130_and_writes_no_output(shapes_npz, tmp_path):
     out, state = tmp_path / "m.safetensors", tmp_path / "m.state.safetensors"
     process = subprocess.Popen([*UNLEARNCTL, "train", "--data", f"npz:{shapes_npz}", *TINY, "--steps", "2000",

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from reliability_common import error_lines, untrained_checkpoint
+from reliability_common import build_file, error_lines, split_file, untrained_checkpoint
 from unlearnctl.checkpoint import (
     MAX_HEADER_BYTES, Checkpoint, load_checkpoint, metadata_integrity, save_checkpoint, serialize, weights_sha256,
 )
@@ -35,16 +35,6 @@ def model(shapes_split, tmp_path_factory) -> Checkpoint:
     checkpoint = untrained_checkpoint(shapes_split)
     save_checkpoint(checkpoint, tmp_path_factory.mktemp("security") / "model.safetensors")
     return checkpoint
-
-
-def split_file(raw: bytes) -> tuple[dict, bytes]:
-    (size,) = struct.unpack("<Q", raw[:8])
-    return json.loads(raw[8:8 + size]), raw[8 + size:]
-
-
-def build_file(header: dict | bytes, data: bytes) -> bytes:
-    text = header if isinstance(header, bytes) else json.dumps(header, separators=(",", ":")).encode()
-    return struct.pack("<Q", len(text)) + text + data
 
 
 # --------------------------------------------------------------------------------------------- no code runs
