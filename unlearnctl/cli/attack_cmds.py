@@ -11,7 +11,7 @@ from unlearnctl.attacks import aux_syntax
 from unlearnctl.attacks.dimra import AttackConfig
 from unlearnctl.cli import options as opt
 from unlearnctl.cli.app import app
-from unlearnctl.cli.ui import ProgressBars, key_value_table, note, print_json, stdout
+from unlearnctl.cli.ui import ProgressBars, key_value_table, print_json, stdout
 
 ATTACK_PANEL = "Attack"
 CURVE_PANEL = "Relearning curve"
@@ -80,8 +80,8 @@ def relearn_attack(
         split = load_data(data, resolution=recorded.get("requested_resolution"), channels=recorded.get("requested_channels"),
                           split_seed=recorded.get("split_seed", 0), heldout_fraction=recorded.get("heldout_fraction", DEFAULT_HELDOUT_FRACTION),
                           canary_copies=recorded.get("canary_copies"))
-    note(f"DiMRA on {model} with --aux {aux}: {steps} steps, lr {lr:g}, batch {batch_size}", quiet)
-    with protect_output(out, resume_options), ProgressBars(quiet) as progress:
+    heading = f"DiMRA on {model} with --aux {aux}: {steps} steps, lr {lr:g}, batch {batch_size}"
+    with protect_output(out, resume_options), ProgressBars(quiet, heading) as progress:
         attacked, curve = attack(checkpoint, aux, config, curve_forget_spec=None if forget.empty else forget,
                                  curve_every=curve_every, data=split, device=device, progress=progress,
                                  resume=resume_options, precision=precision)

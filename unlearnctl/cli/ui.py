@@ -18,11 +18,13 @@ class ProgressBars:
     """A progress callback (see :mod:`unlearnctl.progress`) drawing one rich bar per task on stderr.
 
     Live figures in the event's ``info`` (loss, gradient norms, forget rate) are shown next to the bar.
-    With ``quiet`` it draws nothing.
+    With ``quiet`` it draws nothing. ``heading`` is a status line shown when the first event arrives, so a
+    run refused for bad input prints only its one error line.
     """
 
-    def __init__(self, quiet: bool = False):
+    def __init__(self, quiet: bool = False, heading: str | None = None):
         self.quiet = quiet
+        self.heading = heading  # printed with the first event: after input was validated and work began
         self.bars = Progress(
             TextColumn("[bold]{task.description:<14}"), BarColumn(), MofNCompleteColumn(),
             TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
@@ -40,6 +42,9 @@ class ProgressBars:
     def __call__(self, event) -> None:
         if self.quiet:
             return
+        if self.heading:
+            self.bars.console.print(self.heading, highlight=False)
+            self.heading = None
         if event.task not in self.tasks:
             self.tasks[event.task] = self.bars.add_task(event.task, total=event.total, info="")
         info = "  ".join(f"{k} {_fmt(v)}" for k, v in event.info.items() if k != "elapsed")

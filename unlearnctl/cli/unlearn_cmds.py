@@ -11,7 +11,7 @@ import typer
 
 from unlearnctl.cli import options as opt
 from unlearnctl.cli.app import app
-from unlearnctl.cli.ui import ProgressBars, note, print_json, stdout
+from unlearnctl.cli.ui import ProgressBars, print_json, stdout
 
 METHOD_PANEL = "Method parameters (each names the methods it applies to)"
 PROBE_PANEL = "Probing the forget rate"
@@ -105,8 +105,8 @@ def unlearn(
         from unlearnctl.cli.core_cmds import load_split
 
         split = load_split(data, resolution, channels, split_seed, canary_copies)
-    note(f"unlearning with {method} ({method_cls.summary})", quiet)
-    with protect_output(out, resume_options), ProgressBars(quiet) as bars:
+    heading = f"unlearning with {method} ({method_cls.summary})"
+    with protect_output(out, resume_options), ProgressBars(quiet, heading) as bars:
         progress = _with_probe_lines(bars, quiet)
         result_model, result = run_unlearn(checkpoint, method, spec, config, given, data=split, progress=progress,
                                            resume=resume_options)
