@@ -137,3 +137,23 @@ def check_basics(checkpoint, split, method: str, spec: ForgetSpec, params: dict 
     assert config_cls.from_dict(config_cls(**(params or {})).to_dict()) == config_cls(**(params or {}))
     assert entry["params"]["method_params"] == config_cls(**(params or {})).to_dict()
     return model, report
+
+
+def make_state(method: str, seed: int = 0, **params) -> "UnlearnState":
+    """A real context on random data (4 classes, 8 forget images) with :class:`StubUNet`, prepared."""
+    from unlearnctl.methods import get_method
+    from unlearnctl.unlearning import UnlearnState
+
+    g = torch.Generator().manual_seed(0)  # the same data for every seed
+    data = ImageSet(torch.rand(40, 1, 8, 8, generator=g) * 2 - 1, torch.randint(0, 4, (40,), generator=g))
+    forget = ImageSet(data.images[:8], data.labels[:8])
+    retain = ImageSet(data.images[8:], data.labels[8:])
+    checkpoint = FakeCheckpoint(num_classes=4)
+    forget_set = ForgetSet("data", torch.zeros(40, dtype=torch.bool), forget, retain, [], ForgetSpec(indices=tuple(range(8))))
+    ctx = MethodContext(unet=StubUNet(), schedule=NoiseSchedule(checkpoint.scheduler_config), checkpoint=checkpoint,
+                        forget_set=forget_set, retain=retain, forget=forget, batch_size=8, label_dropout=0.1,
+                        generator=torch.Generator().manual_seed(seed), device=torch.device("cpu"))
+    cls = get_method(method)
+    runner = cls(cls.Config(**params), ctx)
+    runner.prepare()
+    return UnlearnState(runner, torch.optim.AdamW(ctx.parameters(), lr=1e-2, weight_decay=0.0), ctx.generator)

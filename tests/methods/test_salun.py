@@ -8,7 +8,7 @@ import torch
 from unlearnctl.data import ForgetSpec
 from unlearnctl.errors import BadInputError
 from unlearnctl.methods.salun import SalUn, SalUnConfig, saliency_mask
-from methods.common import FixedContext, StubUNet, check_basics, fixed_batch, gamma_sigma, mse, run
+from methods.common import FixedContext, StubUNet, check_basics, fixed_batch, gamma_sigma, make_state, mse, run
 
 
 def test_mask_keeps_the_top_percent_by_magnitude_over_all_tensors():
@@ -19,20 +19,36 @@ def test_mask_keeps_the_top_percent_by_magnitude_over_all_tensors():
     assert sum(int(m.sum()) for m in saliency_mask(grads, 1.0)) == 1  # at least one weight
 
 
+@pytest.mark.parametrize("relabel", ["fixed", "resample"])
 @pytest.mark.parametrize("conditional", [True, False])
-def test_random_label_loss_matches_a_direct_computation(conditional):
+def test_random_label_loss_matches_a_direct_computation(conditional, relabel):
     b = fixed_batch(6, num_classes=4 if conditional else None)
     unet = StubUNet(num_embeds=5 if conditional else None)
     ctx = FixedContext(unet, num_classes=4 if conditional else None, **b)
-    loss = SalUn(SalUnConfig(), ctx).random_label_loss()
+    ctx.retain.images = torch.rand(len(ctx.retain), 1, 8, 8) * 2 - 1
+    method = SalUn(SalUnConfig(relabel=relabel), ctx)
+    own_retain = torch.randperm(len(ctx.retain))[:len(ctx.forget)]  # fixed mode: each forget image's retain image
+    method.pseudo = torch.cat([b["other"], b["other"][:4]]) if conditional else own_retain  # one entry per forget image
+    loss = method.random_label_loss()
     gamma, sigma = gamma_sigma(b["t"])
     m_t = gamma * b["a"] + sigma * b["eps"]
     pred = unet(m_t, b["t"], class_labels=b["c_a"]).sample
-    if conditional:  # the prediction under a random other class, not differentiated
-        target = unet(m_t, b["t"], class_labels=b["other"]).sample.detach()
-    else:  # unconditional adaptation: the forget sample relabelled as a random retain image
-        target = (m_t - gamma * b["x"]) / sigma
+    index = ctx.fixed["index"]
+    if conditional:  # the prediction under another class (fixed per image, or drawn now), not differentiated
+        other = method.pseudo[index] if relabel == "fixed" else b["other"]
+        target = unet(m_t, b["t"], class_labels=other).sample.detach()
+    else:  # unconditional adaptation: the forget sample relabelled as a retain image
+        x_r = ctx.retain.images[own_retain[index]] if relabel == "fixed" else b["x"]
+        target = (m_t - gamma * x_r) / sigma
     torch.testing.assert_close(loss, mse(pred, target).mean(), rtol=1e-5, atol=1e-6)
+
+
+def test_fixed_relabelling_draws_another_class_per_forget_image():
+    state = make_state("salun", saliency_batches=1)
+    method = state.method
+    labels = method.ctx.forget.labels
+    assert method.pseudo.shape == labels.shape
+    assert bool((method.pseudo != labels).all()) and bool(((method.pseudo >= 0) & (method.pseudo < 4)).all())
 
 
 def test_only_salient_weights_change(tiny_conditional, shapes_split):

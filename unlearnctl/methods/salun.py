@@ -9,6 +9,10 @@ Saliency in Both Image Classification and Generation", ICLR 2024).
        L = E_{(a, c_f) ~ D_f, c' ≠ c_f} ||ε_θ(m_t, t, c_f) − sg(ε_θ(m_t, t, c'))||²  +  α · L_r,
 
    m_t = γ_t a + σ_t ε: the forget condition is taught to predict what a random other class predicts.
+   ``relabel = fixed`` (default) draws c' once per forget image for the whole run, ``resample`` afresh at
+   every step. Resampling teaches c_f the *average* of the other classes' predictions, whose samples on
+   digits are blurred superpositions that still look like an 8; a fixed random class per image teaches
+   crisp other digits (measured in docs/methods.md).
 
 Unconditional models have no label to randomise; there the forget sample is "relabelled" as a random
 retain image x_r: target (m_t − γ_t x_r)/σ_t (our adaptation, documented in docs/methods.md).
@@ -35,11 +39,17 @@ class SalUnConfig(MethodConfig):
     saliency_percent: float = param(50.0, "p, the percentage of weights (largest |∇θ forget loss|) allowed to change.")
     alpha: float = param(1.0, "α, weight of the retain loss next to the random-label loss.")
     saliency_batches: int = param(8, "forget batches averaged for the saliency gradient.")
+    relabel: str = param("fixed", "random labels: fixed (one random other class per forget image for the whole run) "
+                                  "or resample (a fresh random class at every step).")
 
     def __post_init__(self):
         require(0 < self.saliency_percent <= 100, f"saliency percentage must be in (0, 100], got {self.saliency_percent}")
         require(self.alpha >= 0, f"α must be >= 0, got {self.alpha}")
         require(self.saliency_batches >= 1, f"saliency batches must be at least 1, got {self.saliency_batches}")
+        require(self.relabel in RELABEL, f"relabel must be one of {', '.join(RELABEL)}, got {self.relabel!r}")
+
+
+RELABEL = ("fixed", "resample")
 
 
 def saliency_mask(grads: list["torch.Tensor"], percent: float) -> list["torch.Tensor"]:
@@ -73,6 +83,11 @@ class SalUn(Method):
             total = grads if total is None else [s + g for s, g in zip(total, grads)]
             report(progress, "saliency", i + 1, self.config.saliency_batches)
         self.masks = saliency_mask(total, self.config.saliency_percent)
+        ctx = self.ctx
+        if ctx.conditional:  # c' for every forget image (used when relabel = fixed)
+            self.pseudo = ctx.other_labels(ctx.forget.labels)  # [k]
+        else:  # the retain image each forget image is relabelled as
+            self.pseudo = ctx.randint(len(ctx.retain), len(ctx.forget))  # [k] indices into D_r
         salient = sum(int(m.sum()) for m in self.masks)
         size = sum(m.numel() for m in self.masks)
         return {"salient_weights": salient, "salient_share": salient / size}
@@ -83,15 +98,20 @@ class SalUn(Method):
         from unlearnctl.diffusion import per_sample_mse, predict_noise
 
         ctx = self.ctx
-        a, c_a, _ = ctx.forget_batch()  # [B, C, H, W], [B] or None
+        a, c_a, index = ctx.forget_batch()  # [B, C, H, W], [B] or None, [B]
+        fixed = self.config.relabel == "fixed"
         t = ctx.timesteps(a.shape[0])  # [B]
         eps = ctx.noise(a.shape)  # [B, C, H, W]
         m_t = ctx.schedule.add_noise(a, eps, t)  # [B, C, H, W]
         if ctx.conditional:
             with torch.no_grad():
-                target = predict_noise(ctx.unet, m_t, t, ctx.other_labels(c_a))  # sg(ε_θ(m_t, t, c'))
+                c_other = self.pseudo[index] if fixed else ctx.other_labels(c_a)  # [B], c' ≠ c_a
+                target = predict_noise(ctx.unet, m_t, t, c_other)  # sg(ε_θ(m_t, t, c'))
         else:
-            x_r, _ = ctx.retain_batch(a.shape[0], drop_labels=False)  # a random retain image per sample
+            if fixed:
+                x_r = ctx.retain.images[self.pseudo[index]].to(ctx.device)  # each forget image's own retain image
+            else:
+                x_r, _ = ctx.retain_batch(a.shape[0], drop_labels=False)  # a random retain image per sample
             gamma, sigma = ctx.coefficients(t)
             target = (m_t - gamma * x_r) / sigma
         return per_sample_mse(predict_noise(ctx.unet, m_t, t, c_a), target).mean()
@@ -110,7 +130,8 @@ class SalUn(Method):
         return out
 
     def state_dict(self) -> dict[str, Any]:
-        return {"masks": self.masks}
+        return {"masks": self.masks, "pseudo": self.pseudo}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.masks = list(state["masks"])
+        self.pseudo = state["pseudo"]
