@@ -6,6 +6,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 
 from unlearnctl.checkpoint import load_checkpoint
 
@@ -36,8 +37,12 @@ def test_exclude_class_trains_on_retain_only(cli, shapes_npz, tmp_path):
     out = tmp_path / "r.safetensors"
     assert cli("train", "--data", f"npz:{shapes_npz}", "--size", "tiny", "--steps", "2", "--exclude-class", "box",
                "--out", out, "-q").code == 0
-    entry = load_checkpoint(out).lineage[0]
+    model = load_checkpoint(out)
+    entry = model.lineage[0]
     assert entry["forget"]["class_ids"] == [2]
+    table = model.state_dict["class_embedding.weight"]
+    assert torch.equal(table[2], table[model.null_class]) and entry["unseen_classes_as_null"]
+    assert not torch.equal(table[1], table[model.null_class])
     assert entry["params"]["num_train_images"] == entry["forget"]["num_retain"]
 
 

@@ -291,6 +291,24 @@ def train_model(
                                   forget=forget_info, stopped=str(exc), steps_run=exc.step)
             exc.checkpoint = Checkpoint(exc.weights, cfg, scheduler_config, desc, [entry])
         raise
+    if conditional and forget_info and forget_info["mode"] == "class":
+        weights = answer_unseen_classes_as_null(weights, forget_info["class_ids"], cfg["num_class_embeds"] - 1)
     entry = lineage_entry(command, params, config.seed, time.perf_counter() - started,
-                          data_fingerprint=train_set.fingerprint, forget=forget_info, precision=precision)
+                          data_fingerprint=train_set.fingerprint, forget=forget_info, precision=precision,
+                          unseen_classes_as_null=bool(conditional and forget_info and forget_info["mode"] == "class"))
     return Checkpoint(weights, cfg, scheduler_config, desc, [entry])
+
+
+def answer_unseen_classes_as_null(weights: dict[str, torch.Tensor], class_ids: list[int], null_class: int) -> dict[str, torch.Tensor]:
+    """Give never-trained class embeddings the null class's embedding.
+
+    A model trained without a class never learns that class's embedding row; left at its random
+    initialisation, asking for the class yields arbitrary blends of other classes. The exact-unlearning
+    answer to "generate a class you never saw" is "generate as if no class was given", which is what the
+    null (guidance) embedding learned.
+    """
+    weights = dict(weights)
+    table = weights["class_embedding.weight"].clone()
+    table[class_ids] = table[null_class].clone()
+    weights["class_embedding.weight"] = table
+    return weights
