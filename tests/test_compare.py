@@ -218,3 +218,18 @@ def test_cli_bad_input_exit_2(cli, tmp_path):
     bad.write_text("{not json")
     result = cli("compare", bad)
     assert result.code == 2 and "not valid JSON" in result.err
+
+
+def test_cli_evaluates_checkpoints_on_the_fly(cli, tiny_conditional, tmp_path, tmp_path_factory, monkeypatch):
+    """A checkpoint input is evaluated now; its samples become the report's grids."""
+    # the session cache tests/metrics uses too, so the shapes classifier is trained once per test session
+    monkeypatch.setenv("UNLEARNCTL_CACHE", str(tmp_path_factory.getbasetemp() / "classifier-cache"))
+    report = tmp_path / "r.html"
+    result = cli("compare", tiny_conditional.path, "--forget-class", "bar", "-n", "8", "--steps", "2",
+                 "--json", tmp_path / "c.json", "--report", report)
+    assert result.code == 0, result
+    assert f"evaluating {tiny_conditional.path}" in result.err
+    row = json.loads((tmp_path / "c.json").read_text())["rows"][0]
+    assert row["role"] == "base" and row["num_samples"] == 8 and row["forget_rate"] is not None
+    html = report.read_text()
+    assert "forget condition" in html and "retained conditions" in html

@@ -51,6 +51,7 @@ figcaption { font-size: 13px; color: #555; max-width: 1000px; }
 .card .label { font-size: 11px; color: #666; }
 details { margin: 6px 0; font-size: 13px; } summary { cursor: pointer; font-weight: 600; }
 pre { background: #f7f7f7; padding: 8px; overflow-x: auto; font-size: 12px; }
+table.kv td { white-space: normal; overflow-wrap: anywhere; max-width: 1100px; }
 """
 
 
@@ -143,7 +144,10 @@ def grids_section(comparison: Comparison) -> str:
             if not grids:
                 continue
             images = []
-            for kind, label in (("forget", "forget condition"), ("retained", "retained conditions")):
+            conditional = (row.run.provenance.get("model") or {}).get("conditional", True)
+            kinds = (("forget", "forget condition"), ("retained", "retained conditions")) if conditional else \
+                (("retained", "samples (unconditional: every sample counts for the forget rate)"),)
+            for kind, label in kinds:
                 if kind in grids:
                     images.append(f"<div class='label'>{label}</div><img alt='{_e(row.run.name)} {label}' "
                                   f"width='224' src='{data_uri(grids[kind])}'>")
@@ -158,7 +162,7 @@ def grids_section(comparison: Comparison) -> str:
 
 def _kv_table(rows: dict[str, Any]) -> str:
     cells = "".join(f"<tr><th class='name'>{_e(k)}</th><td class='text'>{_e(_compact(v))}</td></tr>" for k, v in rows.items())
-    return f"<table>{cells}</table>"
+    return f"<table class='kv'>{cells}</table>"
 
 
 def _compact(value: Any) -> str:
@@ -217,7 +221,7 @@ def render_report(comparison: Comparison, figures: dict[str, bytes], *, title: s
     from unlearnctl.checkpoint import now_utc
 
     warnings = "".join(f"<div class='warn'>{_e(w)}</div>" for w in comparison.warnings)
-    recipe_html = f"<h2>Recipe</h2>{_kv_table(recipe)}" if recipe else ""
+    recipe_html = f"<h3>Recipe</h3>{_kv_table(recipe)}" if recipe else ""
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{_e(title)}</title>
 <meta name="viewport" content="width=device-width, initial-scale=1"><style>{CSS}</style></head>
@@ -228,14 +232,14 @@ by unlearnctl {_e(unlearnctl.__version__)}</p>
 {warnings}
 <h2>Summary</h2>
 {summary_tables(comparison)}
+{recipe_html}
 <h2>Figures</h2>
 {figures_section(figures)}
 <h2>Samples</h2>
-<p class="meta">Samples of each model from its evaluation: the forget condition (what should be gone) and the retained conditions (one row per class).</p>
+<p class="meta">Samples of each model from its evaluation: for conditional models the forget condition (what should be gone) and the retained conditions (one row per class); for unconditional models the samples themselves.</p>
 {grids_section(comparison)}
 <h2>Provenance and lineage</h2>
 {provenance_section(comparison)}
-{recipe_html}
 </body></html>
 """
 

@@ -96,8 +96,12 @@ def pareto_plot(comparison: "Comparison") -> bytes | None:
                 ax.annotate(row.run.name, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
         ax.scatter([], [], s=60, facecolors="white", edgecolors="#555555", label="after relearning attack")
         ax.scatter([], [], s=120, marker="*", color="#555555", label="reference (retrain)")
+        values = [v for _, v in position.values() if v > 0]
+        log = bool(values) and max(values) / min(values) > 8  # one collapsed model must not flatten the others
+        if log:
+            ax.set_yscale("log")
         ax.set_xlabel("forget rate (lower = forgot more)")
-        ax.set_ylabel(f"{key.upper()} to the retain set (lower = better)")
+        ax.set_ylabel(f"{key.upper()} to the retain set (lower = better{', log scale' if log else ''})")
         ax.set_title(scenario.label, fontsize=10)
         ax.set_xlim(-0.03, 1.03)
         ax.grid(alpha=0.3)
