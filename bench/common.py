@@ -120,7 +120,12 @@ def loop_step(runner, optimizer, grad_clip: float = 1.0) -> None:
 
 def run_cli(args: list[str], env: dict | None = None) -> tuple[float, float, int]:
     """Run ``unlearnctl ARGS`` in a fresh process: ``(wall seconds, peak RSS MiB, exit code)``."""
-    command = ["/usr/bin/time", "-f", "%M", str(ROOT / ".venv/bin/unlearnctl"), *args]
+    return run_measured([str(ROOT / ".venv/bin/unlearnctl"), *args], env)
+
+
+def run_measured(program: list[str], env: dict | None = None) -> tuple[float, float, int]:
+    """Run ``program`` in a fresh process under ``/usr/bin/time``: ``(wall seconds, peak RSS MiB, exit code)``."""
+    command = ["/usr/bin/time", "-f", "%M", *program]
     started = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, **(env or {})})
     wall = time.perf_counter() - started

@@ -3,7 +3,8 @@
 The commands are the demo's (``unlearnctl demo``: batch 64, attack on the retain set with a relearning
 curve, evaluation on 1,000 DDIM-25 samples), run on the shared class model with fewer optimizer steps:
 peak memory does not depend on the number of steps (the wall times printed are for these short runs).
-Peak RSS is ``/usr/bin/time``'s maximum resident set size of the command's process.
+Peak RSS is ``/usr/bin/time``'s maximum resident set size of the command's process. Two baselines come
+first: a Python process that only imports torch, and one that also imports diffusers' UNet.
 
     nice -n 5 .venv/bin/python bench/peak_memory.py
     nice -n 5 .venv/bin/python bench/peak_memory.py --steps 20 --out /tmp/peak
@@ -15,7 +16,7 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from common import CLASS_MODEL, load_average, machine, run_cli, table
+from common import CLASS_MODEL, ROOT, load_average, machine, run_cli, run_measured, table
 
 METHODS = ["siss", "siss-no-is", "erasediff", "dimum", "salun", "neggrad", "naive"]
 
@@ -55,6 +56,11 @@ def main(argv: list[str] | None = None) -> int:
         ("--help", ["--help"]),
     ]
     rows = []
+    python = str(ROOT / ".venv/bin/python")
+    for name, code in (("baseline: python -c 'import torch'", "import torch"),
+                       ("baseline: import torch + diffusers UNet2DModel", "import torch; from diffusers import UNet2DModel, DDIMScheduler")):
+        wall, peak, exit_code = run_measured([python, "-c", code])
+        rows.append([name, peak, wall, exit_code, load_average()])
     for name, cli_args in commands:
         wall, peak, code = run_cli(cli_args)
         rows.append([name, peak, wall, code, load_average()])
