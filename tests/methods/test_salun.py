@@ -19,7 +19,7 @@ def test_mask_keeps_the_top_percent_by_magnitude_over_all_tensors():
     assert sum(int(m.sum()) for m in saliency_mask(grads, 1.0)) == 1  # at least one weight
 
 
-@pytest.mark.parametrize("relabel", ["fixed", "resample"])
+@pytest.mark.parametrize("relabel", ["class", "image", "resample"])
 @pytest.mark.parametrize("conditional", [True, False])
 def test_random_label_loss_matches_a_direct_computation(conditional, relabel):
     b = fixed_batch(6, num_classes=4 if conditional else None)
@@ -35,20 +35,23 @@ def test_random_label_loss_matches_a_direct_computation(conditional, relabel):
     pred = unet(m_t, b["t"], class_labels=b["c_a"]).sample
     index = ctx.fixed["index"]
     if conditional:  # the prediction under another class (fixed per image, or drawn now), not differentiated
-        other = method.pseudo[index] if relabel == "fixed" else b["other"]
+        other = method.pseudo[index] if relabel != "resample" else b["other"]
         target = unet(m_t, b["t"], class_labels=other).sample.detach()
     else:  # unconditional adaptation: the forget sample relabelled as a retain image
-        x_r = ctx.retain.images[own_retain[index]] if relabel == "fixed" else b["x"]
+        x_r = ctx.retain.images[own_retain[index]] if relabel != "resample" else b["x"]
         target = (m_t - gamma * x_r) / sigma
     torch.testing.assert_close(loss, mse(pred, target).mean(), rtol=1e-5, atol=1e-6)
 
 
-def test_fixed_relabelling_draws_another_class_per_forget_image():
-    state = make_state("salun", saliency_batches=1)
-    method = state.method
-    labels = method.ctx.forget.labels
-    assert method.pseudo.shape == labels.shape
-    assert bool((method.pseudo != labels).all()) and bool(((method.pseudo >= 0) & (method.pseudo < 4)).all())
+@pytest.mark.parametrize("relabel", ["class", "image"])
+def test_fixed_relabelling_draws_another_class(relabel):
+    method = make_state("salun", saliency_batches=1, relabel=relabel).method
+    labels, pseudo = method.ctx.forget.labels, method.pseudo
+    assert pseudo.shape == labels.shape
+    assert bool((pseudo != labels).all()) and bool(((pseudo >= 0) & (pseudo < 4)).all())
+    if relabel == "class":  # every image of a class gets the class's one pseudo label
+        for c in labels.unique():
+            assert len(pseudo[labels == c].unique()) == 1
 
 
 def test_only_salient_weights_change(tiny_conditional, shapes_split):
