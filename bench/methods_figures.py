@@ -12,6 +12,7 @@ samples before and after.
     nice -n 5 .venv/bin/python bench/methods_figures.py                      # everything (retrain included)
     nice -n 5 .venv/bin/python bench/methods_figures.py --methods siss,dimum --skip-retrain
     nice -n 5 .venv/bin/python bench/methods_figures.py --methods erasediff --param erasediff.eta=0.5
+    .venv/bin/python bench/methods_figures.py --save-dir models/   # then: bench/attack_figures.py --models-dir models/
 
 ``--skip-retrain`` takes the retrain time from the base's recorded training time (marked as such).
 Timings depend on the machine's load: the script prints ``uptime``'s load average next to them.
@@ -28,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from unlearnctl.checkpoint import load_checkpoint
+from unlearnctl.checkpoint import load_checkpoint, save_checkpoint
 from unlearnctl.data import ForgetSpec, load_recorded_data, resolve_forget
 from unlearnctl.diffusion import balanced_labels, sample_images
 from unlearnctl.methods import available_methods, get_method
@@ -88,6 +89,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--param", action="append", default=[], help="method.name=value, e.g. siss.lambda_=0.5")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
+    parser.add_argument("--save-dir", default=None,
+                        help="also save each class-scenario model as <method>-class<K>.safetensors here "
+                             "(bench/attack_figures.py --models-dir reuses them)")
     args = parser.parse_args(argv)
     params = parse_params(args.param)
     rows = []
@@ -113,6 +117,8 @@ def main(argv: list[str] | None = None) -> int:
         started = time.perf_counter()
         model, report = unlearn(base, name, spec, config, params.get(name, {}), data=split)
         wall = time.perf_counter() - started
+        if args.save_dir:
+            save_checkpoint(model, Path(args.save_dir) / f"{name}-class{args.forget_class}.safetensors")
         after = class_figures(model, split, classifier, forget_class, args.forget_samples, args.retain_per_class, args.seed)
         row = {"scenario": "class 8", "method": name, "steps": report["steps_run"], "stopped": report["stopped"],
                "forget_before": before[0], "forget_after": after[0], "retain_before": before[1], "retain_after": after[1],

@@ -13,7 +13,7 @@ from unlearnctl.attacks import AuxContext, available_aux_sources, get_aux_source
 from unlearnctl.attacks.dimra import CURVE_CSV_COLUMNS, AttackConfig, build_aux_data, recorded_forget_sets, relearn_attack
 from unlearnctl.attacks.guard import assert_disjoint, image_hashes
 from unlearnctl.checkpoint import lineage_entry, load_checkpoint, save_checkpoint
-from unlearnctl.data import DataSplit, ForgetSpec, ImageSet, resolve_forget, to_uint8
+from unlearnctl.data import DataSplit, ForgetSpec, resolve_forget, to_uint8
 from unlearnctl.errors import BadInputError, RuntimeFailure
 
 FORGET = ForgetSpec(classes=("2",))  # the "box" class of the shapes data

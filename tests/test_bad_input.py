@@ -76,7 +76,7 @@ BAD = [
     (UNLEARN + ("--method", "siss", "--forget-class", "bar", "--data", "{data}", "--resolution", "16"),
      "data resolution 16 does not match the model's 8; pass --resolution 8"),
     (UNLEARN + ("--method", "siss", "--forget-class", "bar", "--data", "{data}", "--channels", "3"), "data has 3 channels, the model 1; pass --channels 1"),
-    (UNLEARN + ("--method", "siss", "--forget-images", "{inputs}/big.npz"), "are 16×16, the data 8×8; resize them first"),
+    (UNLEARN + ("--method", "siss", "--forget-images", "{inputs}/big.npz"), "are 16×16, the model's 8×8; resize them first"),
     (UNLEARN + ("--method", "siss", "--forget-index", "5000"), "forget index 5000 is outside the training set (0..191)"),
     (UNLEARN + ("--method", "siss", "--forget-canary"), "the data has no canary; train on --data digits+canary"),
     (("unlearn", "-m", "{model}", "--out", "{model}", "--method", "siss", "--forget-class", "bar"),

@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from unlearnctl.data import ForgetSpec, canary_image, load_data, load_recorded_data, resolve_forget
+from unlearnctl.data import ForgetSpec, canary_image, load_data, load_recorded_data, read_images, resolve_forget
 from unlearnctl.errors import BadInputError
 
 
@@ -43,6 +43,18 @@ def test_folder_source_with_class_subfolders(tmp_path):
     split = load_data(f"folder:{tmp_path}", heldout_fraction=0.34)
     assert split.class_names == ["cat", "dog"]
     assert len(split.train) + len(split.heldout) == 6
+
+
+def test_read_images_converts_resizes_or_refuses_the_size(tmp_path):
+    for name, colour in (("red", (255, 0, 0)), ("blue", (0, 0, 255))):
+        (tmp_path / name).mkdir()
+        Image.new("RGB", (12, 12), colour).save(tmp_path / name / "a.png")
+    read = read_images(tmp_path, channels=1, resolution=8)
+    assert read.images.shape == (2, 1, 8, 8) and read.class_names == ["blue", "red"]
+    assert read.labels.tolist() == [0, 1] and read.images.min() >= -1 and read.images.max() <= 1
+    assert read_images(tmp_path).images.shape == (2, 3, 12, 12)
+    with pytest.raises(BadInputError, match=r"forget images in .* are 12×12, the model's 8×8; resize them first"):
+        read_images(tmp_path, exact_size=8, role="forget images")
 
 
 @pytest.mark.parametrize("make, message", [

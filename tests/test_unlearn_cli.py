@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-import torch
 
 from unlearnctl.checkpoint import load_checkpoint, save_checkpoint
 

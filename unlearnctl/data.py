@@ -192,6 +192,35 @@ def _normalise(images: list[np.ndarray], resolution: int | None, channels: int |
     return np.stack(out)
 
 
+def read_images(
+    path: str | Path,
+    *,
+    channels: int | None = None,
+    resolution: int | None = None,
+    exact_size: int | None = None,
+    role: str = "images",
+) -> ImageSet:
+    """Read an image folder or a ``.npz`` (by suffix) into an :class:`ImageSet` in ``[-1, 1]``.
+
+    Class sub-folders (or an npz ``labels`` array) give labels and class names; a flat folder gives none.
+
+    Args:
+        channels: convert to 1 (grey) or 3 (RGB) channels; ``None`` keeps the files' own.
+        resolution: resize every image to ``resolution × resolution``.
+        exact_size: refuse (exit 2) images that are not ``exact_size × exact_size`` instead of resizing.
+        role: what the images are, for error messages ("forget images", "auxiliary data", ...).
+    """
+    path = Path(path)
+    raw, labels, names = (_load_npz if path.suffix == ".npz" else _load_folder)(path)
+    if exact_size is not None:
+        wrong = [img.shape[:2] for img in raw if img.shape[:2] != (exact_size, exact_size)]
+        height, width = wrong[0] if wrong else (exact_size, exact_size)
+        require(not wrong,
+                f"{role} in {path} are {height}×{width}, the model's {exact_size}×{exact_size}; resize them first")
+    pixels = _normalise(raw, resolution, channels, f"{role} {path}")
+    return ImageSet(from_uint8(pixels), None if labels is None else torch.from_numpy(labels), names)
+
+
 def _split(num: int, heldout_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     order = np.random.default_rng(seed).permutation(num)
     num_heldout = int(round(num * heldout_fraction))
@@ -379,12 +408,8 @@ def resolve_forget(spec: ForgetSpec, split: DataSplit) -> ForgetSet:
 
 
 def _append_forget_images(forget: ImageSet, path: str, description: dict[str, Any]) -> ImageSet:
-    source = f"npz:{path}" if path.endswith(".npz") else f"folder:{path}"
-    raw, _, _ = (_load_npz if source.startswith("npz:") else _load_folder)(Path(path))
-    res, ch = description["resolution"], description["channels"]
-    shapes = {img.shape[:2] for img in raw}
-    require(shapes == {(res, res)}, f"forget images in {path} are {sorted(shapes)[0][0]}×{sorted(shapes)[0][1]}, the data {res}×{res}; resize them first")
-    images = from_uint8(_normalise(raw, None, ch, path))
+    images = read_images(path, channels=description["channels"], exact_size=description["resolution"],
+                         role="forget images").images
     labels = forget.labels
     if labels is not None:
         labels = torch.cat([labels, torch.full((len(images),), -1, dtype=torch.long)])  # -1: unknown class

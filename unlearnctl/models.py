@@ -7,7 +7,6 @@ only, where it is cheap. Any key can be overridden with a full config (``--unet-
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -66,11 +65,6 @@ def check_preset(preset: str) -> dict[str, Any]:
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    require(path.is_file(), f"UNet config file {path} does not exist")
-    try:
-        config = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise BadInputError(f"UNet config file {path} is not valid JSON") from None
-    require(isinstance(config, dict), f"UNet config file {path} must hold a JSON object")
-    return config
+    from unlearnctl.jsonfile import read_json_object
+
+    return read_json_object(path, "UNet config file")

@@ -17,7 +17,7 @@ from unlearnctl.checkpoint import default_scheduler, plain_config
 from unlearnctl.data import ForgetSet, ForgetSpec, ImageSet
 from unlearnctl.diffusion import NoiseSchedule
 from unlearnctl.methods.base import MethodContext
-from unlearnctl.unlearning import UnlearnConfig, unlearn
+from unlearnctl.unlearning import UnlearnConfig, UnlearnState, unlearn
 
 FAST = dict(batch_size=16, device="cpu")  # loop settings for tests: small batches on the CPU
 

@@ -11,7 +11,7 @@ import torch
 from unlearnctl.data import ForgetSpec
 from unlearnctl.methods.base import gradient, norm
 from unlearnctl.methods.siss import SISS, SISSConfig, mixture_distances, scale_negative, siss_weights
-from methods.common import FixedContext, StubUNet, check_basics, fixed_batch, gamma_sigma, mse
+from methods.common import FixedContext, StubUNet, check_basics, fixed_batch, gamma_sigma
 
 
 def direct_weights(d_x, d_a, lam):

@@ -81,14 +81,14 @@ def generated_source(arg: str, context: AuxContext) -> tuple["ImageSet", dict[st
 def _file_source(kind: str, arg: str, context: AuxContext) -> tuple["ImageSet", dict[str, Any]]:
     import torch
 
-    from unlearnctl.data import ImageSet, _load_folder, _load_npz, _normalise, class_index, from_uint8
+    from unlearnctl.data import ImageSet, class_index, read_images
 
     require(bool(arg), f"auxiliary source {kind} needs a path: {kind}:PATH")
     path = Path(arg)
-    raw, labels, names = (_load_folder if kind == "folder" else _load_npz)(path)
     checkpoint = context.checkpoint
     resolution, channels = checkpoint.unet_config["sample_size"], checkpoint.unet_config["in_channels"]
-    images = from_uint8(_normalise(raw, resolution, channels, arg))  # resized to the model's size if needed
+    read = read_images(path, channels=channels, resolution=resolution, role="auxiliary data")  # resized if needed
+    images, labels, names = read.images, read.labels, read.class_names
     model_names = list(checkpoint.data.get("class_names") or [])
     mapped = None
     if checkpoint.conditional:
@@ -96,12 +96,12 @@ def _file_source(kind: str, arg: str, context: AuxContext) -> tuple["ImageSet", 
                 f"({'class sub-folders' if kind == 'folder' else 'an npz labels array'} for classes {', '.join(model_names)})")
         if kind == "folder":  # sub-folder names are class names
             lookup = torch.tensor([class_index(name, model_names) for name in names])
-            mapped = lookup[torch.from_numpy(labels)]
+            mapped = lookup[labels]
         else:  # npz labels are class indices
             require(int(labels.max()) < len(model_names),
                     f"{arg}: label {int(labels.max())} is not a class of the model (0..{len(model_names) - 1})")
-            mapped = torch.from_numpy(labels)
-    return ImageSet(images, mapped, model_names), {"path": str(path), "num_files": len(raw)}
+            mapped = labels
+    return ImageSet(images, mapped, model_names), {"path": str(path), "num_files": len(images)}
 
 
 @register_aux_source("folder", syntax="folder:PATH", user_data=True,

@@ -144,7 +144,7 @@ def demo(
     """The main job: train the bases, run every unlearning method, attack every result, evaluate, compare, report.
 
     On the embedded digits: class scenario (forget class 8 with every method and retrain) and canary
-    scenario (forget a memorised canary with SISS and retrain). Every step writes an ordinary checkpoint or
+    scenario (forget a memorised canary with SISS; --canary-retrain adds its retrain). Every step writes an ordinary checkpoint or
     JSON into --out, so any step can be re-run by hand; one progress line per stage on stderr, the
     comparison table and the report path on stdout.
     """

@@ -161,10 +161,6 @@ class DiMUM(Method):
 
 def _read_images(path: Path, data: dict[str, Any]) -> "torch.Tensor":
     """Images of a folder or ``.npz`` at the data's resolution and channels, ``[N, C, H, W]`` in [-1, 1]."""
-    from unlearnctl.data import _load_folder, _load_npz, _normalise, from_uint8
+    from unlearnctl.data import read_images
 
-    raw, _, _ = (_load_npz if path.suffix == ".npz" else _load_folder)(path)
-    res = data["resolution"]
-    shapes = {img.shape[:2] for img in raw}
-    require(shapes == {(res, res)}, f"alternative images in {path} must be {res}×{res}; resize them first")
-    return from_uint8(_normalise(raw, None, data["channels"], str(path)))
+    return read_images(path, channels=data["channels"], exact_size=data["resolution"], role="alternative images").images

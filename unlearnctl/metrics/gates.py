@@ -14,7 +14,6 @@ any work starts; a gate that does not hold is reported by :func:`check_gates`.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from dataclasses import dataclass
@@ -102,14 +101,9 @@ def check_gates(gates: Iterable[Gate], result: dict[str, Any], baseline: dict[st
 
 def load_baseline(path: str | Path) -> dict[str, Any]:
     """A previous ``evaluate --json`` file (any JSON object of metric values)."""
-    path = Path(path)
-    require(path.is_file(), f"baseline file {path} does not exist")
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise BadInputError(f"baseline file {path} is not valid JSON") from None
-    require(isinstance(data, dict), f"baseline file {path} must hold a JSON object (an evaluate --json result)")
-    return data
+    from unlearnctl.jsonfile import read_json_object
+
+    return read_json_object(path, "baseline file", " (an evaluate --json result)")
 
 
 def _number(data: dict[str, Any] | None, name: str, what: str) -> float:

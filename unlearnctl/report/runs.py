@@ -17,12 +17,12 @@ from an attacked checkpoint's lineage; they attach to runs by sha256.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from unlearnctl.errors import BadInputError, require
+from unlearnctl.jsonfile import read_json_object
 from unlearnctl.progress import ProgressFn
 
 if TYPE_CHECKING:
@@ -137,13 +137,7 @@ def describe_forget(forget: dict[str, Any] | None) -> str:
 
 
 def read_json(path: Path) -> dict[str, Any]:
-    require(path.is_file(), f"{path} does not exist")
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise BadInputError(f"{path} is not valid JSON") from None
-    require(isinstance(data, dict), f"{path} holds no JSON object; give evaluation JSONs (unlearnctl evaluate --json)")
-    return data
+    return read_json_object(path, hint="; give evaluation JSONs (unlearnctl evaluate --json)")
 
 
 def check_evaluation(data: dict[str, Any], origin: str) -> dict[str, Any]:
