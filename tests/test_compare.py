@@ -162,7 +162,7 @@ def test_sibling_grids_are_picked_up(class_files):
 @pytest.mark.parametrize("content, match", [
     ({"schema": "something-else"}, "schema"),
     ({"schema": "unlearnctl.evaluate/1"}, "provenance"),
-    ([1, 2], "no JSON object"),
+    ([1, 2], "must hold a JSON object"),
 ])
 def test_bad_json_inputs(tmp_path, content, match):
     path = tmp_path / "x.json"

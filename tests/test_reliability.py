@@ -358,11 +358,18 @@ def test_sigkill_mid_training_then_resume_gives_the_uninterrupted_result(cli, sh
     assert sorted(p.name for p in folder.iterdir()) == ["m.safetensors"]
 
 
+def _default_sigint() -> None:
+    """Ctrl-C as in a terminal: a test run in the background (``make test &``) starts with SIGINT ignored, which
+    the child would inherit (and Python then keeps ignoring it, like ``nohup``)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.slow  # a fresh process imports torch: ~3 s idle, ~15 s on a loaded machine
 def test_ctrl_c_exits_130_and_writes_no_output(shapes_npz, tmp_path):
     out, state = tmp_path / "m.safetensors", tmp_path / "m.state.safetensors"
     process = subprocess.Popen([*UNLEARNCTL, "train", "--data", f"npz:{shapes_npz}", *TINY, "--steps", "2000",
-                                "--checkpoint-every", "2", "--out", str(out)], stderr=subprocess.PIPE, text=True)
+                                "--checkpoint-every", "2", "--out", str(out)], stderr=subprocess.PIPE, text=True,
+                               preexec_fn=_default_sigint)
     try:
         deadline = time.time() + 180
         while not state.exists() and process.poll() is None and time.time() < deadline:
