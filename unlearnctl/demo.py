@@ -400,9 +400,21 @@ def run_demo(
     return DemoResult(out, report, comparison, events, seconds, files)
 
 
+def _method_defaults(config: DemoConfig) -> str:
+    """``"siss 400 steps, lr 0.0002, batch 64; ..."`` for the methods the demo runs."""
+    from unlearnctl.methods import get_method
+
+    names = dict.fromkeys((*config.methods, *config.canary_methods))
+    parts = []
+    for name in names:
+        defaults = get_method(name).defaults
+        parts.append(f"{name} {defaults['steps']} steps, lr {defaults['lr']:g}, batch {defaults['batch_size']}")
+    return "; ".join(parts)
+
+
 def _describe_recipe(config: DemoConfig) -> dict[str, Any]:
     """The recipe in words, for the report."""
-    unlearn = (f"{config.unlearn_steps} steps" if config.unlearn_steps else "each method's tuned defaults (300 steps, lr 1e-4, batch 64)")
+    unlearn = f"{config.unlearn_steps} steps" if config.unlearn_steps else "each method's tuned defaults: " + _method_defaults(config)
     return {
         "data": "scikit-learn digits (8×8, 1,797 images; 80% train / 20% held out, split seed 0); "
                 "canary scenario: digits + 2% copies of one drawn canary image",
