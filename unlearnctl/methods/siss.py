@@ -72,8 +72,9 @@ class GradientScaling(MethodConfig):
 class SISSConfig(GradientScaling):
     lambda_: float = param(0.5, "defensive-mixture weight λ ∈ (0, 1), the share of noisy samples drawn from "
                                 "forget images.", flag="--lambda")
-    refresh_every: int = param(1, "fast mode: measure the scaling factor C/‖g_a‖ every K steps only and reuse it "
-                                  "in between (one backward pass instead of two on those steps); 1 = exact.")
+    refresh_every: int = param(1, "fast mode: measure ‖g_a‖ exactly every K steps only and estimate it in between "
+                                  "from the output head's gradient (one full backward pass instead of two on those "
+                                  "steps); 1 = exact.")
 
     def __post_init__(self):
         super().__post_init__()
