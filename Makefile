@@ -5,6 +5,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 OUT ?= demo-out
+BENCH_MODELS ?= bench-models
 
 .PHONY: demo test install bench clean
 
@@ -21,8 +22,17 @@ demo: install
 test: install
 	$(BIN)/python -m pytest -q
 
-bench: install
-	$(BIN)/python bench/run_all.py
+# the benchmarks' shared base models: the default `train` recipe (about 5 minutes each on 2 cores)
+$(BENCH_MODELS)/digits-cond-small.safetensors: | install
+	mkdir -p $(BENCH_MODELS)
+	$(BIN)/unlearnctl train --data digits --conditional --out $@
+
+$(BENCH_MODELS)/canary-uncond-small.safetensors: | install
+	mkdir -p $(BENCH_MODELS)
+	$(BIN)/unlearnctl train --data digits+canary --unconditional --out $@
+
+bench: install $(BENCH_MODELS)/digits-cond-small.safetensors $(BENCH_MODELS)/canary-uncond-small.safetensors
+	UNLEARNCTL_BENCH_MODELS=$(BENCH_MODELS) $(BIN)/python bench/run_all.py
 
 clean:
 	rm -rf $(VENV) $(OUT)

@@ -23,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-ARTIFACTS = Path("/work/artifacts")
+from common import ARTIFACTS  # bench/ is on sys.path when run as a script
 METHODS = ["salun", "erasediff", "siss", "dimum", "retrain"]
 
 

@@ -20,7 +20,8 @@ from typing import Callable
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-ARTIFACTS = Path("/work/artifacts")
+# the shared base models (``make bench`` trains them here on first use; the env variable points elsewhere)
+ARTIFACTS = Path(os.environ.get("UNLEARNCTL_BENCH_MODELS", ROOT / "bench-models"))
 CLASS_MODEL = ARTIFACTS / "digits-cond-small.safetensors"
 CANARY_MODEL = ARTIFACTS / "canary-uncond-small.safetensors"
 sys.path.insert(0, str(ROOT / "bench"))

@@ -25,7 +25,7 @@ import shlex
 import time
 from pathlib import Path
 
-ARTIFACTS = Path("/work/artifacts")
+from common import ARTIFACTS  # bench/ is on sys.path when run as a script
 FIGURES = ("fid", "halves", "class", "canary", "timing")
 
 

@@ -37,7 +37,7 @@ from unlearnctl.metrics.classifier import load_or_train_classifier
 from unlearnctl.metrics.forget import class_forget_rate, data_forget_rate, data_forget_threshold, retain_accuracy
 from unlearnctl.unlearning import UnlearnConfig, unlearn
 
-ARTIFACTS = Path("/work/artifacts")
+from common import ARTIFACTS  # bench/ is on sys.path when run as a script
 CLASS_METHODS = ["siss", "siss-no-is", "erasediff", "dimum", "salun", "neggrad", "naive"]
 
 
