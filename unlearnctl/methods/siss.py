@@ -134,11 +134,24 @@ def calibrate_scaling_norm(method: Method, share: float, batches: int, progress:
     return share * sum(norms) / len(norms)
 
 
+class ScaledForgetTerm(Method):
+    """Shared by ``siss`` and ``siss-no-is``: ``prepare`` fixes C (given, or measured by :func:`calibrate_scaling_norm`)."""
+
+    C: float
+
+    def prepare(self, progress: "ProgressFn" = None) -> dict[str, Any]:
+        if self.config.scaling_norm is None:
+            self.C = calibrate_scaling_norm(self, self.config.scaling_share, self.config.calibration_batches, progress)
+        else:
+            self.C = self.config.scaling_norm
+        return {"scaling_norm": self.C, "scaling_norm_automatic": self.config.scaling_norm is None}
+
+
 # --------------------------------------------------------------------------------------------- the method
 
 
 @register_method("siss")
-class SISS(Method):
+class SISS(ScaledForgetTerm):
     """SISS with importance sampling: one UNet forward per sample (paper Eq. 7, reference ``importance_sampling_with_mixture``).
 
     Parameters (:class:`SISSConfig`): λ (mixture weight), C (``scaling_norm``, automatic by default),
@@ -148,13 +161,6 @@ class SISS(Method):
     Config = SISSConfig
     summary = "SISS: importance-sampled defensive mixture, one forward per sample, gradient-norm-scaled forget term"
     defaults = {"steps": 400, "lr": 2e-4, "batch_size": 64}  # tuned on the small digits model (docs/methods.md)
-
-    def prepare(self, progress: "ProgressFn" = None) -> dict[str, Any]:
-        if self.config.scaling_norm is None:
-            self.C = calibrate_scaling_norm(self, self.config.scaling_share, self.config.calibration_batches, progress)
-        else:
-            self.C = self.config.scaling_norm
-        return {"scaling_norm": self.C, "scaling_norm_automatic": self.config.scaling_norm is None}
 
     def losses(self) -> tuple["torch.Tensor", "torch.Tensor", dict[str, "torch.Tensor"]]:
         """L_x = n/(n−k)·mean(w_x ℓ_x) and L_a = k/(n−k)·mean(w_a ℓ_a) from one forward pass."""

@@ -15,13 +15,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from unlearnctl.methods import register_method
-from unlearnctl.methods.base import Method, StepOutput, gradient, norm, set_gradients
-from unlearnctl.methods.siss import GradientScaling, calibrate_scaling_norm, scale_negative
+from unlearnctl.methods.base import StepOutput, gradient, norm, set_gradients
+from unlearnctl.methods.siss import GradientScaling, ScaledForgetTerm, scale_negative
 
 if TYPE_CHECKING:
     import torch
-
-    from unlearnctl.progress import ProgressFn
 
 
 @dataclass
@@ -30,19 +28,12 @@ class SISSNoISConfig(GradientScaling):
 
 
 @register_method("siss-no-is")
-class SISSNoIS(Method):
+class SISSNoIS(ScaledForgetTerm):
     """SISS without importance sampling: separate forwards for the retain and forget batches."""
 
     Config = SISSNoISConfig
     summary = "SISS without importance sampling: two forwards (retain, forget), same gradient-norm scaling"
     defaults = {"steps": 400, "lr": 2e-4, "batch_size": 64}  # tuned on the small digits model (docs/methods.md)
-
-    def prepare(self, progress: "ProgressFn" = None) -> dict[str, Any]:
-        if self.config.scaling_norm is None:
-            self.C = calibrate_scaling_norm(self, self.config.scaling_share, self.config.calibration_batches, progress)
-        else:
-            self.C = self.config.scaling_norm
-        return {"scaling_norm": self.C, "scaling_norm_automatic": self.config.scaling_norm is None}
 
     def losses(self) -> tuple["torch.Tensor", "torch.Tensor", dict[str, "torch.Tensor"]]:
         from unlearnctl.diffusion import per_sample_mse, predict_noise
