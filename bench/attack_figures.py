@@ -17,13 +17,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shlex
 import sys
 import time
 from pathlib import Path
 
-from common import ARTIFACTS  # bench/ is on sys.path when run as a script
+from common import ARTIFACTS, CLASS_MODEL, load_average  # bench/ is on sys.path when run as a script
 METHODS = ["salun", "erasediff", "siss", "dimum", "retrain"]
 
 
@@ -72,7 +71,7 @@ def base_forget_rate(args) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--base", type=Path, default=ARTIFACTS / "digits-cond-small.safetensors")
+    parser.add_argument("--base", type=Path, default=CLASS_MODEL)
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--forget-class", default="8")
     parser.add_argument("--aux", default="retain", help="the auxiliary source of every attack")
@@ -89,8 +88,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args.models_dir.mkdir(parents=True, exist_ok=True)
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    load = lambda: " ".join(f"{v:.1f}" for v in os.getloadavg())  # noqa: E731
-    print(f"# load average at start: {load()} (2 shared cores; torch threads {torch.get_num_threads()})", flush=True)
+    print(f"# load average at start: {load_average()} (2 shared cores; torch threads {torch.get_num_threads()})", flush=True)
     base_rate = base_forget_rate(args)
     print(f"# base model: forget rate {base_rate:.3f} (same measurement as the curves)", flush=True)
     rows = []
@@ -106,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         curve = json.loads(Path(f"{stem}.json").read_text())
         row = {"method": method, "before": curve["forget_rate_before"], "after": curve["forget_rate_after"],
                "gap": curve["relearn_gap"], "curve": [(p["step"], p["forget_rate"]) for p in curve["points"]],
-               "aux": curve["aux"], "attack_wall_s": round(time.perf_counter() - started, 1), "load": load()}
+               "aux": curve["aux"], "attack_wall_s": round(time.perf_counter() - started, 1), "load": load_average()}
         rows.append(row)
         print(json.dumps(row), flush=True)
 
@@ -117,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     for row in rows:
         curve = "  ".join(f"{step}:{rate:.3f}" for step, rate in row["curve"])
         print(f"{row['method']:10} {row['before']:7.3f} {row['after']:7.3f} {row['gap']:+7.3f}   {curve}")
-    print(f"# load average at end: {load()}")
+    print(f"# load average at end: {load_average()}")
     print(f"# base model (never unlearned): {base_rate:.3f}")
     (args.out_dir / "table.json").write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
                                                          "base_forget_rate": base_rate, "rows": rows}, indent=2))

@@ -25,7 +25,7 @@ import shlex
 import time
 from pathlib import Path
 
-from common import ARTIFACTS  # bench/ is on sys.path when run as a script
+from common import ARTIFACTS, CANARY_MODEL, CLASS_MODEL  # bench/ is on sys.path when run as a script
 FIGURES = ("fid", "halves", "class", "canary", "timing")
 
 
@@ -115,11 +115,11 @@ def timing(args, out: Path) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--base", type=Path, default=ARTIFACTS / "digits-cond-small.safetensors")
+    parser.add_argument("--base", type=Path, default=CLASS_MODEL)
     parser.add_argument("--retrain", type=Path, default=ARTIFACTS / "evaluate" / "digits-retrain-8.safetensors")
-    parser.add_argument("--canary-base", type=Path, default=ARTIFACTS / "canary-uncond-small.safetensors")
+    parser.add_argument("--canary-base", type=Path, default=CANARY_MODEL)
     parser.add_argument("--canary-retrain", type=Path, default=ARTIFACTS / "evaluate" / "canary-retrain.safetensors")
-    parser.add_argument("--canary-reference", type=Path, default=ARTIFACTS / "digits-cond-small.safetensors",
+    parser.add_argument("--canary-reference", type=Path, default=CLASS_MODEL,
                         help="calibration model that never saw the canary nor the held-out digits")
     parser.add_argument("--num-samples", type=int, default=2000, help="samples per evaluation of figures 1, 3, 4")
     parser.add_argument("--timing-samples", type=int, default=10_000)

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -37,7 +36,7 @@ from unlearnctl.metrics.classifier import load_or_train_classifier
 from unlearnctl.metrics.forget import class_forget_rate, data_forget_rate, data_forget_threshold, retain_accuracy
 from unlearnctl.unlearning import UnlearnConfig, unlearn
 
-from common import ARTIFACTS  # bench/ is on sys.path when run as a script
+from common import CANARY_MODEL, CLASS_MODEL, load_average  # bench/ is on sys.path when run as a script
 CLASS_METHODS = ["siss", "siss-no-is", "erasediff", "dimum", "salun", "neggrad", "naive"]
 
 
@@ -69,14 +68,10 @@ def parse_params(pairs: list[str]) -> dict[str, dict]:
     return params
 
 
-def load_average() -> str:
-    return " ".join(f"{v:.1f}" for v in os.getloadavg())
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--class-model", default=str(ARTIFACTS / "digits-cond-small.safetensors"))
-    parser.add_argument("--canary-model", default=str(ARTIFACTS / "canary-uncond-small.safetensors"))
+    parser.add_argument("--class-model", default=str(CLASS_MODEL))
+    parser.add_argument("--canary-model", default=str(CANARY_MODEL))
     parser.add_argument("--methods", default=",".join(CLASS_METHODS), help="comma-separated; 'none' for no class runs")
     parser.add_argument("--forget-class", default="8")
     parser.add_argument("--skip-retrain", action="store_true", help="use the base's recorded training time instead")

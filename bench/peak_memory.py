@@ -36,12 +36,10 @@ def main(argv: list[str] | None = None) -> int:
         ("train (small, conditional)", ["train", "--data", "digits", "--steps", s, "--batch-size", "64", "--out", f"{out}/base.safetensors", "-q"]),
         ("sample (100 images)", ["sample", "--model", base, "--out", f"{out}/grid.png", "-q"]),
     ]
-    for method in METHODS:
+    for method in [*METHODS, "retrain"]:
         commands.append((f"unlearn --method {method}", ["unlearn", "--model", base, "--method", method, "--forget-class", "8",
                                                          "--steps", s, "--out", f"{out}/{method}.safetensors", "-q"]))
     commands += [
-        ("unlearn --method retrain", ["unlearn", "--model", base, "--method", "retrain", "--forget-class", "8", "--steps", s,
-                                      "--out", f"{out}/retrain.safetensors", "-q"]),
         ("unlearn siss --until-forget-rate 0.05", ["unlearn", "--model", base, "--method", "siss", "--forget-class", "8",
                                                    "--steps", s, "--until-forget-rate", "0.05", "--out", f"{out}/siss-probe.safetensors", "-q"]),
         ("relearn-attack (retain, curve)", ["relearn-attack", "--model", f"{out}/siss.safetensors", "--aux", "retain", "--steps", s,

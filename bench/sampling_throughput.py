@@ -22,7 +22,7 @@ import time
 
 import torch
 
-from common import CANARY_MODEL, interleaved, machine, peak_rss_mb, table
+from common import CANARY_MODEL, interleaved, load_average, machine, peak_rss_mb, table
 
 
 def load_unconditional(path: str):
@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         cases["ours, torch.compile"] = lambda: ours(model=compiled)
     timing = interleaved(cases, args.rounds, reference="diffusers DDIMPipeline")
     rows = [[k, n / v["median_s"], 1 / v["ratio"]] for k, v in timing.items()]
-    print(table(f"Sampling throughput, batch {n} (median of {args.rounds} interleaved rounds; load {machine().rsplit('load average ', 1)[1]})",
+    print(table(f"Sampling throughput, batch {n} (median of {args.rounds} interleaved rounds; load {load_average()})",
                 ["sampler", "images / s", "× DDIMPipeline"], rows))
     if compile_s is not None:
         print(f"\ntorch.compile: first call (compile + sample) {compile_s:.0f} s")
@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     sweep = {b: (lambda b=b: plain_total(plain, unet, scheduler_config, total, steps, b)) for b in batches}
     timing = interleaved(sweep, max(2, args.rounds // 2), reference=batches[0])
     rows = [[b, total / v["median_s"], 1 / v["ratio"]] for b, v in timing.items()]
-    print(table(f"Batch size of ours ({total} images per measurement, --sample-batch-size; load {machine().rsplit('load average ', 1)[1]})",
+    print(table(f"Batch size of ours ({total} images per measurement, --sample-batch-size; load {load_average()})",
                 ["batch", "images / s", f"× batch {batches[0]}"], rows))
     print(f"\npeak RSS of this benchmark: {peak_rss_mb():.0f} MiB")
     return 0

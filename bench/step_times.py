@@ -23,7 +23,7 @@ import copy
 
 import torch
 
-from common import CLASS_MODEL, build_runner, interleaved, loop_step, machine, peak_rss_mb, table
+from common import CLASS_MODEL, build_runner, interleaved, load_average, loop_step, machine, peak_rss_mb, table
 
 METHODS = ["naive", "siss", "siss-no-is", "erasediff", "dimum", "salun", "neggrad"]
 
@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     cases = {m: (lambda r=r: loop_step(*r)) for m, r in runners.items()}
     timing = interleaved(cases, args.rounds, reference="naive")
     rows = [[m, timing[m]["median_s"] * 1000, timing[m]["ratio"]] for m in METHODS]
-    print(table(f"Table 1 — one loop step vs naive (median of {args.rounds} interleaved rounds; load {machine().rsplit('load average ', 1)[1]})",
+    print(table(f"Table 1 — one loop step vs naive (median of {args.rounds} interleaved rounds; load {load_average()})",
                 ["method", "ms / step", "× naive"], rows))
 
     # Table 2 ------------------------------------------------------------------------------------------------
@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     timing = interleaved(cases, max(3, args.rounds // 2), reference="reference")
     rows = [[name, timing[name]["median_s"] / per * 1000, 1 / timing[name]["ratio"]] for name in cases]
     print(table(f"Table 2 — SISS step vs the reference step (median of {max(3, args.rounds // 2)} interleaved rounds of {per} steps; "
-                f"load {machine().rsplit('load average ', 1)[1]})", ["step", "ms / step", "speed-up vs reference"], rows))
+                f"load {load_average()})", ["step", "ms / step", "speed-up vs reference"], rows))
     print(f"\ngradient (before clip), ours exact vs reference: max |diff| = {diff:.2e} ({rel:.2e} of max |g|)")
 
     # Table 3 ------------------------------------------------------------------------------------------------
@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         timing = interleaved(cases, max(3, args.rounds // 2), reference="naive fp32")
         rows = [[name, timing[name]["median_s"] * 1000, timing[name]["ratio"]] for name in cases]
         print(table(f"Table 3 — --precision on this device (median of {max(3, args.rounds // 2)} interleaved rounds; "
-                    f"load {machine().rsplit('load average ', 1)[1]})", ["step", "ms / step", "× naive fp32"], rows))
+                    f"load {load_average()})", ["step", "ms / step", "× naive fp32"], rows))
     print(f"peak RSS of this benchmark: {peak_rss_mb():.0f} MiB")
     return 0
 

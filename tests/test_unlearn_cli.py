@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-
 from unlearnctl.checkpoint import load_checkpoint, save_checkpoint
 
 FAST = ("--batch-size", "8", "--device", "cpu", "--quiet")

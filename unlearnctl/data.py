@@ -199,6 +199,7 @@ def read_images(
     resolution: int | None = None,
     exact_size: int | None = None,
     role: str = "images",
+    kind: str | None = None,
 ) -> ImageSet:
     """Read an image folder or a ``.npz`` (by suffix) into an :class:`ImageSet` in ``[-1, 1]``.
 
@@ -209,9 +210,11 @@ def read_images(
         resolution: resize every image to ``resolution × resolution``.
         exact_size: refuse (exit 2) images that are not ``exact_size × exact_size`` instead of resizing.
         role: what the images are, for error messages ("forget images", "auxiliary data", ...).
+        kind: ``"folder"`` or ``"npz"``; ``None`` decides by the suffix.
     """
     path = Path(path)
-    raw, labels, names = (_load_npz if path.suffix == ".npz" else _load_folder)(path)
+    npz = kind == "npz" if kind is not None else path.suffix == ".npz"
+    raw, labels, names = (_load_npz if npz else _load_folder)(path)
     if exact_size is not None:
         wrong = [img.shape[:2] for img in raw if img.shape[:2] != (exact_size, exact_size)]
         height, width = wrong[0] if wrong else (exact_size, exact_size)

@@ -30,12 +30,13 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 from unlearnctl.errors import BadInputError, require
 from unlearnctl.progress import ProgressFn
+from unlearnctl.report.runs import CURVE_SCHEMA, EVALUATE_SCHEMA
 
 CLASS_METHODS = ("siss", "siss-no-is", "erasediff", "dimum", "salun", "neggrad", "naive")
 MANIFEST = "demo.json"
@@ -231,7 +232,7 @@ class _Pipeline:
         def done() -> bool:
             if not self.loads(attacked, parent=name):
                 return False
-            return not config.curve_every or _json_schema(curve_path) == "unlearnctl.relearn-curve"
+            return not config.curve_every or _json_object(curve_path).get("schema") == CURVE_SCHEMA
 
         outputs = [self.path(attacked)] + ([curve_path] if config.curve_every else [])
         return _Stage(f"attack {name} (DiMRA, {config.attack_steps} steps)", outputs, run, done)
@@ -255,9 +256,10 @@ class _Pipeline:
             atomic_write_text(json_path, json.dumps(evaluation.result, indent=2, default=str) + "\n")
 
         def done() -> bool:
-            if not (grid.is_file() and forget_grid.is_file()) or _json_schema(json_path) != "unlearnctl.evaluate/1":
+            data = _json_object(json_path)
+            if not (grid.is_file() and forget_grid.is_file()) or data.get("schema") != EVALUATE_SCHEMA:
                 return False
-            provenance = json.loads(json_path.read_text())["provenance"]
+            provenance = data["provenance"]
             if not self.path(name).is_file() or provenance["model"].get("sha256") != self.model(name).sha256:
                 return False
             calibration = ((provenance.get("details") or {}).get("membership") or {}).get("calibration") or {}
@@ -302,12 +304,13 @@ class _Pipeline:
         return stages, compared
 
 
-def _json_schema(path: Path) -> str | None:
+def _json_object(path: Path) -> dict[str, Any]:
+    """The JSON object in ``path``; ``{}`` when it is missing or not an object (the step is then not done)."""
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError):
-        return None
-    return data.get("schema") if isinstance(data, dict) else None
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def _check_manifest(out: Path, recipe: dict[str, Any]) -> None:
@@ -353,7 +356,7 @@ def run_demo(
     config = config or DemoConfig()
     out = Path(out)
     require(not out.exists() or out.is_dir(), f"--out {out} exists and is not a folder")
-    require(out.parent.is_dir() if str(out.parent) else True, f"folder {out.parent} does not exist; create it first")
+    require(out.parent.is_dir(), f"folder {out.parent} does not exist; create it first")
     recipe = config.recipe()
     _check_manifest(out, recipe)
     out.mkdir(exist_ok=True)
@@ -427,11 +430,11 @@ def _describe_recipe(config: DemoConfig) -> dict[str, Any]:
                            if config.canary else "off",
         "unlearning": unlearn,
         "attack": f"DiMRA on the retain set: {config.attack_steps} steps × batch {config.attack_batch_size}, constant lr "
-                  f"{config.attack_lr:g}; curve every {config.curve_every} steps with {config.curve_samples} samples (DDIM 25)",
+                  f"{config.attack_lr:g}; curve every {config.curve_every} steps with {config.curve_samples} samples (DDIM {config.eval_steps})",
         "evaluation": f"{config.eval_samples} samples per model (class scenario: balanced over the 10 classes), DDIM "
                       f"{config.eval_steps}, guidance 1, seed {config.seed}; FID/KID/precision/recall in the domain "
                       f"classifier's feature space; membership audit: {config.audit_repeats} repeats, at most "
                       f"{config.audit_max_images} members/non-members; canary scenario calibrated by "
                       f"{'canary-retrain' if config.canary_retrain else 'the class base (same digits, never saw the canary)'}",
-        "recipe fields": {f.name: getattr(config, f.name) for f in fields(config) if f.name != "device"},
+        "recipe fields": config.recipe(),
     }

@@ -96,11 +96,6 @@ def device(requested: str = "auto") -> "torch.device | None":
     return state().device
 
 
-def wait_for_everyone() -> None:
-    if launched():
-        state().wait_for_everyone()
-
-
 # --------------------------------------------------------------------------------------------- data parallel
 
 
@@ -303,9 +298,11 @@ class _LossScale:
 _loss_scale = _LossScale()
 
 
-def check_precision(precision: str, device: "torch.device | str") -> str:
-    """Validate ``--precision`` for ``device``: fp16 needs CUDA."""
+def check_precision(precision: str, device: "torch.device | str | None" = None) -> str:
+    """Validate ``--precision`` (and, given ``device``, that fp16 runs on CUDA)."""
     require(precision in PRECISIONS, f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    if device is None:
+        return precision
     kind = getattr(device, "type", str(device).split(":")[0])
     require(precision != "fp16" or kind == "cuda",
             f"--precision fp16 needs a CUDA GPU (device is {kind}); use --precision bf16 (CPU autocast) or fp32")

@@ -291,11 +291,12 @@ def train_model(
                                   forget=forget_info, stopped=str(exc), steps_run=exc.step)
             exc.checkpoint = Checkpoint(exc.weights, cfg, scheduler_config, desc, [entry])
         raise
-    if conditional and forget_info and forget_info["mode"] == "class":
+    unseen_as_null = bool(conditional and forget_info and forget_info["mode"] == "class")
+    if unseen_as_null:
         weights = answer_unseen_classes_as_null(weights, forget_info["class_ids"], cfg["num_class_embeds"] - 1)
     entry = lineage_entry(command, params, config.seed, time.perf_counter() - started,
                           data_fingerprint=train_set.fingerprint, forget=forget_info, precision=precision,
-                          unseen_classes_as_null=bool(conditional and forget_info and forget_info["mode"] == "class"))
+                          unseen_classes_as_null=unseen_as_null)
     return Checkpoint(weights, cfg, scheduler_config, desc, [entry])
 
 

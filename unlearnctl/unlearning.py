@@ -56,10 +56,10 @@ class UnlearnConfig:
     precision: str = "fp32"  # forward passes: fp32, bf16 (autocast) or fp16 (CUDA, loss-scaled)
 
     def __post_init__(self):
-        from unlearnctl.distributed import PRECISIONS
+        from unlearnctl.distributed import check_precision
 
         require(self.steps is None or self.steps >= 1, f"steps must be at least 1, got {self.steps}")
-        require(self.precision in PRECISIONS, f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}")
+        check_precision(self.precision)
         require(self.lr is None or 0 < self.lr <= 1, f"learning rate must be in (0, 1], got {self.lr}")
         require(self.batch_size is None or self.batch_size >= 1, f"batch size must be at least 1, got {self.batch_size}")
         require(self.grad_clip > 0, f"gradient clip must be > 0, got {self.grad_clip}")
@@ -210,9 +210,11 @@ def _fine_tune(checkpoint, name, method_cls, method_config, split, forget_set, c
     wall = time.perf_counter() - started
 
     weights = {k: v.detach().cpu().clone() for k, v in unet.state_dict().items()}
-    bad = [k for k, v in weights.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
-    if bad:
-        raise NonFiniteFailure(f"weights {bad[0]} became non-finite; lower --lr", state.step)
+    from unlearnctl.resume import first_nonfinite
+
+    bad = first_nonfinite(weights)
+    if bad is not None:
+        raise NonFiniteFailure(f"weights {bad} became non-finite; lower --lr", state.step)
     params = {
         "method_params": method_config.to_dict(), "prepared": prepared, "steps": steps, "lr": lr,
         "batch_size": batch_size, "grad_clip": config.grad_clip, "label_dropout": config.label_dropout,

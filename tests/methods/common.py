@@ -139,10 +139,9 @@ def check_basics(checkpoint, split, method: str, spec: ForgetSpec, params: dict 
     return model, report
 
 
-def make_state(method: str, seed: int = 0, **params) -> "UnlearnState":
+def make_state(method: str, seed: int = 0, **params) -> UnlearnState:
     """A real context on random data (4 classes, 8 forget images) with :class:`StubUNet`, prepared."""
     from unlearnctl.methods import get_method
-    from unlearnctl.unlearning import UnlearnState
 
     g = torch.Generator().manual_seed(0)  # the same data for every seed
     data = ImageSet(torch.rand(40, 1, 8, 8, generator=g) * 2 - 1, torch.randint(0, 4, (40,), generator=g))

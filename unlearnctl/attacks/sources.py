@@ -87,7 +87,7 @@ def _file_source(kind: str, arg: str, context: AuxContext) -> tuple["ImageSet", 
     path = Path(arg)
     checkpoint = context.checkpoint
     resolution, channels = checkpoint.unet_config["sample_size"], checkpoint.unet_config["in_channels"]
-    read = read_images(path, channels=channels, resolution=resolution, role="auxiliary data")  # resized if needed
+    read = read_images(path, channels=channels, resolution=resolution, role="auxiliary data", kind=kind)  # resized if needed
     images, labels, names = read.images, read.labels, read.class_names
     model_names = list(checkpoint.data.get("class_names") or [])
     mapped = None

@@ -196,11 +196,11 @@ class SISS(ScaledForgetTerm):
     def step(self) -> StepOutput:
         L_x, L_a, terms = self.losses()
         params = self.ctx.parameters()
-        head = _output_head(self.ctx.unet, params)  # indices into params
+        fast_mode = self.config.refresh_every > 1
         refresh = self.steps_taken % self.config.refresh_every == 0 or self.head_ratio is None
         self.steps_taken += 1
         if not refresh:  # fast mode: ‖g_a‖ estimated from the output head, one full backward pass
-            g_a_head = gradient(L_a, [params[i] for i in head], retain_graph=True)
+            g_a_head = gradient(L_a, [params[i] for i in _output_head(self.ctx.unet, params)], retain_graph=True)
             g_a_est = self.head_ratio * float(norm(g_a_head))
             self.factor = self.C / g_a_est if g_a_est > 0 else 0.0
             g = gradient(L_x - self.factor * L_a, params)
@@ -210,13 +210,15 @@ class SISS(ScaledForgetTerm):
         g_x = gradient(L_x, params, retain_graph=True)  # both terms share the forward pass
         g_a = gradient(L_a, params)
         g, self.factor = scale_negative(g_x, g_a, self.C)
-        head_norm = float(norm([g_a[i] for i in head]))
-        self.head_ratio = float(norm(g_a)) / head_norm if head_norm > 0 else None
+        g_a_norm = float(norm(g_a))
+        if fast_mode:  # the ratio the steps until the next refresh scale the head's gradient norm by
+            head_norm = float(norm([g_a[i] for i in _output_head(self.ctx.unet, params)]))
+            self.head_ratio = g_a_norm / head_norm if head_norm > 0 else None
         set_gradients(params, g)
         return StepOutput(
             loss=float((L_x - self.factor * L_a).detach()),  # the objective whose gradient is g (factor held constant)
             terms={k: float(v.detach()) for k, v in terms.items()},
-            grad_norms={"g_x": float(norm(g_x)), "g_a": float(norm(g_a)), "g": float(norm(g))},
+            grad_norms={"g_x": float(norm(g_x)), "g_a": g_a_norm, "g": float(norm(g))},
         )
 
     steps_taken = 0  # steps taken so far (fast mode measures ‖g_a‖ exactly when a multiple of refresh_every)

@@ -64,10 +64,10 @@ class EvalConfig:
 
     def __post_init__(self):
         from unlearnctl.diffusion import SAMPLERS
-        from unlearnctl.distributed import PRECISIONS
-
-        require(self.precision in PRECISIONS, f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}")
+        from unlearnctl.distributed import check_precision
         from unlearnctl.metrics.fidelity import FEATURE_SPACES
+
+        check_precision(self.precision)
 
         require(self.num_samples >= 1, f"number of samples must be at least 1, got {self.num_samples}")
         require(self.steps >= 1, f"sampler steps must be at least 1, got {self.steps}")

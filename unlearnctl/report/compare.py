@@ -137,7 +137,7 @@ class Comparison:
                      "", "| " + " | ".join(header) + " |", "|" + "|".join(["---", "---"] + ["---:"] * (len(keys) + 1)) + "|"]
             for row in scenario.rows:
                 name = f"**{row.run.name}** (reference)" if row.is_reference and row.run.name == scenario.reference else row.run.name
-                cells = [name, row.run.group, *[cell_text(row, k, markdown=True) for k in keys], format_value("relearn_gap", row.relearn_gap, signed=True)]
+                cells = [name, row.run.group, *[cell_text(row, k) for k in keys], format_value("relearn_gap", row.relearn_gap, signed=True)]
                 lines.append("| " + " | ".join(cells) + " |")
             parts.append("\n".join(lines))
         return "\n\n".join(parts) + "\n"
@@ -158,7 +158,7 @@ def format_value(key: str, value: Any, signed: bool = False) -> str:
     return f"{value:+.{decimals}f}" if signed else f"{value:.{decimals}f}"
 
 
-def cell_text(row: Row, key: str, markdown: bool = False) -> str:
+def cell_text(row: Row, key: str) -> str:
     """``0.412 (+0.401)``: the value and, unless this is the reference, its difference to the reference."""
     text = format_value(key, row.values.get(key))
     delta = row.deltas.get(key)

@@ -31,7 +31,6 @@ if TYPE_CHECKING:
 
 EVALUATE_SCHEMA = "unlearnctl.evaluate/1"
 CURVE_SCHEMA = "unlearnctl.relearn-curve"
-ROOT_COMMANDS = ("train", "import")
 
 
 @dataclass
@@ -226,15 +225,15 @@ def load_runs(
                 require(isinstance(data.get("points"), list), f"{path} is a relearning curve without points")
                 curves.append((path, data))
                 continue
-            entries.append((path, check_evaluation(data, str(path)), None))
+            entries.append((path, check_evaluation(data, str(path))))
         elif path.suffix == ".safetensors":
-            entries.append((path, None, None))
+            entries.append((path, None))
         else:
             raise BadInputError(f"{path}: compare reads evaluation .json files and .safetensors checkpoints")
     require(entries, "only relearning curves were given; add the evaluation JSONs or checkpoints they belong to")
-    names = unique_names([path for path, _, _ in entries])
+    names = unique_names([path for path, _ in entries])
     runs = []
-    for (path, data, _), name in zip(entries, names):
+    for (path, data), name in zip(entries, names):
         if data is not None:
             runs.append(Run(name, str(path), data, sibling_grids(path)))
             continue
