@@ -342,13 +342,10 @@ class Evaluation:
         save_npz(self.samples.images, self.samples.labels, folder / "samples.npz")
         return folder
 
-    def grids(self, path: str | Path, per_condition: int = 10) -> list[Path]:
-        """PNG grids: ``path`` = retained conditions (a row per class), ``<stem>-forget.png`` = forget condition."""
-        from unlearnctl.sampling import save_grid
-
-        require(len(self.samples.images) > 0, "no samples were generated (the membership audit alone needs none)")
-        path = Path(path)
-        samples, written = self.samples, []
+    def grid_images(self, per_condition: int = 10) -> dict[str, torch.Tensor]:
+        """The images of the sample grids: ``"retained"`` (a row of ``per_condition`` per class, padded with black;
+        unconditional: up to ``per_condition²``) and, when a forget condition was sampled, ``"forget"``."""
+        samples = self.samples
         retained = torch.nonzero(samples.retain).flatten()
         if samples.labels is not None:
             rows = [retained[samples.labels[retained] == c][:per_condition] for c in samples.labels[retained].unique()]
@@ -357,11 +354,23 @@ class Evaluation:
             images = torch.where((index >= 0).view(-1, 1, 1, 1), samples.images[index.clamp(min=0)], torch.zeros(()))
         else:
             images = samples.images[retained][: per_condition * per_condition]
-        save_grid(images, path, nrow=per_condition)
-        written.append(path)
-        if self.result["provenance"]["forget"] is not None and bool(samples.forget.any()):
+        grids = {"retained": images}
+        if self.result["provenance"].get("forget") is not None and bool(samples.forget.any()):
+            grids["forget"] = samples.images[samples.forget][: per_condition * per_condition]
+        return grids
+
+    def grids(self, path: str | Path, per_condition: int = 10) -> list[Path]:
+        """PNG grids: ``path`` = retained conditions (a row per class), ``<stem>-forget.png`` = forget condition."""
+        from unlearnctl.sampling import save_grid
+
+        require(len(self.samples.images) > 0, "no samples were generated (the membership audit alone needs none)")
+        path = Path(path)
+        images = self.grid_images(per_condition)
+        save_grid(images["retained"], path, nrow=per_condition)
+        written = [path]
+        if "forget" in images:
             forget_path = path.with_name(f"{path.stem}-forget{path.suffix}")
-            save_grid(samples.images[samples.forget][: per_condition * per_condition], forget_path, nrow=per_condition)
+            save_grid(images["forget"], forget_path, nrow=per_condition)
             written.append(forget_path)
         return written
 

@@ -163,26 +163,8 @@ def run_from_evaluation(evaluation, name: str, source: str) -> Run:
     """A :class:`Run` from an in-memory :class:`~unlearnctl.metrics.evaluate.Evaluation` (grids rendered now)."""
     from unlearnctl.sampling import grid_png
 
-    grids = {}
-    samples = evaluation.samples
-    retained = samples.images[samples.retain]
-    if len(retained):
-        if samples.labels is not None:
-            labels = samples.labels[samples.retain]
-            picks = [retained[labels == c][:10] for c in labels.unique()]
-            grids["retained"] = grid_png(_pad_rows(picks), nrow=10)
-        else:
-            grids["retained"] = grid_png(retained[:100], nrow=10)
-    if evaluation.result["provenance"].get("forget") is not None and bool(samples.forget.any()):
-        grids["forget"] = grid_png(samples.images[samples.forget][:100], nrow=10)
+    grids = {kind: grid_png(images, nrow=10) for kind, images in evaluation.grid_images(10).items() if len(images)}
     return Run(name, source, evaluation.result, grids)
-
-
-def _pad_rows(rows):
-    import torch
-
-    padded = [torch.cat([r, torch.zeros((10 - len(r), *r.shape[1:]))]) if len(r) < 10 else r for r in rows]
-    return torch.cat(padded)
 
 
 def curve_from_checkpoint(checkpoint) -> dict[str, Any] | None:
