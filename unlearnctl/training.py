@@ -54,12 +54,14 @@ class TrainConfig:
         return asdict(self)
 
 
-def lr_factor(step: int, config: TrainConfig) -> float:
-    if step < config.warmup_steps:
-        return (step + 1) / config.warmup_steps
-    if config.lr_schedule == "constant":
+def lr_factor(step: int, steps: int, schedule: str, warmup_steps: int = 0) -> float:
+    """Multiplier of the peak learning rate at ``step`` (0-based) of ``steps``: linear warm-up, then
+    ``constant`` or ``cosine`` (from the peak down to 10% of it)."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if schedule == "constant":
         return 1.0
-    progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
+    progress = (step - warmup_steps) / max(1, steps - warmup_steps)
     return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
 
 
@@ -80,6 +82,13 @@ class EMA:
                 self.shadow[name].lerp_(value.detach(), 1 - decay)
             else:
                 self.shadow[name].copy_(value)
+
+    def load(self, shadow: dict[str, torch.Tensor], updates: int) -> None:
+        """Restore a saved EMA (resume); refuses tensors that do not match the model's."""
+        device = next(iter(self.shadow.values())).device
+        require(shadow.keys() == self.shadow.keys(), "EMA tensors do not match the model")
+        self.shadow = {k: v.to(device) for k, v in shadow.items()}
+        self.updates = updates
 
 
 class BatchSampler:
@@ -127,9 +136,7 @@ def load_loop_state(state: dict[str, Any], unet: torch.nn.Module, optimizer: tor
         scheduler.load_state_dict(state["scheduler"])
         require((state["ema"] is None) == (ema is None), "EMA on in one run and off in the other")
         if ema is not None:
-            ema.shadow = {k: v.to(device) for k, v in state["ema"]["shadow"].items()}
-            require(ema.shadow.keys() == unet.state_dict().keys(), "EMA tensors do not match the model")
-            ema.updates = int(state["ema"]["updates"])
+            ema.load(state["ema"]["shadow"], int(state["ema"]["updates"]))
         generator.set_state(state["generator"])
     except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as exc:
         raise BadInputError(f"the resume state does not fit this run ({str(exc)[:120]}); start over without --resume") from None
@@ -172,7 +179,7 @@ def fit_denoiser(
     generator = torch.Generator().manual_seed(config.seed)
     batches = BatchSampler(data, config.batch_size, generator)
     optimizer = torch.optim.AdamW(unet.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, config))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, config.steps, config.lr_schedule, config.warmup_steps))
     ema = EMA(unet, config.ema_decay) if config.ema_decay > 0 else None
     device = next(unet.parameters()).device
     unet.train()

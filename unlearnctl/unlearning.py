@@ -34,7 +34,9 @@ if TYPE_CHECKING:
     from unlearnctl.data import DataSplit, ForgetSet, ForgetSpec
     from unlearnctl.methods.base import Method, StepOutput
     from unlearnctl.resume import Checkpointer, ResumeOptions
+    from unlearnctl.training import EMA
 
+LR_SCHEDULES = ("constant", "cosine")
 DEFAULT_PROBE_EVERY = 10  # probe interval used by --until-forget-rate when --probe-every is not given
 
 
@@ -47,6 +49,8 @@ class UnlearnConfig:
     batch_size: int | None = None  # images drawn from each of the retain and forget sets per step (None: method's)
     seed: int = 0  # seeds batches, timesteps, noise, label dropout, mixture draws and probe samples
     grad_clip: float = 1.0  # total gradient-norm clip after the method formed its gradient (SISS reference: 1.0)
+    lr_schedule: str = "constant"  # "constant" (SISS reference) or "cosine" (from lr down to 10% of it)
+    ema_decay: float = 0.0  # EMA of the weights over the unlearning steps; the EMA is saved and probed (0 = off)
     label_dropout: float = 0.1  # conditional models: share of retain labels replaced by the null class
     probe_every: int = 0  # sample and measure the forget rate every N steps (0 = never; see DEFAULT_PROBE_EVERY)
     until_forget_rate: float | None = None  # stop as soon as a probe measures a forget rate <= this
@@ -63,6 +67,8 @@ class UnlearnConfig:
         require(self.lr is None or 0 < self.lr <= 1, f"learning rate must be in (0, 1], got {self.lr}")
         require(self.batch_size is None or self.batch_size >= 1, f"batch size must be at least 1, got {self.batch_size}")
         require(self.grad_clip > 0, f"gradient clip must be > 0, got {self.grad_clip}")
+        require(self.lr_schedule in LR_SCHEDULES, f"lr schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
+        require(0 <= self.ema_decay < 1, f"EMA decay must be in [0, 1), got {self.ema_decay}")
         require(0 <= self.label_dropout < 1, f"label dropout must be in [0, 1), got {self.label_dropout}")
         require(self.probe_every >= 0, f"probe interval must be >= 0, got {self.probe_every}")
         require(self.until_forget_rate is None or 0 <= self.until_forget_rate <= 1,
@@ -84,6 +90,7 @@ class UnlearnState:
     method: "Method"
     optimizer: torch.optim.Optimizer
     generator: torch.Generator
+    ema: "EMA | None" = None  # the EMA of the weights (--ema-decay); what is saved and probed when on
     step: int = 0
     stopped: str = "completed"  # why the loop ended
     probes: list[dict[str, float]] = field(default_factory=list)  # [{"step", "forget_rate"}]
@@ -94,6 +101,7 @@ class UnlearnState:
             "step": self.step, "stopped": self.stopped, "probes": self.probes, "history": self.history,
             "optimizer": self.optimizer.state_dict(), "generator": self.generator.get_state(),
             "method": self.method.state_dict(), "weights": self.method.ctx.unet.state_dict(),
+            "ema": None if self.ema is None else {"shadow": self.ema.shadow, "updates": self.ema.updates},
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -103,6 +111,13 @@ class UnlearnState:
         self.method.load_state_dict(state["method"])
         self.step, self.stopped = int(state["step"]), state["stopped"]
         self.probes, self.history = list(state["probes"]), list(state["history"])
+        require((state.get("ema") is None) == (self.ema is None), "EMA on in one run and off in the other")
+        if self.ema is not None:
+            self.ema.load(state["ema"]["shadow"], int(state["ema"]["updates"]))
+
+    def result_weights(self) -> dict[str, torch.Tensor]:
+        """The weights the run produces: the EMA's when on, else the model's."""
+        return self.ema.shadow if self.ema is not None else self.method.ctx.unet.state_dict()
 
 
 # --------------------------------------------------------------------------------------------- entry point
@@ -161,7 +176,7 @@ def _fine_tune(checkpoint, name, method_cls, method_config, split, forget_set, c
     from unlearnctl.resume import finite_or_none, to_device
     from unlearnctl.diffusion import NoiseSchedule
     from unlearnctl.methods.base import MethodContext
-    from unlearnctl.training import resolve_device
+    from unlearnctl.training import EMA, resolve_device
 
     steps = config.steps or method_cls.defaults["steps"]
     lr = config.lr or method_cls.defaults["lr"]
@@ -181,8 +196,8 @@ def _fine_tune(checkpoint, name, method_cls, method_config, split, forget_set, c
     if resume is not None:  # the parameters that determine the result; --resume refuses any change
         checkpointer = resume.start("unlearn", {
             "method": name, "method_params": method_config.to_dict(), "steps": steps, "lr": lr, "batch_size": batch_size,
-            "seed": config.seed, "grad_clip": config.grad_clip, "label_dropout": config.label_dropout,
-            "probe_every": config.probe_interval, "until_forget_rate": config.until_forget_rate,
+            "seed": config.seed, "grad_clip": config.grad_clip, "lr_schedule": config.lr_schedule,
+            "ema_decay": config.ema_decay, "label_dropout": config.label_dropout, "probe_every": config.probe_interval, "until_forget_rate": config.until_forget_rate,
             "probe_samples": config.probe_samples, "probe_steps": config.probe_steps,
             "base_weights_sha256": weights_sha256(checkpoint.state_dict), "data_fingerprint": split.description["fingerprint"],
             "forget_fingerprint": forget_set.fingerprint}, steps)
@@ -192,7 +207,7 @@ def _fine_tune(checkpoint, name, method_cls, method_config, split, forget_set, c
     if distributed.launched():  # every process starts from the main process's choices (C, masks, alternatives)
         runner.load_state_dict(distributed.broadcast_state(runner.state_dict()))
     optimizer = torch.optim.AdamW(ctx.parameters(), lr=lr, weight_decay=0.0)  # no decay: SalUn's frozen weights stay exact
-    state = UnlearnState(runner, optimizer, generator)
+    state = UnlearnState(runner, optimizer, generator, EMA(unet, config.ema_decay) if config.ema_decay > 0 else None)
     saved = checkpointer.restore() if checkpointer is not None else None
     if saved is not None:
         _load_state(state, {**saved, "method": to_device(saved["method"], device)})
@@ -200,7 +215,7 @@ def _fine_tune(checkpoint, name, method_cls, method_config, split, forget_set, c
         with distributed.data_parallel(batch_size):  # several processes: each takes a share of every batch
             run_loop(state, steps, config, probe, progress, checkpointer)
     except NonFiniteFailure as exc:  # checked before the optimizer step: the weights in memory are the last good
-        last_good = finite_or_none(unet.state_dict())
+        last_good = finite_or_none(state.result_weights())
         if last_good is not None:
             entry = lineage_entry("unlearn", {"method_params": method_config.to_dict(), "steps": steps, "lr": lr},
                                   config.seed, time.perf_counter() - started, method=name, forget=forget_set.describe(),
@@ -209,7 +224,7 @@ def _fine_tune(checkpoint, name, method_cls, method_config, split, forget_set, c
         raise
     wall = time.perf_counter() - started
 
-    weights = {k: v.detach().cpu().clone() for k, v in unet.state_dict().items()}
+    weights = {k: v.detach().cpu().clone() for k, v in state.result_weights().items()}
     from unlearnctl.resume import first_nonfinite
 
     bad = first_nonfinite(weights)
@@ -217,7 +232,8 @@ def _fine_tune(checkpoint, name, method_cls, method_config, split, forget_set, c
         raise NonFiniteFailure(f"weights {bad} became non-finite; lower --lr", state.step)
     params = {
         "method_params": method_config.to_dict(), "prepared": prepared, "steps": steps, "lr": lr,
-        "batch_size": batch_size, "grad_clip": config.grad_clip, "label_dropout": config.label_dropout,
+        "batch_size": batch_size, "grad_clip": config.grad_clip, "lr_schedule": config.lr_schedule,
+        "ema_decay": config.ema_decay, "label_dropout": config.label_dropout,
         "probe_every": config.probe_interval, "until_forget_rate": config.until_forget_rate,
         "probe_samples": config.probe_samples, "probe_steps": config.probe_steps, "data": split.description["source"],
         "precision": config.precision, "processes": distributed.world_size(),
@@ -263,9 +279,11 @@ def run_loop(state: UnlearnState, steps: int, config: UnlearnConfig, probe: "For
     """
     from unlearnctl.distributed import mean_floats
     from unlearnctl.resume import first_nonfinite
+    from unlearnctl.training import lr_factor
 
     runner = state.method
     params = runner.ctx.parameters()
+    peak_lrs = [group.setdefault("initial_lr", group["lr"]) for group in state.optimizer.param_groups]
     interval = config.probe_interval
     info: dict[str, float] = {}
     if probe is not None and state.step == 0 and not state.probes:
@@ -280,10 +298,14 @@ def run_loop(state: UnlearnState, steps: int, config: UnlearnConfig, probe: "For
             state.stopped = out.stop
             break
         torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
+        for group, peak in zip(state.optimizer.param_groups, peak_lrs):
+            group["lr"] = peak * lr_factor(state.step, steps, config.lr_schedule)
         state.optimizer.step()
         bad = first_nonfinite(dict(runner.ctx.unet.named_parameters()))
         if bad is not None:
             raise NonFiniteFailure(f"weight {bad} became non-finite in step {state.step + 1}; lower --lr", state.step)
+        if state.ema is not None:
+            state.ema.update(runner.ctx.unet)
         state.step += 1
         state.history.append({"step": state.step, **out.values()})
         info.update(out.values())
@@ -296,7 +318,14 @@ def run_loop(state: UnlearnState, steps: int, config: UnlearnConfig, probe: "For
 
 
 def _probe(state: UnlearnState, probe: "ForgetProbe", config: UnlearnConfig, progress: ProgressFn, steps: int) -> float:
-    rate = probe(state.method.ctx.unet)
+    unet = state.method.ctx.unet
+    if state.ema is None:
+        rate = probe(unet)
+    else:  # probe what the run would save
+        own = {k: v.clone() for k, v in unet.state_dict().items()}
+        unet.load_state_dict(state.ema.shadow)
+        rate = probe(unet)
+        unet.load_state_dict(own)
     state.probes.append({"step": state.step, "forget_rate": rate})
     report(progress, "probe", state.step, steps, forget_rate=rate)
     if config.until_forget_rate is not None and rate <= config.until_forget_rate and state.stopped == "completed":

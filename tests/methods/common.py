@@ -139,9 +139,10 @@ def check_basics(checkpoint, split, method: str, spec: ForgetSpec, params: dict 
     return model, report
 
 
-def make_state(method: str, seed: int = 0, **params) -> UnlearnState:
+def make_state(method: str, seed: int = 0, ema_decay: float = 0.0, **params) -> UnlearnState:
     """A real context on random data (4 classes, 8 forget images) with :class:`StubUNet`, prepared."""
     from unlearnctl.methods import get_method
+    from unlearnctl.training import EMA
 
     g = torch.Generator().manual_seed(0)  # the same data for every seed
     data = ImageSet(torch.rand(40, 1, 8, 8, generator=g) * 2 - 1, torch.randint(0, 4, (40,), generator=g))
@@ -155,4 +156,5 @@ def make_state(method: str, seed: int = 0, **params) -> UnlearnState:
     cls = get_method(method)
     runner = cls(cls.Config(**params), ctx)
     runner.prepare()
-    return UnlearnState(runner, torch.optim.AdamW(ctx.parameters(), lr=1e-2, weight_decay=0.0), ctx.generator)
+    ema = EMA(ctx.unet, ema_decay) if ema_decay > 0 else None
+    return UnlearnState(runner, torch.optim.AdamW(ctx.parameters(), lr=1e-2, weight_decay=0.0), ctx.generator, ema)

@@ -14,7 +14,8 @@ from methods.common import FakeCheckpoint, make_state
 
 
 @pytest.mark.parametrize("bad", [{"steps": 0}, {"lr": 0.0}, {"batch_size": 0}, {"grad_clip": 0.0}, {"label_dropout": 1.0},
-                                 {"probe_every": -1}, {"until_forget_rate": 1.5}, {"probe_samples": 0}])
+                                 {"probe_every": -1}, {"until_forget_rate": 1.5}, {"probe_samples": 0},
+                                 {"lr_schedule": "linear"}, {"ema_decay": 1.0}, {"ema_decay": -0.1}])
 def test_config_validation(bad):
     with pytest.raises(BadInputError):
         UnlearnConfig(**bad)
@@ -34,21 +35,91 @@ def test_forget_images_from_a_file_map_to_the_null_class():
     assert _forget_images(forget_set, FakeCheckpoint(num_classes=None)).labels is None
 
 
-@pytest.mark.parametrize("method", ["siss", "salun", "neggrad"])
-def test_a_resumed_run_equals_an_uninterrupted_one(method):
+@pytest.mark.parametrize("method, loop", [("siss", {}), ("salun", {}), ("neggrad", {}),
+                                          ("naive", {"lr_schedule": "cosine", "ema_decay": 0.9})])
+def test_a_resumed_run_equals_an_uninterrupted_one(method, loop):
     params = {"max_forget_loss": 100.0} if method == "neggrad" else {}  # random data: no guard stop here
-    straight = make_state(method, **params)
-    run_loop(straight, 6, UnlearnConfig(), None)
-    first = make_state(method, **params)
-    run_loop(first, 3, UnlearnConfig(), None)
+    ema_decay = loop.get("ema_decay", 0.0)
+    config = UnlearnConfig(**loop)
+    straight = make_state(method, ema_decay=ema_decay, **params)
+    run_loop(straight, 6, config, None)
+    first = make_state(method, ema_decay=ema_decay, **params)
+    _interrupt_after(first, 3)
+    with pytest.raises(KeyboardInterrupt):
+        run_loop(first, 6, config, None)
     saved = copy.deepcopy(first.state_dict())
-    resumed = make_state(method, seed=123, **params)  # a fresh run, different RNG, then loaded
+    resumed = make_state(method, seed=123, ema_decay=ema_decay, **params)  # a fresh run, different RNG, then loaded
     resumed.load_state_dict(saved)
-    run_loop(resumed, 6, UnlearnConfig(), None)
+    run_loop(resumed, 6, config, None)
     assert resumed.step == straight.step == 6
     for a, b in zip(straight.method.ctx.parameters(), resumed.method.ctx.parameters()):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+    for a, b in zip(straight.result_weights().values(), resumed.result_weights().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
     assert resumed.history == straight.history
+
+
+def _interrupt_after(state, steps: int) -> None:
+    """Make the loop stop with Ctrl-C when it asks for step ``steps + 1`` (a run killed mid-way)."""
+    step = state.method.step
+
+    def interrupted():
+        if state.step == steps:
+            raise KeyboardInterrupt
+        return step()
+
+    state.method.step = interrupted
+
+
+def test_a_state_with_ema_does_not_resume_a_run_without():
+    with_ema = make_state("naive", ema_decay=0.9)
+    run_loop(with_ema, 2, UnlearnConfig(ema_decay=0.9), None)
+    with pytest.raises(BadInputError, match="EMA"):
+        make_state("naive").load_state_dict(copy.deepcopy(with_ema.state_dict()))
+
+
+def _learning_rates(state, steps: int, config: UnlearnConfig) -> list[float]:
+    """The learning rate of every optimizer step the loop takes."""
+    used, step = [], state.optimizer.step
+
+    def recording_step(*args, **kwargs):
+        used.append(state.optimizer.param_groups[0]["lr"])
+        return step(*args, **kwargs)
+
+    state.optimizer.step = recording_step
+    run_loop(state, steps, config, None)
+    return used
+
+
+def test_cosine_schedule_decays_from_the_peak_to_a_tenth():
+    import math
+
+    peak, steps = 1e-2, 8  # make_state's optimizer runs at 1e-2
+    used = _learning_rates(make_state("naive"), steps, UnlearnConfig(lr_schedule="cosine"))
+    expected = [peak * (0.1 + 0.45 * (1 + math.cos(math.pi * i / steps))) for i in range(steps)]
+    assert used == pytest.approx(expected, rel=1e-12)
+    assert used[0] == pytest.approx(peak) and used[-1] > 0.1 * peak
+    assert _learning_rates(make_state("naive"), 4, UnlearnConfig()) == [peak] * 4
+
+
+def test_ema_weights_are_the_moving_average_of_the_raw_trajectory():
+    decay, steps = 0.8, 5
+    raw = make_state("naive")
+    trajectory = [{k: v.clone() for k, v in raw.method.ctx.unet.state_dict().items()}]
+    for step in range(1, steps + 1):  # the same run, one step at a time, keeping every step's weights
+        run_loop(raw, step, UnlearnConfig(), None)
+        trajectory.append({k: v.clone() for k, v in raw.method.ctx.unet.state_dict().items()})
+    averaged = make_state("naive", ema_decay=decay)
+    run_loop(averaged, steps, UnlearnConfig(ema_decay=decay), None)
+    expected = trajectory[0]
+    for n, weights in enumerate(trajectory[1:], start=1):
+        d = min(decay, (1 + n) / (10 + n))  # the EMA's warm-up
+        expected = {k: d * expected[k] + (1 - d) * weights[k] for k in weights}
+    for name, value in averaged.result_weights().items():
+        torch.testing.assert_close(value, expected[name], rtol=1e-6, atol=1e-7)
+    for a, b in zip(raw.method.ctx.parameters(), averaged.method.ctx.parameters()):  # the EMA does not steer the run
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert not torch.equal(averaged.result_weights()["conv.weight"], averaged.method.ctx.unet.conv.weight)
 
 
 def test_non_finite_figures_stop_the_run():

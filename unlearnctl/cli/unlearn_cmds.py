@@ -51,7 +51,9 @@ def unlearn(
     forget_canary: opt.ForgetCanary = False,
     forget_images: opt.ForgetImages = None,
     steps: Annotated[Optional[int], typer.Option("--steps", help="Optimizer steps (default: the method's tuned default; retrain: the base's recipe).", rich_help_panel=opt.TRAIN_PANEL)] = None,
-    lr: Annotated[Optional[float], typer.Option(help="AdamW learning rate, constant (default: the method's tuned default).", rich_help_panel=opt.TRAIN_PANEL)] = None,
+    lr: Annotated[Optional[float], typer.Option(help="AdamW peak learning rate (default: the method's tuned default).", rich_help_panel=opt.TRAIN_PANEL)] = None,
+    lr_schedule: Annotated[str, typer.Option(help="Learning rate over the run: cosine (from --lr down to 10% of it; settles the weights, see docs/methods.md) or constant (SISS reference).", rich_help_panel=opt.TRAIN_PANEL)] = "constant",
+    ema_decay: Annotated[float, typer.Option(help="EMA of the weights over the unlearning steps, saved and probed instead of the raw weights (0 = off).", rich_help_panel=opt.TRAIN_PANEL)] = 0.0,
     batch_size: Annotated[Optional[int], typer.Option(help="Images drawn from each of the retain and forget sets per step (default: the method's).", rich_help_panel=opt.TRAIN_PANEL)] = None,
     grad_clip: Annotated[float, typer.Option(help="Total gradient-norm clip after the method formed its gradient.", rich_help_panel=opt.TRAIN_PANEL)] = 1.0,
     label_dropout: Annotated[float, typer.Option(help="Conditional models: share of retain labels replaced by the null class (keeps guidance working).", rich_help_panel=opt.TRAIN_PANEL)] = 0.1,
@@ -95,6 +97,7 @@ def unlearn(
             raise BadInputError(f"{options[name]['flag']} is not a parameter of {method} "
                                 f"(it belongs to {', '.join(options[name]['methods'])})")
     config = UnlearnConfig(steps=steps, lr=lr, batch_size=batch_size, seed=seed, grad_clip=grad_clip,
+                           lr_schedule=lr_schedule, ema_decay=ema_decay,
                            label_dropout=label_dropout, probe_every=probe_every, until_forget_rate=until_forget_rate,
                            probe_samples=probe_samples, probe_steps=probe_steps, device=device,
                            precision=precision)
