@@ -18,10 +18,11 @@ def test_unlearn_writes_a_checkpoint_with_its_lineage(cli, tiny_conditional, tmp
     model = load_checkpoint(out)
     entry = model.lineage[-1]
     assert entry["command"] == "unlearn" and entry["method"] == "siss" and entry["steps_run"] == 2
-    from unlearnctl.methods.siss import SISSConfig
+    from unlearnctl.methods.siss import SISS, SISSConfig
 
     assert entry["params"]["method_params"] == SISSConfig(lambda_=0.4, scaling_norm=0.05).to_dict()
     assert entry["params"]["batch_size"] == 8 and entry["seed"] == 0
+    assert entry["params"]["lr_schedule"] == SISS.defaults["lr_schedule"] and entry["params"]["ema_decay"] == SISS.defaults["ema_decay"]
     assert entry["forget"]["spec"]["classes"] == ["2"] and entry["forget"]["mode"] == "class"
     assert entry["parent_sha256"] == tiny_conditional.sha256 and entry["wall_time_s"] is not None
 
@@ -55,6 +56,9 @@ def test_bad_input_exits_2_without_output(cli, tiny_conditional, tmp_path):
         (("--method", "siss"), "the forget set is empty"),
         (("--method", "siss", "--forget-class", "hexagon"), "class 'hexagon' is not in the data"),
         (("--method", "siss", "--forget-class", "2", "--lambda", "1.5"), "λ must be strictly between 0 and 1"),
+        (("--method", "naive", "--forget-class", "2", "--lr-schedule", "step"), "lr schedule must be one of"),
+        (("--method", "naive", "--forget-class", "2", "--ema-decay", "1"), "EMA decay must be in [0, 1)"),
+        (("--method", "retrain", "--forget-class", "2", "--ema-decay", "0.9"), "retrain repeats the base's recipe"),
         (("--method", "siss", "--forget-class", "0", "--forget-class", "1", "--forget-class", "2",
           "--forget-class", "3"), "whole training set"),
     ]:

@@ -404,14 +404,16 @@ def run_demo(
 
 
 def _method_defaults(config: DemoConfig) -> str:
-    """``"siss 400 steps, lr 0.0002, batch 64; ..."`` for the methods the demo runs."""
+    """``"siss 400 steps, lr 0.0002 constant, batch 64; ..."`` for the methods the demo runs."""
     from unlearnctl.methods import get_method
 
     names = dict.fromkeys((*config.methods, *config.canary_methods))
     parts = []
     for name in names:
         defaults = get_method(name).defaults
-        parts.append(f"{name} {defaults['steps']} steps, lr {defaults['lr']:g}, batch {defaults['batch_size']}")
+        ema = f", EMA {defaults['ema_decay']:g}" if defaults["ema_decay"] else ""
+        parts.append(f"{name} {defaults['steps']} steps, lr {defaults['lr']:g} {defaults['lr_schedule']}, "
+                     f"batch {defaults['batch_size']}{ema}")
     return "; ".join(parts)
 
 

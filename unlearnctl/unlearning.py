@@ -49,8 +49,8 @@ class UnlearnConfig:
     batch_size: int | None = None  # images drawn from each of the retain and forget sets per step (None: method's)
     seed: int = 0  # seeds batches, timesteps, noise, label dropout, mixture draws and probe samples
     grad_clip: float = 1.0  # total gradient-norm clip after the method formed its gradient (SISS reference: 1.0)
-    lr_schedule: str = "constant"  # "constant" (SISS reference) or "cosine" (from lr down to 10% of it)
-    ema_decay: float = 0.0  # EMA of the weights over the unlearning steps; the EMA is saved and probed (0 = off)
+    lr_schedule: str | None = None  # "cosine" (from lr down to 10% of it) or "constant" (None: the method's tuned default)
+    ema_decay: float | None = None  # EMA of the weights over the run, saved and probed; 0 = off (None: the method's)
     label_dropout: float = 0.1  # conditional models: share of retain labels replaced by the null class
     probe_every: int = 0  # sample and measure the forget rate every N steps (0 = never; see DEFAULT_PROBE_EVERY)
     until_forget_rate: float | None = None  # stop as soon as a probe measures a forget rate <= this
@@ -67,14 +67,22 @@ class UnlearnConfig:
         require(self.lr is None or 0 < self.lr <= 1, f"learning rate must be in (0, 1], got {self.lr}")
         require(self.batch_size is None or self.batch_size >= 1, f"batch size must be at least 1, got {self.batch_size}")
         require(self.grad_clip > 0, f"gradient clip must be > 0, got {self.grad_clip}")
-        require(self.lr_schedule in LR_SCHEDULES, f"lr schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
-        require(0 <= self.ema_decay < 1, f"EMA decay must be in [0, 1), got {self.ema_decay}")
+        require(self.lr_schedule in (None, *LR_SCHEDULES),
+                f"lr schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
+        require(self.ema_decay is None or 0 <= self.ema_decay < 1, f"EMA decay must be in [0, 1), got {self.ema_decay}")
         require(0 <= self.label_dropout < 1, f"label dropout must be in [0, 1), got {self.label_dropout}")
         require(self.probe_every >= 0, f"probe interval must be >= 0, got {self.probe_every}")
         require(self.until_forget_rate is None or 0 <= self.until_forget_rate <= 1,
                 f"target forget rate must be in [0, 1], got {self.until_forget_rate}")
         require(self.probe_samples >= 1, f"probe samples must be at least 1, got {self.probe_samples}")
         require(self.probe_steps >= 1, f"probe steps must be at least 1, got {self.probe_steps}")
+
+    def with_defaults(self, defaults: dict[str, Any]) -> "UnlearnConfig":
+        """This config with every ``None`` loop setting taken from a method's tuned ``defaults``."""
+        from dataclasses import replace
+
+        names = ("steps", "lr", "batch_size", "lr_schedule", "ema_decay")
+        return replace(self, **{name: defaults[name] for name in names if getattr(self, name) is None})
 
     @property
     def probe_interval(self) -> int:
@@ -178,9 +186,8 @@ def _fine_tune(checkpoint, name, method_cls, method_config, split, forget_set, c
     from unlearnctl.methods.base import MethodContext
     from unlearnctl.training import EMA, resolve_device
 
-    steps = config.steps or method_cls.defaults["steps"]
-    lr = config.lr or method_cls.defaults["lr"]
-    batch_size = config.batch_size or method_cls.defaults["batch_size"]
+    config = config.with_defaults(method_cls.defaults)
+    steps, lr, batch_size = config.steps, config.lr, config.batch_size
     device = resolve_device(config.device)
     generator = torch.Generator().manual_seed(config.seed)
     unet = checkpoint.build_unet(device).train()
@@ -207,7 +214,7 @@ def _fine_tune(checkpoint, name, method_cls, method_config, split, forget_set, c
     if distributed.launched():  # every process starts from the main process's choices (C, masks, alternatives)
         runner.load_state_dict(distributed.broadcast_state(runner.state_dict()))
     optimizer = torch.optim.AdamW(ctx.parameters(), lr=lr, weight_decay=0.0)  # no decay: SalUn's frozen weights stay exact
-    state = UnlearnState(runner, optimizer, generator, EMA(unet, config.ema_decay) if config.ema_decay > 0 else None)
+    state = UnlearnState(runner, optimizer, generator, EMA(unet, config.ema_decay) if config.ema_decay else None)
     saved = checkpointer.restore() if checkpointer is not None else None
     if saved is not None:
         _load_state(state, {**saved, "method": to_device(saved["method"], device)})
@@ -299,7 +306,7 @@ def run_loop(state: UnlearnState, steps: int, config: UnlearnConfig, probe: "For
             break
         torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
         for group, peak in zip(state.optimizer.param_groups, peak_lrs):
-            group["lr"] = peak * lr_factor(state.step, steps, config.lr_schedule)
+            group["lr"] = peak * lr_factor(state.step, steps, config.lr_schedule or "constant")
         state.optimizer.step()
         bad = first_nonfinite(dict(runner.ctx.unet.named_parameters()))
         if bad is not None:
@@ -374,6 +381,8 @@ class ForgetProbe:
 def _retrain(checkpoint, method_cls, split, forget_set, config, progress, resume=None):
     from unlearnctl.checkpoint import lineage_entry
 
+    require(config.lr_schedule is None and config.ema_decay is None,
+            "retrain repeats the base's recipe with its own schedule and EMA; --lr-schedule and --ema-decay are for fine-tuning methods")
     started = time.perf_counter()
     weights, params = method_cls.run(checkpoint, split, forget_set, steps=config.steps, lr=config.lr,
                                      batch_size=config.batch_size, seed=config.seed, device=config.device,

@@ -21,6 +21,13 @@ def test_config_validation(bad):
         UnlearnConfig(**bad)
 
 
+def test_unset_loop_settings_take_the_method_defaults():
+    defaults = {"steps": 7, "lr": 3e-4, "batch_size": 5, "lr_schedule": "cosine", "ema_decay": 0.5}
+    assert UnlearnConfig().with_defaults(defaults) == UnlearnConfig(**defaults)
+    given = UnlearnConfig(steps=2, lr_schedule="constant", ema_decay=0.0).with_defaults(defaults)
+    assert (given.steps, given.lr, given.lr_schedule, given.ema_decay) == (2, 3e-4, "constant", 0.0)  # 0 is a choice, not unset
+
+
 def test_until_forget_rate_probes_by_default():
     assert UnlearnConfig().probe_interval == 0
     assert UnlearnConfig(until_forget_rate=0.1).probe_interval == DEFAULT_PROBE_EVERY

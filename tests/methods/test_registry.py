@@ -10,6 +10,7 @@ import pytest
 from unlearnctl.errors import BadInputError
 from unlearnctl.methods import available_methods, get_method
 from unlearnctl.methods.base import Method, MethodConfig
+from unlearnctl.unlearning import LR_SCHEDULES
 
 ALL = ["siss", "siss-no-is", "erasediff", "dimum", "salun", "neggrad", "naive", "retrain"]
 
@@ -32,7 +33,8 @@ def test_method_class_is_complete(name):
     assert cls.Config.from_dict(config.to_dict()) == config  # round trip
     for info in cls.Config.options():
         assert info.help and info.flag.startswith("--")
-    assert cls.exact or all(isinstance(cls.defaults[k], (int, float)) for k in ("steps", "lr", "batch_size"))
+    assert cls.exact or all(isinstance(cls.defaults[k], (int, float)) for k in ("steps", "lr", "batch_size", "ema_decay"))
+    assert cls.exact or cls.defaults["lr_schedule"] in LR_SCHEDULES
 
 
 def test_unknown_parameter_names_the_valid_ones():

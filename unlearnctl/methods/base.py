@@ -259,14 +259,15 @@ class Method:
     """Base of every unlearning method.
 
     Subclasses set ``name`` (by :func:`~unlearnctl.methods.register_method`), ``Config``, ``summary`` and
-    ``defaults`` (the tuned ``steps``, ``lr`` and ``batch_size`` of the shared loop), and implement
+    ``defaults`` (the tuned ``steps``, ``lr``, ``batch_size``, ``lr_schedule`` and ``ema_decay`` of the shared
+    loop), and implement
     :meth:`loss` — or :meth:`step` when the gradient is more than the gradient of one loss.
     """
 
     name: ClassVar[str] = ""
     Config: ClassVar[type[MethodConfig]] = MethodConfig
     summary: ClassVar[str] = ""
-    defaults: ClassVar[dict[str, Any]] = {"steps": 300, "lr": 1e-4, "batch_size": 64}
+    defaults: ClassVar[dict[str, Any]] = {"steps": 300, "lr": 1e-4, "batch_size": 64, "lr_schedule": "cosine", "ema_decay": 0.0}
     exact: ClassVar[bool] = False  # True: not a fine-tuning method (retrain trains from scratch)
 
     def __init__(self, config: MethodConfig, ctx: MethodContext):

@@ -64,7 +64,7 @@ class DiMUM(Method):
 
     Config = DiMUMConfig
     summary = "DiMUM: retain loss + β · memorise alternative data (class:K, generated, folder:PATH, nearest-retain)"
-    defaults = {"steps": 300, "lr": 3e-4, "batch_size": 64}  # tuned on the small digits model (docs/methods.md)
+    defaults = {"steps": 300, "lr": 3e-4, "batch_size": 64, "lr_schedule": "cosine", "ema_decay": 0.0}  # tuned on the small digits model (docs/methods.md)
 
     def source(self) -> str:
         if self.config.alternative != "auto":

@@ -28,7 +28,7 @@ class Naive(Method):
 
     Config = NaiveConfig
     summary = "naive deletion: fine-tune on the retain set only"
-    defaults = {"steps": 300, "lr": 2e-4, "batch_size": 64}  # tuned on the small digits model (docs/methods.md)
+    defaults = {"steps": 300, "lr": 2e-4, "batch_size": 64, "lr_schedule": "cosine", "ema_decay": 0.0}  # tuned on the small digits model (docs/methods.md)
 
     def loss(self) -> tuple["torch.Tensor", dict[str, "torch.Tensor"]]:
         L_r = self.retain_loss()

@@ -39,7 +39,7 @@ class NegGrad(Method):
 
     Config = NegGradConfig
     summary = "NegGrad: gradient ascent on the forget set (optional retain term), with a divergence guard"
-    defaults = {"steps": 300, "lr": 2e-4, "batch_size": 64}  # tuned on the small digits model (docs/methods.md)
+    defaults = {"steps": 300, "lr": 2e-4, "batch_size": 64, "lr_schedule": "cosine", "ema_decay": 0.0}  # tuned on the small digits model (docs/methods.md)
     smoothing = 0.9  # moving average of L_f watched by the guard
 
     def __init__(self, config, ctx):

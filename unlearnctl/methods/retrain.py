@@ -53,7 +53,7 @@ class Retrain(Method):
 
     Config = RetrainConfig
     summary = "exact unlearning: train from scratch on the retain set with the base's recorded recipe (gold standard)"
-    defaults = {"steps": None, "lr": None, "batch_size": None}  # None: the recipe's
+    defaults = {"steps": None, "lr": None, "batch_size": None, "lr_schedule": None, "ema_decay": None}  # None: the recipe's
     exact = True
 
     @staticmethod

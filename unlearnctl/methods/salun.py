@@ -69,7 +69,7 @@ class SalUn(Method):
 
     Config = SalUnConfig
     summary = "SalUn: saliency mask (top-p% of |∇ forget loss|), random-label + α · retain loss, masked weights only"
-    defaults = {"steps": 300, "lr": 5e-4, "batch_size": 64}  # tuned on the small digits model (docs/methods.md)
+    defaults = {"steps": 300, "lr": 5e-4, "batch_size": 64, "lr_schedule": "cosine", "ema_decay": 0.0}  # tuned on the small digits model (docs/methods.md)
 
     def check(self) -> None:
         require(not self.ctx.conditional or self.ctx.num_classes >= 2, "SalUn's random labels need at least two classes")

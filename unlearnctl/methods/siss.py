@@ -160,7 +160,7 @@ class SISS(ScaledForgetTerm):
 
     Config = SISSConfig
     summary = "SISS: importance-sampled defensive mixture, one forward per sample, gradient-norm-scaled forget term"
-    defaults = {"steps": 400, "lr": 2e-4, "batch_size": 64}  # tuned on the small digits model (docs/methods.md)
+    defaults = {"steps": 400, "lr": 2e-4, "batch_size": 64, "lr_schedule": "constant", "ema_decay": 0.0}  # tuned on the small digits model (docs/methods.md)
 
     def losses(self) -> tuple["torch.Tensor", "torch.Tensor", dict[str, "torch.Tensor"]]:
         """L_x = n/(n−k)·mean(w_x ℓ_x) and L_a = k/(n−k)·mean(w_a ℓ_a) from one forward pass."""

@@ -33,7 +33,7 @@ class SISSNoIS(ScaledForgetTerm):
 
     Config = SISSNoISConfig
     summary = "SISS without importance sampling: two forwards (retain, forget), same gradient-norm scaling"
-    defaults = {"steps": 400, "lr": 2e-4, "batch_size": 64}  # tuned on the small digits model (docs/methods.md)
+    defaults = {"steps": 400, "lr": 2e-4, "batch_size": 64, "lr_schedule": "constant", "ema_decay": 0.0}  # tuned on the small digits model (docs/methods.md)
 
     def losses(self) -> tuple["torch.Tensor", "torch.Tensor", dict[str, "torch.Tensor"]]:
         from unlearnctl.diffusion import per_sample_mse, predict_noise
