@@ -12,9 +12,9 @@
 
 The loop is the same for every fine-tuning method: draw nothing itself, ask the method for a gradient
 (:meth:`~unlearnctl.methods.base.Method.step`), check every figure is finite, clip the total norm, take an
-AdamW step (constant learning rate, no weight decay, no EMA — as in the SISS reference), optionally probe
-the forget rate by sampling. Everything that changes during a run — step counter, optimizer, RNG, method
-state — lives in one :class:`UnlearnState`, so checkpointing and resuming a run is a matter of saving and
+AdamW step (no weight decay; learning rate constant as in the SISS reference or decaying on a cosine, per
+method), optionally update an EMA of the weights, optionally probe the forget rate by sampling. Everything
+that changes during a run — step counter, optimizer, EMA, RNG, method state — lives in one :class:`UnlearnState`, so checkpointing and resuming a run is a matter of saving and
 loading its ``state_dict``.
 """
 
@@ -204,8 +204,8 @@ def _fine_tune(checkpoint, name, method_cls, method_config, split, forget_set, c
         checkpointer = resume.start("unlearn", {
             "method": name, "method_params": method_config.to_dict(), "steps": steps, "lr": lr, "batch_size": batch_size,
             "seed": config.seed, "grad_clip": config.grad_clip, "lr_schedule": config.lr_schedule,
-            "ema_decay": config.ema_decay, "label_dropout": config.label_dropout, "probe_every": config.probe_interval, "until_forget_rate": config.until_forget_rate,
-            "probe_samples": config.probe_samples, "probe_steps": config.probe_steps,
+            "ema_decay": config.ema_decay, "label_dropout": config.label_dropout, "probe_every": config.probe_interval,
+            "until_forget_rate": config.until_forget_rate, "probe_samples": config.probe_samples, "probe_steps": config.probe_steps,
             "base_weights_sha256": weights_sha256(checkpoint.state_dict), "data_fingerprint": split.description["fingerprint"],
             "forget_fingerprint": forget_set.fingerprint}, steps)
 
