@@ -60,7 +60,7 @@ class EraseDiff(Method):
 
     Config = EraseDiffConfig
     summary = "EraseDiff: first-order constrained update ∇F + λ∇q, forget target uniform noise or pseudo-label"
-    defaults = {"steps": 700, "lr": 2e-4, "batch_size": 64, "lr_schedule": "cosine", "ema_decay": 0.0}  # tuned on the small digits model (docs/methods.md)
+    defaults = {"steps": 900, "lr": 2e-4, "batch_size": 32, "lr_schedule": "cosine", "ema_decay": 0.0}  # tuned on the small digits model (docs/methods.md)
 
     def check(self) -> None:
         require(self.config.forget_target != "pseudo-label" or self.ctx.conditional,
