@@ -25,6 +25,9 @@ if TYPE_CHECKING:
     from unlearnctl.resume import Checkpointer, ResumeOptions
 
 
+LR_SCHEDULES = ("constant", "cosine")  # the shapes lr_factor knows (train and unlearn)
+
+
 @dataclass
 class TrainConfig:
     """Recipe of a denoising training run; recorded in the lineage so ``retrain`` can repeat it."""
@@ -44,7 +47,7 @@ class TrainConfig:
         require(self.steps >= 1, f"steps must be at least 1, got {self.steps}")
         require(self.batch_size >= 1, f"batch size must be at least 1, got {self.batch_size}")
         require(0 < self.lr <= 1, f"learning rate must be in (0, 1], got {self.lr}")
-        require(self.lr_schedule in ("cosine", "constant"), f"lr schedule must be cosine or constant, got {self.lr_schedule!r}")
+        require(self.lr_schedule in LR_SCHEDULES, f"lr schedule must be cosine or constant, got {self.lr_schedule!r}")
         require(self.warmup_steps >= 0, f"warm-up steps must be >= 0, got {self.warmup_steps}")
         require(0 <= self.ema_decay < 1, f"EMA decay must be in [0, 1), got {self.ema_decay}")
         require(0 <= self.label_dropout < 1, f"label dropout must be in [0, 1), got {self.label_dropout}")

@@ -14,8 +14,8 @@ The loop is the same for every fine-tuning method: draw nothing itself, ask the 
 (:meth:`~unlearnctl.methods.base.Method.step`), check every figure is finite, clip the total norm, take an
 AdamW step (no weight decay; learning rate constant as in the SISS reference or decaying on a cosine, per
 method), optionally update an EMA of the weights, optionally probe the forget rate by sampling. Everything
-that changes during a run — step counter, optimizer, EMA, RNG, method state — lives in one :class:`UnlearnState`, so checkpointing and resuming a run is a matter of saving and
-loading its ``state_dict``.
+that changes during a run — step counter, optimizer, EMA, RNG, method state — lives in one
+:class:`UnlearnState`, so checkpointing and resuming a run is a matter of saving and loading its ``state_dict``.
 """
 
 from __future__ import annotations
@@ -28,15 +28,14 @@ import torch
 
 from unlearnctl.errors import NonFiniteFailure, require
 from unlearnctl.progress import ProgressFn, report
+from unlearnctl.training import EMA, LR_SCHEDULES, lr_factor
 
 if TYPE_CHECKING:
     from unlearnctl.checkpoint import Checkpoint
     from unlearnctl.data import DataSplit, ForgetSet, ForgetSpec
     from unlearnctl.methods.base import Method, StepOutput
     from unlearnctl.resume import Checkpointer, ResumeOptions
-    from unlearnctl.training import EMA
 
-LR_SCHEDULES = ("constant", "cosine")
 DEFAULT_PROBE_EVERY = 10  # probe interval used by --until-forget-rate when --probe-every is not given
 
 
@@ -98,7 +97,7 @@ class UnlearnState:
     method: "Method"
     optimizer: torch.optim.Optimizer
     generator: torch.Generator
-    ema: "EMA | None" = None  # the EMA of the weights (--ema-decay); what is saved and probed when on
+    ema: EMA | None = None  # the EMA of the weights (--ema-decay); what is saved and probed when on
     step: int = 0
     stopped: str = "completed"  # why the loop ended
     probes: list[dict[str, float]] = field(default_factory=list)  # [{"step", "forget_rate"}]
@@ -184,7 +183,7 @@ def _fine_tune(checkpoint, name, method_cls, method_config, split, forget_set, c
     from unlearnctl.resume import finite_or_none, to_device
     from unlearnctl.diffusion import NoiseSchedule
     from unlearnctl.methods.base import MethodContext
-    from unlearnctl.training import EMA, resolve_device
+    from unlearnctl.training import resolve_device
 
     config = config.with_defaults(method_cls.defaults)
     steps, lr, batch_size = config.steps, config.lr, config.batch_size
@@ -286,7 +285,6 @@ def run_loop(state: UnlearnState, steps: int, config: UnlearnConfig, probe: "For
     """
     from unlearnctl.distributed import mean_floats
     from unlearnctl.resume import first_nonfinite
-    from unlearnctl.training import lr_factor
 
     runner = state.method
     params = runner.ctx.parameters()
