@@ -22,8 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import ARTIFACTS, CLASS_MODEL, load_average  # bench/ is on sys.path when run as a script
-METHODS = ["salun", "erasediff", "siss", "dimum", "retrain"]
+from common import ARTIFACTS, CLASS_MODEL, all_methods, load_average  # bench/ is on sys.path when run as a script
 
 
 def unlearnctl(*args: object) -> None:
@@ -72,7 +71,7 @@ def base_forget_rate(args) -> float:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--base", type=Path, default=CLASS_MODEL)
-    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--methods", default=",".join(all_methods()), help="comma-separated (default: every registered method)")
     parser.add_argument("--forget-class", default="8")
     parser.add_argument("--aux", default="retain", help="the auxiliary source of every attack")
     parser.add_argument("--steps", type=int, default=500, help="attack steps (the same for every method)")

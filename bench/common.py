@@ -90,24 +90,32 @@ def _fmt(value: object) -> str:
     return str(value)
 
 
+def fine_tuning_methods() -> list[str]:
+    """Every registered fine-tuning method, in registry order (the registry is the only list of methods)."""
+    from unlearnctl.methods import available_methods
+
+    return available_methods(exact=False)
+
+
+def all_methods() -> list[str]:
+    """Every registered method, exact retraining included."""
+    from unlearnctl.methods import available_methods
+
+    return available_methods()
+
+
 def build_runner(checkpoint, split, forget_set, method: str, params: dict | None = None, batch_size: int = 64,
                  seed: int = 0, lr: float = 1e-4, device: str = "cpu"):
-    """A prepared method runner and its AdamW optimizer, set up exactly as ``unlearn`` does."""
-    from unlearnctl.diffusion import NoiseSchedule
+    """A prepared method runner and its AdamW optimizer, set up exactly as ``unlearn`` does (``start_run``)."""
     from unlearnctl.methods import get_method
-    from unlearnctl.methods.base import MethodContext
-    from unlearnctl.unlearning import _forget_images
+    from unlearnctl.unlearning import UnlearnConfig, UnlearnJob, start_run
 
     cls = get_method(method)
-    unet = checkpoint.build_unet(device).train()
-    ctx = MethodContext(unet=unet, schedule=NoiseSchedule(checkpoint.scheduler_config), checkpoint=checkpoint,
-                        forget_set=forget_set, retain=forget_set.retain, forget=_forget_images(forget_set, checkpoint),
-                        batch_size=batch_size, label_dropout=0.1, generator=torch.Generator().manual_seed(seed),
-                        device=torch.device(device))
-    runner = cls(cls.Config.from_dict(dict(params or {}), method), ctx)
-    runner.prepare()
-    optimizer = torch.optim.AdamW(ctx.parameters(), lr=lr, weight_decay=0.0)
-    return runner, optimizer
+    config = UnlearnConfig(batch_size=batch_size, seed=seed, lr=lr, device=device).with_defaults(cls.defaults)
+    job = UnlearnJob(checkpoint, method, cls.Config.from_dict(dict(params or {}), method), split, forget_set, config)
+    state, _ = start_run(job, cls)
+    state.method.prepare()
+    return state.method, state.optimizer
 
 
 def loop_step(runner, optimizer, grad_clip: float = 1.0) -> None:

@@ -36,8 +36,7 @@ from unlearnctl.metrics.classifier import load_or_train_classifier
 from unlearnctl.metrics.forget import class_forget_rate, data_forget_rate, data_forget_threshold, retain_accuracy
 from unlearnctl.unlearning import UnlearnConfig, unlearn
 
-from common import CANARY_MODEL, CLASS_MODEL, load_average  # bench/ is on sys.path when run as a script
-CLASS_METHODS = ["siss", "siss-no-is", "erasediff", "dimum", "salun", "neggrad", "naive"]
+from common import CANARY_MODEL, CLASS_MODEL, fine_tuning_methods, load_average  # bench/ is on sys.path when run as a script
 
 
 def class_figures(checkpoint, split, classifier, forget_class: int, forget_samples: int, per_class: int, seed: int):
@@ -72,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--class-model", default=str(CLASS_MODEL))
     parser.add_argument("--canary-model", default=str(CANARY_MODEL))
-    parser.add_argument("--methods", default=",".join(CLASS_METHODS), help="comma-separated; 'none' for no class runs")
+    parser.add_argument("--methods", default=",".join(fine_tuning_methods()), help="comma-separated; 'none' for no class runs")
     parser.add_argument("--forget-class", default="8")
     parser.add_argument("--skip-retrain", action="store_true", help="use the base's recorded training time instead")
     parser.add_argument("--skip-canary", action="store_true")

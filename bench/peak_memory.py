@@ -16,9 +16,8 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from common import CLASS_MODEL, ROOT, load_average, machine, run_cli, run_measured, table
+from common import CLASS_MODEL, ROOT, load_average, machine, run_cli, run_measured, table, all_methods
 
-METHODS = ["siss", "siss-no-is", "erasediff", "dimum", "salun", "neggrad", "naive"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
         ("train (small, conditional)", ["train", "--data", "digits", "--steps", s, "--batch-size", "64", "--out", f"{out}/base.safetensors", "-q"]),
         ("sample (100 images)", ["sample", "--model", base, "--out", f"{out}/grid.png", "-q"]),
     ]
-    for method in [*METHODS, "retrain"]:
+    for method in all_methods():
         commands.append((f"unlearn --method {method}", ["unlearn", "--model", base, "--method", method, "--forget-class", "8",
                                                          "--steps", s, "--out", f"{out}/{method}.safetensors", "-q"]))
     commands += [

@@ -64,10 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     plain = sample_images.__wrapped__  # the function without its inference_mode decorator
 
     def ours(model=unet, batch=n, wrapper=torch.inference_mode, precision="fp32"):
-        from unlearnctl.distributed import use_precision
-
-        with wrapper(), use_precision(precision, "cpu"):
-            plain(model, scheduler_config, num_images=n, steps=steps, seed=0, batch_size=batch)
+        with wrapper():
+            plain(model, scheduler_config, num_images=n, steps=steps, seed=0, batch_size=batch, precision=precision)
 
     channels_last = load_unconditional(args.model)[0].to(memory_format=torch.channels_last)
     cases = {

@@ -72,7 +72,7 @@ def measure_one(kind: str, copies: int, steps: int, model: str) -> dict:
             loop_step(runner, optimizer)
             times.append(time.perf_counter() - tick)
     else:
-        from unlearnctl.diffusion import NoiseSchedule
+        from unlearnctl.denoisers import denoiser_for
         from unlearnctl.methods.retrain import training_recipe
         from unlearnctl.training import TrainConfig, fit_denoiser
 
@@ -86,8 +86,7 @@ def measure_one(kind: str, copies: int, steps: int, model: str) -> dict:
             times.append(time.perf_counter() - last[0])
             last[0] = time.perf_counter()
 
-        fit_denoiser(unet, NoiseSchedule(checkpoint.scheduler_config), forget_set.retain, config,
-                     null_class=checkpoint.null_class, on_step=tick)
+        fit_denoiser(denoiser_for(checkpoint, network=unet), forget_set.retain, config, on_step=tick)
     return {"kind": kind, "copies": copies, "train_images": len(split.train), "retain_images": len(forget_set.retain),
             "setup_s": setup, "step_s": statistics.median(times[2:] or times), "peak_rss_mb": peak_rss_mb()}
 

@@ -23,9 +23,8 @@ import copy
 
 import torch
 
-from common import CLASS_MODEL, build_runner, interleaved, load_average, loop_step, machine, peak_rss_mb, table
+from common import CLASS_MODEL, build_runner, fine_tuning_methods, interleaved, load_average, loop_step, machine, peak_rss_mb, table
 
-METHODS = ["naive", "siss", "siss-no-is", "erasediff", "dimum", "salun", "neggrad"]
 
 
 def reference_siss_step(runner, optimizer, grad_clip: float = 1.0) -> dict[str, torch.Tensor]:
@@ -93,10 +92,11 @@ def main(argv: list[str] | None = None) -> int:
         return build_runner(checkpoint, split, forget_set, method, params, batch_size=args.batch_size, device=args.device)
 
     # Table 1 ------------------------------------------------------------------------------------------------
-    runners = {m: runner(m) for m in METHODS}
+    methods = fine_tuning_methods()
+    runners = {m: runner(m) for m in methods}
     cases = {m: (lambda r=r: loop_step(*r)) for m, r in runners.items()}
     timing = interleaved(cases, args.rounds, reference="naive")
-    rows = [[m, timing[m]["median_s"] * 1000, timing[m]["ratio"]] for m in METHODS]
+    rows = [[m, timing[m]["median_s"] * 1000, timing[m]["ratio"]] for m in methods]
     print(table(f"Table 1 — one loop step vs naive (median of {args.rounds} interleaved rounds; load {load_average()})",
                 ["method", "ms / step", "× naive"], rows))
 
@@ -118,13 +118,11 @@ def main(argv: list[str] | None = None) -> int:
 
     # Table 3 ------------------------------------------------------------------------------------------------
     if args.precision:
-        from unlearnctl.distributed import use_precision
+        from unlearnctl.runtime import Runtime
 
         def at(precision, r):
-            def step():
-                with use_precision(precision, args.device):
-                    loop_step(*r)
-            return step
+            r[0].ctx.denoiser.runtime = Runtime.create(args.device, precision)  # this runner's forwards at `precision`
+            return lambda: loop_step(*r)
 
         cases = {f"{m} {p}": at(p, runner(m)) for m in ("naive", "siss") for p in ("fp32", "bf16")}
         timing = interleaved(cases, max(3, args.rounds // 2), reference="naive fp32")

@@ -26,9 +26,11 @@ import time
 
 import torch
 
-from common import CLASS_MODEL, load_average, machine, peak_rss_mb, table
+from common import CLASS_MODEL, fine_tuning_methods, load_average, machine, peak_rss_mb, table
 
-METHODS = ["siss", "siss:refresh_every=10", "dimum", "siss-no-is", "erasediff", "salun", "neggrad", "naive"]
+def default_methods() -> list[str]:
+    """Every registered fine-tuning method, plus SISS's fast mode as a variant."""
+    return [*fine_tuning_methods(), "siss:refresh_every=10"]
 
 
 LOOP_KEYS = {"lr": float, "steps": int, "batch_size": int}  # loop settings that may be given like parameters
@@ -53,7 +55,7 @@ def parse_method(text: str) -> tuple[str, dict, dict]:
 
 def retrain_step_seconds(checkpoint, forget_set, steps: int = 20) -> float:
     """Median time of one step of retraining (the base recipe's batch, on the retain set)."""
-    from unlearnctl.diffusion import NoiseSchedule
+    from unlearnctl.denoisers import denoiser_for
     from unlearnctl.methods.retrain import training_recipe
     from unlearnctl.training import TrainConfig, fit_denoiser
 
@@ -69,8 +71,7 @@ def retrain_step_seconds(checkpoint, forget_set, steps: int = 20) -> float:
 
     unet = checkpoint.build_unet("cpu")
     last[0] = time.perf_counter()
-    fit_denoiser(unet, NoiseSchedule(checkpoint.scheduler_config), forget_set.retain, config,
-                 null_class=checkpoint.null_class, on_step=tick)
+    fit_denoiser(denoiser_for(checkpoint, network=unet), forget_set.retain, config, on_step=tick)
     return statistics.median(times[2:] or times)
 
 
@@ -78,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default=str(CLASS_MODEL))
     parser.add_argument("--forget-class", default="8")
-    parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated name[:param=value,...]")
+    parser.add_argument("--methods", default=",".join(default_methods()), help="comma-separated name[:param=value,...]")
     parser.add_argument("--target", type=float, default=0.05)
     parser.add_argument("--max-steps", type=int, default=None, help="cap on steps per method (default: its default)")
     parser.add_argument("--full-retrain", action="store_true", help="run retrain end to end instead of estimating it")

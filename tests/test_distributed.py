@@ -32,8 +32,8 @@ def test_shard_takes_this_process_rows_of_a_global_draw():
 
 def test_single_process_is_untouched():
     assert distributed.world_size() == 1 and distributed.is_main_process()
-    with distributed.data_parallel(batch_size=7) as shard:  # any batch: nothing is split
-        assert shard.world == 1 and distributed.current_shard() is shard
+    shard = distributed.shard_for(batch_size=7)  # any batch: nothing is split
+    assert shard.world == 1 and shard == distributed.Shard()
     assert distributed.sample_rows(10) == (0, 10)
     grads = [torch.ones(3)]
     assert distributed.all_reduce_mean(grads) is grads
@@ -42,8 +42,7 @@ def test_single_process_is_untouched():
 def test_batch_must_split_evenly_over_processes(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "3")
     with pytest.raises(BadInputError, match="batch size 64 must be divisible by the number of processes .3.; use --batch-size 63"):
-        with distributed.data_parallel(batch_size=64):
-            pass
+        distributed.shard_for(batch_size=64)
 
 
 def test_sample_shares_cover_all_images_in_order(monkeypatch):

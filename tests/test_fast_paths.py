@@ -42,7 +42,7 @@ def test_fast_step_estimates_the_factor_from_the_output_head():
     with torch.no_grad():  # move the weights: the estimate follows ‖g_a(head)‖, scaled by the old ratio
         for p in params:
             p.mul_(1.5)
-    L_x, L_a, _ = method.losses()
+    L_x, L_a = (method.terms()[k] for k in ("L_x", "L_a"))
     head = [p for name, p in ctx.unet.named_parameters()][-2:]  # StubUNet: no conv_out, the last two tensors
     g_x, g_a = gradient(L_x, params, retain_graph=True), gradient(L_a, params, retain_graph=True)
     expected = method.head_ratio * float(norm(gradient(L_a, head)))
@@ -85,7 +85,10 @@ def test_precision_is_validated():
 
 
 def test_bf16_autocast_runs_the_forward_in_bf16_and_returns_fp32():
-    from unlearnctl.diffusion import predict_noise
+    from unlearnctl.denoisers import PixelDenoiser
+    from unlearnctl.diffusion import NoiseSchedule
+    from unlearnctl.runtime import Runtime
+    from methods.common import FakeCheckpoint
 
     class Probe(torch.nn.Module):
         def __init__(self):
@@ -100,23 +103,27 @@ def test_bf16_autocast_runs_the_forward_in_bf16_and_returns_fp32():
 
     unet = Probe()
     x, t = torch.randn(4, 1, 8, 8), torch.zeros(4, dtype=torch.long)
-    reference = predict_noise(unet, x, t)
+    schedule = NoiseSchedule(FakeCheckpoint(None).scheduler_config)
+    full = PixelDenoiser(unet, schedule, Runtime.create("cpu", "fp32"))
+    reference = full.predict(x, t)
     assert unet.seen == torch.float32
-    with distributed.use_precision("bf16", "cpu"):
-        low = predict_noise(unet, x, t)
+    low = PixelDenoiser(unet, schedule, Runtime.create("cpu", "bf16")).predict(x, t)
     assert unet.seen == torch.bfloat16 and low.dtype == torch.float32
     torch.testing.assert_close(low, reference, rtol=5e-2, atol=5e-2)
-    assert distributed.current_precision() == "fp32"  # restored after the block
+    full.predict(x, t)
+    assert unet.seen == torch.float32  # the precision belongs to the run, not to the process
 
 
 def test_fp16_loss_scale_backs_off_on_overflow_and_returns_true_gradients(monkeypatch):
     w = torch.nn.Parameter(torch.tensor([1.0, -2.0]))
-    monkeypatch.setattr(distributed, "_precision", "fp16")  # the scaling logic itself (autocast needs CUDA)
-    monkeypatch.setattr(distributed, "_loss_scale", distributed._LossScale(value=2.0 ** 130, growth_interval=2))
+    from unlearnctl.runtime import LossScale, Runtime
+
+    # the scaling logic itself (fp16 autocast needs CUDA; gradients do not autocast)
+    runtime = Runtime(torch.device("cpu"), "fp16", loss_scale=LossScale(value=2.0 ** 130, growth_interval=2))
     loss = (w * torch.tensor([3.0, 5.0])).sum()  # ∇ = (3, 5); × 2^130 overflows float32
-    (g,) = distributed.gradients(loss, [w])
+    (g,) = runtime.gradients(loss, [w])
     torch.testing.assert_close(g, torch.tensor([3.0, 5.0]))
-    assert distributed._loss_scale.value < 2.0 ** 127  # halved until the scaled gradient was finite
-    scale = distributed._loss_scale.value
-    distributed.gradients((w * 2).sum(), [w])  # second good step: grows (interval 2)
-    assert distributed._loss_scale.value == 2 * scale
+    assert runtime.loss_scale.value < 2.0 ** 127  # halved until the scaled gradient was finite
+    scale = runtime.loss_scale.value
+    runtime.gradients((w * 2).sum(), [w])  # second good step: grows (interval 2)
+    assert runtime.loss_scale.value == 2 * scale

@@ -38,9 +38,15 @@ from unlearnctl.errors import BadInputError, require
 from unlearnctl.progress import ProgressFn
 from unlearnctl.report.runs import CURVE_SCHEMA, EVALUATE_SCHEMA
 
-CLASS_METHODS = ("siss", "siss-no-is", "erasediff", "dimum", "salun", "neggrad", "naive")
 MANIFEST = "demo.json"
 MANIFEST_SCHEMA = "unlearnctl.demo/1"
+
+
+def _registered(scenario: str) -> tuple[str, ...]:
+    """The fine-tuning methods the registry enters in a demo scenario (each method's ``scenarios``)."""
+    from unlearnctl.methods import available_methods
+
+    return tuple(available_methods(scenario, exact=False))
 
 
 @dataclass
@@ -53,9 +59,9 @@ class DemoConfig:
     base_lr: float = 1e-3  # AdamW peak lr (warm-up, cosine to 10%)
     warmup_steps: int = 100  # linear warm-up of base training
     forget_class: str = "8"  # class scenario: the class to forget
-    methods: tuple[str, ...] = CLASS_METHODS  # class scenario: unlearning methods (retrain always runs)
+    methods: tuple[str, ...] = field(default_factory=lambda: _registered("class"))  # class scenario: unlearning methods (retrain always runs)
     canary: bool = True  # run the canary scenario too
-    canary_methods: tuple[str, ...] = ("siss",)  # canary scenario: unlearning methods
+    canary_methods: tuple[str, ...] = field(default_factory=lambda: _registered("canary"))  # canary scenario: unlearning methods
     canary_retrain: bool = False  # canary scenario: exact retraining as its reference (costs one more base training)
     unlearn_steps: int | None = None  # steps of every fine-tuning method (None: each method's tuned default)
     attack_steps: int = 200  # DiMRA fine-tuning steps on the retain set

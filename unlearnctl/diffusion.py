@@ -1,20 +1,37 @@
-"""The diffusion core: forward noising, the denoising loss, and DDIM/DDPM sampling.
+"""The diffusion core: forward noising, the loss target, the denoising loss, and DDIM/DDPM sampling.
 
-Notation follows SISS (DESIGN §2): the forward process is ``q(m_t | x) = N(γ_t x, σ_t² I)`` with
-``γ_t = sqrt(ᾱ_t)`` and ``σ_t = sqrt(1 - ᾱ_t)``; the model predicts the noise ``ε = (m_t − γ_t x) / σ_t``.
+Notation follows SISS: the forward process is ``q(m_t | x) = N(γ_t x, σ_t² I)`` with ``γ_t = sqrt(ᾱ_t)``
+and ``σ_t = sqrt(1 - ᾱ_t)``. What the network predicts follows the scheduler's ``prediction_type``:
+
+=================  =====================================  ==========================================
+prediction_type    the network's output                   loss target for ``m_t = γ_t x₀ + σ_t ε``
+=================  =====================================  ==========================================
+``epsilon``        the noise                              ``ε``
+``v_prediction``   the velocity (Salimans & Ho, 2022)     ``v = γ_t ε − σ_t x₀``
+``sample``         the clean image                        ``x₀``
+=================  =====================================  ==========================================
+
+Methods keep their paper symbols (ε_θ and noise targets); :meth:`NoiseSchedule.target` turns any pair of
+(x₀, ε, m_t) into the target of the model's own parameterisation, so every loss is the right objective for
+every model.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from unlearnctl.distributed import autocast, current_shard, gather_rows, rank, sample_rows
+from unlearnctl.distributed import gather_rows, rank, sample_rows
 from unlearnctl.errors import require
 from unlearnctl.progress import ProgressFn, report
+from unlearnctl.runtime import Runtime
+
+if TYPE_CHECKING:
+    from unlearnctl.denoisers import Denoiser
 
 SAMPLERS = ("ddim", "ddpm")
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 
 
 class NoiseSchedule:
@@ -26,6 +43,7 @@ class NoiseSchedule:
         scheduler = DDPMScheduler.from_config(scheduler_config)
         alphas_cumprod = scheduler.alphas_cumprod.to(torch.float64)
         self.num_train_timesteps = int(scheduler.config.num_train_timesteps)
+        self.prediction_type = check_prediction_type(scheduler.config.get("prediction_type", "epsilon"))
         self.gamma = alphas_cumprod.sqrt().float()  # γ_t, shape [T]
         self.sigma = (1.0 - alphas_cumprod).sqrt().float()  # σ_t, shape [T]
 
@@ -47,12 +65,34 @@ class NoiseSchedule:
     def random_timesteps(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         return torch.randint(0, self.num_train_timesteps, (n,), generator=generator)
 
+    def target(self, t: torch.Tensor, *, m_t: torch.Tensor | None = None, x0: torch.Tensor | None = None,
+               eps: torch.Tensor | None = None) -> torch.Tensor:
+        """The loss target of this schedule's ``prediction_type`` for ``m_t = γ_t x₀ + σ_t ε``.
 
-def predict_noise(unet: torch.nn.Module, m_t: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-    """``ε_θ(m_t, t[, c])`` (float32; the forward runs at ``--precision``, see :mod:`unlearnctl.distributed`)."""
-    with autocast(m_t.device):
-        eps = unet(m_t, t.to(m_t.device), class_labels=None if labels is None else labels.to(m_t.device)).sample
-    return eps.float()
+        Give any two of ``m_t``, ``x0`` (the clean image the target denoises to) and ``eps`` (the noise);
+        the third follows from ``m_t = γ_t x₀ + σ_t ε``. ε-prediction with ``eps`` given returns it
+        unchanged; with ``x0`` given, ``(m_t − γ_t x₀)/σ_t``.
+        """
+        require(sum(v is not None for v in (m_t, x0, eps)) >= 2, "a loss target needs two of m_t, x0 and eps")
+        reference = next(v for v in (m_t, x0, eps) if v is not None)
+        gamma, sigma = (c.to(reference.device) for c in self.coefficients(t))
+        if self.prediction_type == "epsilon" and eps is not None:
+            return eps
+        if self.prediction_type == "sample" and x0 is not None:
+            return x0
+        if eps is None:
+            eps = (m_t - gamma * x0) / sigma
+        if x0 is None:
+            x0 = (m_t - sigma * eps) / gamma
+        if self.prediction_type == "v_prediction":
+            return gamma * eps - sigma * x0
+        return eps if self.prediction_type == "epsilon" else x0
+
+
+def check_prediction_type(prediction_type: str) -> str:
+    require(prediction_type in PREDICTION_TYPES,
+            f"prediction type {prediction_type!r} is not supported; supported: {', '.join(PREDICTION_TYPES)}")
+    return prediction_type
 
 
 def per_sample_mse(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -61,23 +101,22 @@ def per_sample_mse(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tens
 
 
 def denoising_loss(
-    unet: torch.nn.Module,
-    schedule: NoiseSchedule,
+    denoiser: "Denoiser",
     x: torch.Tensor,
     labels: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """The DDPM ε-prediction loss per sample (shape ``[B]``) at random timesteps and noise.
+    """The DDPM loss per sample (shape ``[B]``) at random timesteps and noise, target by ``prediction_type``.
 
-    Inside :func:`unlearnctl.distributed.data_parallel` ``x`` is the global batch: the randomness of all of
+    In a multi-process run (``denoiser.runtime.shard``) ``x`` is the global batch: the randomness of all of
     it is drawn and this process's rows are scored (shape ``[B / processes]``).
     """
-    t = schedule.random_timesteps(x.shape[0], generator)
+    runtime = denoiser.runtime
+    t = denoiser.schedule.random_timesteps(x.shape[0], generator)
     noise = torch.randn(x.shape, generator=generator).to(x.device)
-    shard = current_shard()
-    x, labels, t, noise = shard.take(x), shard.take(labels), shard.take(t), shard.take(noise)
-    m_t = schedule.add_noise(x, noise, t)
-    return per_sample_mse(predict_noise(unet, m_t, t, labels), noise)
+    x, labels, t, noise = runtime.take(x), runtime.take(labels), runtime.take(t), runtime.take(noise)
+    m_t = denoiser.add_noise(x, noise, t)
+    return per_sample_mse(denoiser.predict(m_t, t, labels), denoiser.target(t, x0=x, eps=noise))
 
 
 def _make_sampler(scheduler_config: dict[str, Any], sampler: str, steps: int):
@@ -105,6 +144,7 @@ def sample_images(
     seed: int = 0,
     batch_size: int = 500,
     progress: ProgressFn = None,
+    precision: str = "fp32",
 ) -> torch.Tensor:
     """Generate images in ``[-1, 1]``, shape ``[N, C, H, W]``.
 
@@ -119,6 +159,7 @@ def sample_images(
         guidance: classifier-free guidance scale ``w``: ``ε = ε_∅ + w (ε_c − ε_∅)``; 1 = no guidance.
         seed: seeds the initial noise (drawn once for all ``N``) and DDPM's per-step noise.
         batch_size: images per UNet call.
+        precision: autocast of the UNet calls (``fp32``, ``bf16``, ``fp16`` on CUDA).
     """
     require((num_images is None) != (labels is None), "give either num_images (unconditional) or labels (conditional)")
     total = int(num_images if labels is None else labels.shape[0])
@@ -127,6 +168,7 @@ def sample_images(
     guided = labels is not None and guidance != 1.0
     require(not guided or null_class is not None, "guidance needs a class-conditional model with a null class")
     device = next(unet.parameters()).device
+    runtime = Runtime.create(device, precision)
     config = unet.config
     generator = torch.Generator().manual_seed(seed)
     noise = torch.randn((total, config.in_channels, config.sample_size, config.sample_size), generator=generator)
@@ -141,23 +183,25 @@ def sample_images(
         batch_labels = None if labels is None else labels[start:end].to(device)
         scheduler = _make_sampler(scheduler_config, sampler, steps)
         for t in scheduler.timesteps:
-            eps = _guided_noise(unet, x, t, batch_labels, null_class, guidance if guided else 1.0)
+            eps = _guided_output(unet, x, t, batch_labels, null_class, guidance if guided else 1.0, runtime)
             x = scheduler.step(eps, t, x, generator=generator).prev_sample
         images.append(x.clamp(-1, 1).cpu())
         report(progress, "sample", done + 1, len(batches), images=end - first)
     return gather_rows(torch.cat(images), total)
 
 
-def _guided_noise(unet, x, t, labels, null_class, guidance):
+def _guided_output(unet, x, t, labels, null_class, guidance, runtime):
+    """The model output, with classifier-free guidance ``out_∅ + w (out_c − out_∅)`` when ``w ≠ 1`` (linear in
+    every parameterisation, so it holds for ε, v and x₀ alike)."""
     t_batch = t.expand(x.shape[0]).to(x.device)
     if guidance == 1.0:
-        with autocast(x.device):
+        with runtime.autocast(x.device):
             return unet(x, t_batch, class_labels=labels).sample.float()
     both = torch.cat([labels, torch.full_like(labels, null_class)])
-    with autocast(x.device):
-        eps = unet(torch.cat([x, x]), torch.cat([t_batch, t_batch]), class_labels=both).sample.float()
-    eps_cond, eps_null = eps.chunk(2)
-    return eps_null + guidance * (eps_cond - eps_null)
+    with runtime.autocast(x.device):
+        out = unet(torch.cat([x, x]), torch.cat([t_batch, t_batch]), class_labels=both).sample.float()
+    out_cond, out_null = out.chunk(2)
+    return out_null + guidance * (out_cond - out_null)
 
 
 def balanced_labels(class_ids: list[int], per_class: int) -> torch.Tensor:

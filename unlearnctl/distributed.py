@@ -11,11 +11,12 @@ How the work is split (data parallel, with the *same global batch* as a single-p
 
 1. **Randomness.** Every process draws the randomness of the whole global batch of ``B`` samples from the
    one seeded generator (indices, label dropout, timesteps, noise, mixture coins) and keeps its slice:
-   process ``r`` of ``W`` takes rows ``[r·B/W, (r+1)·B/W)``. Inside :func:`data_parallel`, the draws of
-   :class:`~unlearnctl.methods.base.MethodContext` and :func:`~unlearnctl.diffusion.denoising_loss` do this
-   through :func:`current_shard`; ``B`` must be divisible by ``W``.
-2. **Gradients.** Each process computes its slice's mean losses and their gradients; :func:`gradients`
-   averages them over the processes (one all-reduce of a flat buffer). The mean of equal slice means is
+   process ``r`` of ``W`` takes rows ``[r·B/W, (r+1)·B/W)``. A run's :class:`~unlearnctl.runtime.Runtime`
+   holds this process's :class:`Shard` (:func:`shard_for`); the draws of
+   :class:`~unlearnctl.methods.base.MethodContext` and :func:`~unlearnctl.diffusion.denoising_loss` take
+   their rows through it; ``B`` must be divisible by ``W``.
+2. **Gradients.** Each process computes its slice's mean losses and their gradients;
+   :meth:`Runtime.gradients <unlearnctl.runtime.Runtime.gradients>` averages them over the processes (one all-reduce of a flat buffer). The mean of equal slice means is
    the global mean, so every gradient a method combines (SISS's ``‖g_a‖``, EraseDiff's λ) is the global one.
 3. **Updates.** Every process then applies the same clipping and AdamW step to the same gradient, so the
    weights stay identical without being broadcast.
@@ -24,8 +25,8 @@ How the work is split (data parallel, with the *same global batch* as a single-p
    single process).
 5. **Files and output.** Only the main process writes files (:func:`is_main_process`) and prints.
 
-Mixed precision (``--precision``): ``bf16`` and ``fp16`` run the UNet's forward passes under
-``torch.autocast`` (losses, gradients and weights stay float32); ``fp16`` also scales the loss before
+Mixed precision (``--precision``, held by the run's :class:`~unlearnctl.runtime.Runtime`): ``bf16`` and
+``fp16`` run the UNet's forward passes under ``torch.autocast`` (losses, gradients and weights stay float32); ``fp16`` also scales the loss before
 backward (dynamic loss scale) so small gradients do not underflow. ``fp16`` needs a CUDA GPU; ``bf16``
 also runs on CPUs (fast only with AMX / AVX-512-BF16; see docs/performance.md).
 
@@ -34,10 +35,9 @@ This module imports neither torch nor accelerate at import time: ``unlearnctl --
 
 from __future__ import annotations
 
-import contextlib
 import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any
 
 from unlearnctl.errors import BadInputError, require
 
@@ -118,35 +118,18 @@ class Shard:
         return tensor[self.rank * local:(self.rank + 1) * local]
 
 
-_NO_SHARD = Shard()
-_active: Shard | None = None
+def shard_for(batch_size: int) -> Shard:
+    """This process's :class:`Shard` of a global batch of ``batch_size`` (the whole batch in a single-process run).
 
-
-def current_shard() -> Shard:
-    """The shard of the enclosing :func:`data_parallel` block; outside one, the whole batch (no slicing)."""
-    return _active or _NO_SHARD
-
-
-@contextlib.contextmanager
-def data_parallel(batch_size: int) -> Iterator[Shard]:
-    """Split every draw and average every gradient over the processes inside this block (see the module doc).
-
-    In a single-process run this does nothing. ``batch_size`` is the global batch; it must be divisible by
-    the number of processes.
+    ``batch_size`` must be divisible by the number of processes.
     """
-    global _active
     world = world_size()
     if world == 1:
-        yield _NO_SHARD
-        return
+        return Shard()
     if batch_size % world:
         raise BadInputError(f"batch size {batch_size} must be divisible by the number of processes ({world}); "
                             f"use --batch-size {max(world, batch_size // world * world)}")
-    previous, _active = _active, Shard(rank(), world)
-    try:
-        yield _active
-    finally:
-        _active = previous
+    return Shard(rank(), world)
 
 
 def all_reduce_mean(tensors: list["torch.Tensor"]) -> list["torch.Tensor"]:
@@ -166,16 +149,6 @@ def all_reduce_mean(tensors: list["torch.Tensor"]) -> list["torch.Tensor"]:
     return out
 
 
-def mean_floats(values: list[float]) -> list[float]:
-    """The mean over processes of each Python float (loss terms for progress, reports, guards)."""
-    if current_shard().world == 1 or not values:
-        return values
-    import torch
-
-    reduced = all_reduce_mean([torch.tensor(values, dtype=torch.float64, device=state().device)])[0]
-    return [float(v) for v in reduced.cpu()]
-
-
 def broadcast_state(value: Any) -> Any:
     """``value`` as the main process has it (one-time method state: chosen constants, masks, alternatives),
     so processes can never start from different states."""
@@ -186,58 +159,6 @@ def broadcast_state(value: Any) -> Any:
     box = [value]
     broadcast_object_list(box, from_process=0)
     return box[0]
-
-
-# --------------------------------------------------------------------------------------------- gradients
-
-
-def gradients(loss: "torch.Tensor", params: list["torch.Tensor"], retain_graph: bool = False) -> list["torch.Tensor"]:
-    """∇_θ loss aligned with ``params`` (zeros where unused), loss-scaled under fp16, averaged over the
-    processes inside :func:`data_parallel`."""
-    import torch
-
-    scale = _loss_scale.value if _precision == "fp16" else None
-    while True:
-        target = loss if scale is None else loss * scale
-        keep = retain_graph or scale is not None
-        grads = torch.autograd.grad(target, params, retain_graph=keep, allow_unused=True)
-        grads = [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
-        if scale is not None:
-            grads = [g / scale for g in grads]
-        if current_shard().world > 1:
-            grads = all_reduce_mean(grads)  # inf/NaN on any process reaches every process
-        if scale is None or _loss_scale.accept(grads):
-            return grads
-        scale = _loss_scale.value  # overflow: the scale was halved; recompute from the kept graph
-
-
-def backward(loss: "torch.Tensor", params: list["torch.Tensor"]) -> None:
-    """``loss.backward()`` into ``p.grad``, averaged over the processes inside :func:`data_parallel`; under
-    fp16 the loss is scaled (dynamic scale) and overflowed gradients are recomputed at a lower scale."""
-    if _precision != "fp16":
-        loss.backward()
-        reduce_gradients(params)
-        return
-    while True:
-        scale = _loss_scale.value
-        for p in params:
-            p.grad = None
-        (loss * scale).backward(retain_graph=True)
-        with_grad = [p for p in params if p.grad is not None]
-        for p in with_grad:
-            p.grad.div_(scale)
-        reduce_gradients(params)
-        if _loss_scale.accept([p.grad for p in with_grad]):
-            return
-
-
-def reduce_gradients(params: list["torch.Tensor"]) -> None:
-    """Average ``p.grad`` over the processes inside :func:`data_parallel` (after ``loss.backward()``)."""
-    if current_shard().world == 1:
-        return
-    with_grad = [p for p in params if p.grad is not None]
-    for p, g in zip(with_grad, all_reduce_mean([p.grad for p in with_grad])):
-        p.grad.copy_(g)
 
 
 # --------------------------------------------------------------------------------------------- sampling
@@ -272,32 +193,6 @@ def gather_rows(part: "torch.Tensor", total: int) -> "torch.Tensor":
 # --------------------------------------------------------------------------------------------- precision
 
 
-_precision = "fp32"
-
-
-class _LossScale:
-    """Dynamic loss scale for fp16 (halve on overflow, double after ``growth_interval`` good steps)."""
-
-    def __init__(self, value: float = 2.0 ** 16, growth_interval: int = 2000):
-        self.value, self.growth_interval, self.good = value, growth_interval, 0
-
-    def accept(self, grads: list["torch.Tensor"]) -> bool:
-        import torch
-
-        finite = bool(torch.stack([torch.isfinite(g).all() for g in grads]).all())
-        if not finite:
-            self.value, self.good = self.value / 2, 0
-            require(self.value >= 1.0, "fp16 gradients overflow even without loss scaling; use --precision bf16 or fp32")
-            return False
-        self.good += 1
-        if self.good % self.growth_interval == 0:
-            self.value *= 2
-        return True
-
-
-_loss_scale = _LossScale()
-
-
 def check_precision(precision: str, device: "torch.device | str | None" = None) -> str:
     """Validate ``--precision`` (and, given ``device``, that fp16 runs on CUDA)."""
     require(precision in PRECISIONS, f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
@@ -307,31 +202,3 @@ def check_precision(precision: str, device: "torch.device | str | None" = None) 
     require(precision != "fp16" or kind == "cuda",
             f"--precision fp16 needs a CUDA GPU (device is {kind}); use --precision bf16 (CPU autocast) or fp32")
     return precision
-
-
-@contextlib.contextmanager
-def use_precision(precision: str, device: "torch.device | str") -> Iterator[str]:
-    """Run the UNet forwards inside this block at ``precision`` (see :func:`autocast`)."""
-    global _precision, _loss_scale
-    check_precision(precision, device)
-    previous, _precision = _precision, precision
-    if precision == "fp16":
-        _loss_scale = _LossScale()
-    try:
-        yield precision
-    finally:
-        _precision = previous
-
-
-def current_precision() -> str:
-    return _precision
-
-
-def autocast(device: "torch.device") -> contextlib.AbstractContextManager:
-    """``torch.autocast`` for the current precision on ``device`` (a no-op at fp32)."""
-    if _precision == "fp32":
-        return contextlib.nullcontext()
-    import torch
-
-    dtype = torch.bfloat16 if _precision == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)

@@ -37,8 +37,6 @@ def generate(
 
     ``precision`` (fp32, bf16, fp16 on CUDA) is the UNet's autocast; under ``accelerate launch`` each process
     generates a share of the images and every process returns all of them."""
-    from unlearnctl.distributed import use_precision
-
     unet = checkpoint.build_unet(resolve_device(device)).eval()
     labels = None
     if checkpoint.conditional:
@@ -48,12 +46,11 @@ def generate(
         labels = balanced_labels(ids, per_class)
     else:
         require(not classes, "this model is unconditional; --class needs a class-conditional model")
-    with use_precision(precision, next(unet.parameters()).device):
-        images = sample_images(
-            unet, checkpoint.scheduler_config, num_images=None if labels is not None else num_images, labels=labels,
-            null_class=checkpoint.null_class, steps=steps, sampler=sampler, guidance=guidance, seed=seed,
-            batch_size=batch_size, progress=progress,
-        )
+    images = sample_images(
+        unet, checkpoint.scheduler_config, num_images=None if labels is not None else num_images, labels=labels,
+        null_class=checkpoint.null_class, steps=steps, sampler=sampler, guidance=guidance, seed=seed,
+        batch_size=batch_size, progress=progress, precision=precision,
+    )
     return images, labels
 
 

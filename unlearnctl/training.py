@@ -1,6 +1,7 @@
 """Denoising training: the loop behind ``train``, ``retrain`` and the DiMRA relearning attack.
 
-DDPM ε-prediction on random timesteps; AdamW with linear warm-up then cosine (or constant) learning rate;
+The denoising loss of the model's ``prediction_type`` (ε, v or x₀; :mod:`unlearnctl.diffusion`) on random
+timesteps, through the model's :class:`~unlearnctl.denoisers.Denoiser`; AdamW with linear warm-up then cosine (or constant) learning rate;
 EMA of the weights; for class-conditional models a share of labels is replaced by the null class so the
 model also learns the unconditional branch used by classifier-free guidance.
 """
@@ -21,6 +22,7 @@ from unlearnctl.progress import ProgressFn, report
 
 if TYPE_CHECKING:
     from unlearnctl.checkpoint import Checkpoint
+    from unlearnctl.denoisers import Denoiser
     from unlearnctl.data import DataSplit, ForgetSpec
     from unlearnctl.resume import Checkpointer, ResumeOptions
 
@@ -146,39 +148,45 @@ def load_loop_state(state: dict[str, Any], unet: torch.nn.Module, optimizer: tor
 
 
 def fit_denoiser(
-    unet: torch.nn.Module,
-    schedule: NoiseSchedule,
+    denoiser: "Denoiser",
     data: ImageSet,
     config: TrainConfig,
     *,
-    null_class: int | None = None,
+    conditional: bool | None = None,
     progress: ProgressFn = None,
     task: str = "train",
     on_step: Callable[[int, torch.nn.Module], None] | None = None,
     checkpointer: "Checkpointer | None" = None,
-    precision: str = "fp32",
 ) -> dict[str, torch.Tensor]:
-    """Train ``unet`` in place on ``data`` with the DDPM loss; returns the weights to save (EMA if on).
+    """Train ``denoiser.network`` in place on ``data`` with the denoising loss of its ``prediction_type``;
+    returns the weights to save (EMA if on).
 
     Under ``accelerate launch`` the processes split every global batch and average their gradients
-    (:mod:`unlearnctl.distributed`): the same steps as one process, with ``batch_size`` images in all.
+    (the denoiser's :class:`~unlearnctl.runtime.Runtime`, made here for ``config.batch_size``): the same
+    steps as one process, with ``batch_size`` images in all. The forward passes run at the runtime's precision.
 
     Args:
-        null_class: for class-conditional models, the null class index; ``None`` trains unconditionally.
-        on_step: called as ``on_step(step, unet)`` after each optimizer step (probes, curves).
+        conditional: train on the data's labels (with dropout to the null class); default: when the
+            denoiser has a null class.
+        on_step: called as ``on_step(step, network)`` after each optimizer step (probes, curves).
         checkpointer: writes a resumable state every N steps and, when resuming, the state to start from
             (:mod:`unlearnctl.resume`); the resumed run is bit-identical to an uninterrupted one on CPU.
-        precision: ``fp32``, ``bf16`` or ``fp16`` (CUDA) autocast of the forward passes.
 
     Raises:
         NonFiniteFailure: the loss, the gradient norm or a weight became NaN/Inf. The loss and gradient are
             checked before the optimizer step, the weights after it (before the EMA takes them in), so the
             failure carries the last good weights (the EMA's when on) whenever a finite copy exists.
     """
-    from unlearnctl.distributed import backward, data_parallel, mean_floats, use_precision
+    from dataclasses import replace
+
+    from unlearnctl.distributed import shard_for
     from unlearnctl.resume import finite_or_none, first_nonfinite
 
+    unet = denoiser.network
+    null_class = getattr(denoiser, "null_class", None)
+    null_class = null_class if conditional in (None, True) else None
     require(null_class is None or data.labels is not None, "a class-conditional model needs labelled data")
+    denoiser.runtime = runtime = replace(denoiser.runtime, shard=shard_for(config.batch_size))
     generator = torch.Generator().manual_seed(config.seed)
     batches = BatchSampler(data, config.batch_size, generator)
     optimizer = torch.optim.AdamW(unet.parameters(), lr=config.lr, weight_decay=config.weight_decay)
@@ -197,35 +205,34 @@ def fit_denoiser(
 
     started = time.perf_counter()
     params = list(unet.parameters())
-    with data_parallel(config.batch_size), use_precision(precision, device):
-        for step in range(start, config.steps):
-            x, labels = batches.next()  # the global batch; each process scores its share (denoising_loss)
-            if null_class is not None:
-                labels = drop_labels(labels, null_class, config.label_dropout, generator)
-            else:
-                labels = None
-            loss = denoising_loss(unet, schedule, x.to(device), labels, generator).mean()
-            loss_value = mean_floats([float(loss.detach())])[0]  # the global batch's loss, alike on every process
-            check_finite(torch.tensor(loss_value), step, last_good)
-            optimizer.zero_grad(set_to_none=True)
-            backward(loss, params)  # loss.backward(); averaged over processes; fp16 loss scaling
-            grad_norm = torch.nn.utils.clip_grad_norm_(unet.parameters(), config.grad_clip)
-            if not torch.isfinite(grad_norm):
-                raise NonFiniteFailure(f"gradient norm became {float(grad_norm)} in step {step + 1}; lower --lr", step, last_good())
-            optimizer.step()
-            scheduler.step()
-            bad = first_nonfinite(dict(unet.named_parameters()))
-            if bad is not None:
-                raise NonFiniteFailure(f"weight {bad} became non-finite in step {step + 1}; lower --lr", step,
-                                       finite_or_none(ema.shadow) if ema is not None else None)
-            if ema is not None:
-                ema.update(unet)
-            if on_step is not None:
-                on_step(step + 1, unet)
-            if checkpointer is not None:
-                checkpointer.maybe_save(step + 1, lambda: loop_state(unet, optimizer, scheduler, ema, generator))
-            report(progress, task, step + 1, config.steps, loss=loss_value, grad_norm=float(grad_norm),
-                   elapsed=time.perf_counter() - started)
+    for step in range(start, config.steps):
+        x, labels = batches.next()  # the global batch; each process scores its share (denoising_loss)
+        if null_class is not None:
+            labels = drop_labels(labels, null_class, config.label_dropout, generator)
+        else:
+            labels = None
+        loss = denoising_loss(denoiser, x.to(device), labels, generator).mean()
+        loss_value = runtime.mean_floats([float(loss.detach())])[0]  # the global batch's loss, alike on every process
+        check_finite(torch.tensor(loss_value), step, last_good)
+        optimizer.zero_grad(set_to_none=True)
+        runtime.backward(loss, params)  # loss.backward(); averaged over processes; fp16 loss scaling
+        grad_norm = torch.nn.utils.clip_grad_norm_(unet.parameters(), config.grad_clip)
+        if not torch.isfinite(grad_norm):
+            raise NonFiniteFailure(f"gradient norm became {float(grad_norm)} in step {step + 1}; lower --lr", step, last_good())
+        optimizer.step()
+        scheduler.step()
+        bad = first_nonfinite(dict(unet.named_parameters()))
+        if bad is not None:
+            raise NonFiniteFailure(f"weight {bad} became non-finite in step {step + 1}; lower --lr", step,
+                                   finite_or_none(ema.shadow) if ema is not None else None)
+        if ema is not None:
+            ema.update(unet)
+        if on_step is not None:
+            on_step(step + 1, unet)
+        if checkpointer is not None:
+            checkpointer.maybe_save(step + 1, lambda: loop_state(unet, optimizer, scheduler, ema, generator))
+        report(progress, task, step + 1, config.steps, loss=loss_value, grad_norm=float(grad_norm),
+               elapsed=time.perf_counter() - started)
     unet.eval()
     if ema is not None:
         unet.load_state_dict(ema.shadow)
@@ -270,6 +277,8 @@ def train_model(
     """
     from unlearnctl.checkpoint import Checkpoint, build_unet, default_scheduler, lineage_entry, plain_config
     from unlearnctl.data import resolve_forget
+    from unlearnctl.denoisers import PixelDenoiser
+    from unlearnctl.runtime import Runtime
     from unlearnctl.models import unet_config
 
     config = config or TrainConfig()
@@ -289,12 +298,12 @@ def train_model(
         checkpointer = resume.start(command, {**params, "unet_config": cfg, "data_fingerprint": train_set.fingerprint,
                                               "forget": forget_info}, config.steps)
     torch.manual_seed(config.seed)
-    unet = build_unet(cfg).to(resolve_device(device))
+    runtime = Runtime.create(resolve_device(device), precision)
+    null_class = cfg["num_class_embeds"] - 1 if conditional else None
+    denoiser = PixelDenoiser(build_unet(cfg).to(runtime.device), NoiseSchedule(scheduler_config), runtime, null_class)
     started = time.perf_counter()
     try:
-        weights = fit_denoiser(unet, NoiseSchedule(scheduler_config), train_set, config,
-                               null_class=cfg["num_class_embeds"] - 1 if conditional else None, progress=progress,
-                               task=command, checkpointer=checkpointer, precision=precision)
+        weights = fit_denoiser(denoiser, train_set, config, progress=progress, task=command, checkpointer=checkpointer)
     except NonFiniteFailure as exc:
         if exc.weights is not None:
             entry = lineage_entry(command, params, config.seed, time.perf_counter() - started, data_fingerprint=train_set.fingerprint,

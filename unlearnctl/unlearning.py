@@ -10,8 +10,10 @@
     model, report = unlearn(base, "siss", ForgetSpec(classes=("8",)), UnlearnConfig(seed=0), {"lambda_": 0.5})
     save_checkpoint(model, "siss.safetensors")
 
-The loop is the same for every fine-tuning method: draw nothing itself, ask the method for a gradient
-(:meth:`~unlearnctl.methods.base.Method.step`), check every figure is finite, clip the total norm, take an
+A run is an :class:`UnlearnJob` (what it is given) and a :class:`RunRecord` (what happened: it yields the
+lineage entry and the report). The loop is the same for every fine-tuning method: draw nothing itself, ask
+the method for a gradient (:meth:`~unlearnctl.methods.base.Method.step`), average the step's figures over
+the processes, check every figure is finite, clip the total norm, take an
 AdamW step (no weight decay; learning rate constant as in the SISS reference or decaying on a cosine, per
 method), optionally update an EMA of the weights, optionally probe the forget rate by sampling. Everything
 that changes during a run — step counter, optimizer, EMA, RNG, method state — lives in one
@@ -33,7 +35,7 @@ from unlearnctl.training import EMA, LR_SCHEDULES, lr_factor
 if TYPE_CHECKING:
     from unlearnctl.checkpoint import Checkpoint
     from unlearnctl.data import DataSplit, ForgetSet, ForgetSpec
-    from unlearnctl.methods.base import Method, StepOutput
+    from unlearnctl.methods.base import Method, MethodConfig, StepOutput
     from unlearnctl.resume import Checkpointer, ResumeOptions
 
 DEFAULT_PROBE_EVERY = 10  # probe interval used by --until-forget-rate when --probe-every is not given
@@ -127,6 +129,105 @@ class UnlearnState:
         return self.ema.shadow if self.ema is not None else self.method.ctx.unet.state_dict()
 
 
+# --------------------------------------------------------------------------------------------- the run record
+
+
+@dataclass
+class UnlearnJob:
+    """What one run is given: the base, the method and its config, the data, the forget set, the loop settings
+    (the method's tuned defaults filled in), and where progress and resumable states go."""
+
+    checkpoint: "Checkpoint"
+    method: str
+    method_config: "MethodConfig"
+    split: "DataSplit"
+    forget_set: "ForgetSet"
+    config: UnlearnConfig
+    progress: ProgressFn = None
+    resume: "ResumeOptions | None" = None
+
+    def loop_settings(self) -> dict[str, Any]:
+        """The loop settings that determine the result (lineage, resume key)."""
+        c = self.config
+        return {"steps": c.steps, "lr": c.lr, "batch_size": c.batch_size, "grad_clip": c.grad_clip,
+                "lr_schedule": c.lr_schedule, "ema_decay": c.ema_decay, "label_dropout": c.label_dropout,
+                "probe_every": c.probe_interval, "until_forget_rate": c.until_forget_rate,
+                "probe_samples": c.probe_samples, "probe_steps": c.probe_steps}
+
+    def resume_key(self) -> dict[str, Any]:
+        """The parameters a resumable state is tied to; ``--resume`` refuses a run whose key differs."""
+        from unlearnctl.checkpoint import weights_sha256
+
+        return {"method": self.method, "method_params": self.method_config.to_dict(), **self.loop_settings(),
+                "seed": self.config.seed, "base_weights_sha256": weights_sha256(self.checkpoint.state_dict),
+                "data_fingerprint": self.split.description["fingerprint"], "forget_fingerprint": self.forget_set.fingerprint}
+
+
+@dataclass
+class RunRecord:
+    """One unlearning run, typed. Yields the lineage entry (:meth:`lineage_entry`), the run report
+    (:meth:`report`) and, through its job, the resume key — each written once, here.
+
+    Attributes:
+        job: what the run was given.
+        command: the lineage command (``unlearn``; ``retrain`` for exact retraining).
+        params: the lineage parameters; by default the method's parameters, what ``prepare`` chose and the
+            loop settings (:meth:`fine_tuning_params`).
+        steps, lr, batch_size: the loop's actual settings (retrain: its recipe's).
+        data_fingerprint: fingerprint of the data the result was trained on.
+        extra: further report fields (retrain: its ``train`` recipe).
+    """
+
+    job: UnlearnJob
+    command: str = "unlearn"
+    params: dict[str, Any] = field(default_factory=dict)
+    prepared: dict[str, Any] = field(default_factory=dict)
+    steps: int | None = None
+    lr: float | None = None
+    batch_size: int | None = None
+    data_fingerprint: str | None = None
+    steps_run: int = 0
+    stopped: str = "completed"
+    wall_time_s: float = 0.0
+    probe_time_s: float = 0.0
+    probes: list[dict[str, float]] = field(default_factory=list)
+    history: list[dict[str, float]] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        c = self.job.config
+        self.steps = c.steps if self.steps is None else self.steps
+        self.lr = c.lr if self.lr is None else self.lr
+        self.batch_size = c.batch_size if self.batch_size is None else self.batch_size
+        self.data_fingerprint = self.data_fingerprint or self.job.split.description["fingerprint"]
+
+    def fine_tuning_params(self) -> dict[str, Any]:
+        """The lineage parameters of a fine-tuning run."""
+        from unlearnctl import distributed
+
+        job = self.job
+        return {"method_params": job.method_config.to_dict(), "prepared": self.prepared, **job.loop_settings(),
+                "data": job.split.description["source"], "precision": job.config.precision,
+                "processes": distributed.world_size()}
+
+    def lineage_entry(self) -> dict[str, Any]:
+        from unlearnctl.checkpoint import lineage_entry
+
+        params = self.params or self.fine_tuning_params()
+        return lineage_entry(self.command, params, self.job.config.seed, self.wall_time_s, method=self.job.method,
+                             forget=self.job.forget_set.describe(), steps_run=self.steps_run, stopped=self.stopped,
+                             data_fingerprint=self.data_fingerprint)
+
+    def report(self) -> dict[str, Any]:
+        """What ``unlearn`` prints with ``--json`` (``history``: one dict of step figures per step)."""
+        job = self.job
+        return {"method": job.method, "steps": self.steps, "steps_run": self.steps_run, "stopped": self.stopped,
+                "lr": self.lr, "batch_size": self.batch_size, "method_params": job.method_config.to_dict(),
+                "prepared": self.prepared, "forget": job.forget_set.describe(), "wall_time_s": self.wall_time_s,
+                "probe_time_s": self.probe_time_s, "final": self.history[-1] if self.history else {},
+                "probes": self.probes, "history": self.history, **self.extra}
+
+
 # --------------------------------------------------------------------------------------------- entry point
 
 
@@ -168,92 +269,76 @@ def unlearn(
     check_compatible(split.description, checkpoint.unet_config, checkpoint.conditional)
     forget_set = resolve_forget(forget_spec, split)
     require(len(forget_set.retain) > 0, "nothing would be retained; retrain from scratch on other data instead")
+    if not method_cls.exact:
+        config = config.with_defaults(method_cls.defaults)
+    job = UnlearnJob(checkpoint, method, method_config, split, forget_set, config, progress, resume)
     if method_cls.exact:
-        return _retrain(checkpoint, method_cls, split, forget_set, config, progress, resume)
-    from unlearnctl.distributed import use_precision
-    from unlearnctl.training import resolve_device
-
-    with use_precision(config.precision, resolve_device(config.device)):
-        return _fine_tune(checkpoint, method, method_cls, method_config, split, forget_set, config, progress, resume)
+        weights, record = method_cls(method_config, None).run(job)
+    else:
+        weights, record = fine_tune(job, method_cls)
+    return checkpoint.derive(weights, record.lineage_entry()), record.report()
 
 
-def _fine_tune(checkpoint, name, method_cls, method_config, split, forget_set, config, progress, resume=None):
+def fine_tune(job: UnlearnJob, method_cls: type["Method"]) -> tuple[dict[str, torch.Tensor], RunRecord]:
+    """The shared fine-tuning run of every non-exact method: set up, prepare, loop, collect the weights."""
     from unlearnctl import distributed
-    from unlearnctl.checkpoint import lineage_entry, weights_sha256
-    from unlearnctl.resume import finite_or_none, to_device
-    from unlearnctl.diffusion import NoiseSchedule
-    from unlearnctl.methods.base import MethodContext
-    from unlearnctl.training import resolve_device
+    from unlearnctl.resume import finite_or_none, first_nonfinite, to_device
 
-    config = config.with_defaults(method_cls.defaults)
-    steps, lr, batch_size = config.steps, config.lr, config.batch_size
-    device = resolve_device(config.device)
-    generator = torch.Generator().manual_seed(config.seed)
-    unet = checkpoint.build_unet(device).train()
-    ctx = MethodContext(
-        unet=unet, schedule=NoiseSchedule(checkpoint.scheduler_config), checkpoint=checkpoint, forget_set=forget_set,
-        retain=forget_set.retain, forget=_forget_images(forget_set, checkpoint), batch_size=batch_size,
-        label_dropout=config.label_dropout, generator=generator, device=device,
-    )
-    runner = method_cls(method_config, ctx)
-    probe = ForgetProbe(checkpoint, forget_set, split, config, progress) if config.probe_interval else None
-
-    checkpointer = None
-    if resume is not None:  # the parameters that determine the result; --resume refuses any change
-        checkpointer = resume.start("unlearn", {
-            "method": name, "method_params": method_config.to_dict(), "steps": steps, "lr": lr, "batch_size": batch_size,
-            "seed": config.seed, "grad_clip": config.grad_clip, "lr_schedule": config.lr_schedule,
-            "ema_decay": config.ema_decay, "label_dropout": config.label_dropout, "probe_every": config.probe_interval,
-            "until_forget_rate": config.until_forget_rate, "probe_samples": config.probe_samples, "probe_steps": config.probe_steps,
-            "base_weights_sha256": weights_sha256(checkpoint.state_dict), "data_fingerprint": split.description["fingerprint"],
-            "forget_fingerprint": forget_set.fingerprint}, steps)
-
+    config = job.config
+    state, probe = start_run(job, method_cls)
+    record = RunRecord(job)
+    checkpointer = job.resume.start("unlearn", job.resume_key(), config.steps) if job.resume is not None else None
     started = time.perf_counter()
-    prepared = runner.prepare(progress)
+    record.prepared = state.method.prepare(job.progress)
     if distributed.launched():  # every process starts from the main process's choices (C, masks, alternatives)
-        runner.load_state_dict(distributed.broadcast_state(runner.state_dict()))
-    optimizer = torch.optim.AdamW(ctx.parameters(), lr=lr, weight_decay=0.0)  # no decay: SalUn's frozen weights stay exact
-    state = UnlearnState(runner, optimizer, generator, EMA(unet, config.ema_decay) if config.ema_decay else None)
+        state.method.load_state_dict(distributed.broadcast_state(state.method.state_dict()))
     saved = checkpointer.restore() if checkpointer is not None else None
     if saved is not None:
-        _load_state(state, {**saved, "method": to_device(saved["method"], device)})
+        _load_state(state, {**saved, "method": to_device(saved["method"], state.method.ctx.device)})
     try:
-        with distributed.data_parallel(batch_size):  # several processes: each takes a share of every batch
-            run_loop(state, steps, config, probe, progress, checkpointer)
+        run_loop(state, steps=config.steps, config=config, probe=probe, progress=job.progress, checkpointer=checkpointer)
     except NonFiniteFailure as exc:  # checked before the optimizer step: the weights in memory are the last good
         last_good = finite_or_none(state.result_weights())
         if last_good is not None:
-            entry = lineage_entry("unlearn", {"method_params": method_config.to_dict(), "steps": steps, "lr": lr},
-                                  config.seed, time.perf_counter() - started, method=name, forget=forget_set.describe(),
-                                  steps_run=state.step, stopped=str(exc), data_fingerprint=split.description["fingerprint"])
-            exc.checkpoint = checkpoint.derive(last_good, entry)
+            _finish(record, state, probe, started, stopped=str(exc))
+            exc.checkpoint = job.checkpoint.derive(last_good, record.lineage_entry())
         raise
-    wall = time.perf_counter() - started
-
+    _finish(record, state, probe, started)
     weights = {k: v.detach().cpu().clone() for k, v in state.result_weights().items()}
-    from unlearnctl.resume import first_nonfinite
-
     bad = first_nonfinite(weights)
     if bad is not None:
         raise NonFiniteFailure(f"weights {bad} became non-finite; lower --lr", state.step)
-    params = {
-        "method_params": method_config.to_dict(), "prepared": prepared, "steps": steps, "lr": lr,
-        "batch_size": batch_size, "grad_clip": config.grad_clip, "lr_schedule": config.lr_schedule,
-        "ema_decay": config.ema_decay, "label_dropout": config.label_dropout,
-        "probe_every": config.probe_interval, "until_forget_rate": config.until_forget_rate,
-        "probe_samples": config.probe_samples, "probe_steps": config.probe_steps, "data": split.description["source"],
-        "precision": config.precision, "processes": distributed.world_size(),
-    }
-    probe_time = probe.seconds if probe else 0.0
-    entry = lineage_entry("unlearn", params, config.seed, wall, method=name, forget=forget_set.describe(),
-                          steps_run=state.step, stopped=state.stopped, data_fingerprint=split.description["fingerprint"])
-    result = {
-        "method": name, "steps": steps, "steps_run": state.step, "stopped": state.stopped, "lr": lr,
-        "batch_size": batch_size, "method_params": method_config.to_dict(), "prepared": prepared,
-        "forget": forget_set.describe(), "wall_time_s": wall, "probe_time_s": probe_time,
-        "final": state.history[-1] if state.history else {}, "probes": state.probes, "history": state.history,
-    }
-    return checkpoint.derive(weights, entry), result
+    return weights, record
+
+
+def start_run(job: UnlearnJob, method_cls: type["Method"]) -> tuple[UnlearnState, "ForgetProbe | None"]:
+    """The method on its context and the run's state (optimizer, RNG, EMA), before ``prepare``."""
+    from unlearnctl.denoisers import denoiser_for
+    from unlearnctl.methods.base import MethodContext
+    from unlearnctl.runtime import Runtime
+    from unlearnctl.training import resolve_device
+
+    config, checkpoint = job.config, job.checkpoint
+    runtime = Runtime.create(resolve_device(config.device), config.precision, config.batch_size)
+    denoiser = denoiser_for(checkpoint, runtime)
+    denoiser.network.train()
+    generator = torch.Generator().manual_seed(config.seed)
+    ctx = MethodContext(denoiser=denoiser, checkpoint=checkpoint, forget_set=job.forget_set, retain=job.forget_set.retain,
+                        forget=_forget_images(job.forget_set, checkpoint), batch_size=config.batch_size,
+                        label_dropout=config.label_dropout, generator=generator)
+    method = method_cls(job.method_config, ctx)
+    optimizer = torch.optim.AdamW(ctx.parameters(), lr=config.lr, weight_decay=0.0)  # no decay: SalUn's frozen weights stay exact
+    ema = EMA(denoiser.network, config.ema_decay) if config.ema_decay else None
+    probe = ForgetProbe(checkpoint, job.forget_set, job.split, config, job.progress) if config.probe_interval else None
+    return UnlearnState(method, optimizer, generator, ema), probe
+
+
+def _finish(record: RunRecord, state: UnlearnState, probe: "ForgetProbe | None", started: float,
+            stopped: str | None = None) -> None:
+    record.steps_run, record.stopped = state.step, stopped or state.stopped
+    record.probes, record.history = state.probes, state.history
+    record.wall_time_s = time.perf_counter() - started
+    record.probe_time_s = probe.seconds if probe else 0.0
 
 
 def _forget_images(forget_set: "ForgetSet", checkpoint: "Checkpoint"):
@@ -277,17 +362,19 @@ def _load_state(state: UnlearnState, saved: dict[str, Any]) -> None:
         raise BadInputError(f"the resume state does not fit this run ({str(exc)[:120]}); start over without --resume") from None
 
 
-def run_loop(state: UnlearnState, steps: int, config: UnlearnConfig, probe: "ForgetProbe | None",
+def run_loop(state: UnlearnState, *, steps: int, config: UnlearnConfig, probe: "ForgetProbe | None" = None,
              progress: ProgressFn = None, checkpointer: "Checkpointer | None" = None) -> UnlearnState:
     """Run ``state`` up to ``steps`` optimizer steps (from ``state.step``: a loaded state resumes).
 
-    ``checkpointer`` writes the state every N steps (``--checkpoint-every``).
+    One step: the method forms its gradient (:meth:`~unlearnctl.methods.base.Method.step`); the step's figures
+    are averaged over the processes (here, once); a NaN/Inf figure stops the run; the method may stop it
+    (:meth:`~unlearnctl.methods.base.Method.stop_reason`); the total norm is clipped; AdamW steps at the
+    scheduled rate; the EMA follows. ``checkpointer`` writes the state every N steps (``--checkpoint-every``).
     """
-    from unlearnctl.distributed import mean_floats
     from unlearnctl.resume import first_nonfinite
 
     runner = state.method
-    params = runner.ctx.parameters()
+    runtime, params = runner.ctx.runtime, runner.ctx.parameters()
     peak_lrs = [group.setdefault("initial_lr", group["lr"]) for group in state.optimizer.param_groups]
     interval = config.probe_interval
     info: dict[str, float] = {}
@@ -296,9 +383,10 @@ def run_loop(state: UnlearnState, steps: int, config: UnlearnConfig, probe: "For
     while state.step < steps and state.stopped == "completed":
         state.optimizer.zero_grad(set_to_none=True)
         out = runner.step()
-        values = mean_floats([out.loss, *out.terms.values()])  # several processes: the global batch's figures
+        values = runtime.mean_floats([out.loss, *out.terms.values()])  # several processes: the global batch's figures
         out.loss, out.terms = values[0], dict(zip(out.terms, values[1:]))
         _check_finite(out, state.step)
+        out.stop = runner.stop_reason(out)
         if out.stop:
             state.stopped = out.stop
             break
@@ -371,30 +459,6 @@ class ForgetProbe:
                                     steps=self.config.probe_steps, seed=self.config.seed)
         self.seconds += time.perf_counter() - started
         return float(result["forget_rate"])
-
-
-# --------------------------------------------------------------------------------------------- exact unlearning
-
-
-def _retrain(checkpoint, method_cls, split, forget_set, config, progress, resume=None):
-    from unlearnctl.checkpoint import lineage_entry
-
-    require(config.lr_schedule is None and config.ema_decay is None,
-            "retrain repeats the base's recipe with its own schedule and EMA; --lr-schedule and --ema-decay are for fine-tuning methods")
-    started = time.perf_counter()
-    weights, params = method_cls.run(checkpoint, split, forget_set, steps=config.steps, lr=config.lr,
-                                     batch_size=config.batch_size, seed=config.seed, device=config.device,
-                                     progress=progress, resume=resume, precision=config.precision)
-    wall = time.perf_counter() - started
-    steps_run = params["train"]["steps"]
-    params["data"] = split.description["source"]
-    entry = lineage_entry("retrain", params, config.seed, wall, method="retrain", forget=forget_set.describe(),
-                          steps_run=steps_run, stopped="completed", data_fingerprint=forget_set.retain.fingerprint)
-    result = {"method": "retrain", "steps": steps_run, "steps_run": steps_run, "stopped": "completed",
-              "lr": params["train"]["lr"], "batch_size": params["train"]["batch_size"], "method_params": {},
-              "prepared": {}, "forget": forget_set.describe(), "wall_time_s": wall, "probe_time_s": 0.0,
-              "final": {}, "probes": [], "history": [], "train": params["train"]}
-    return checkpoint.derive(weights, entry), result
 
 
 def report_summary(result: dict[str, Any]) -> dict[str, Any]:

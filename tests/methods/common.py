@@ -15,6 +15,7 @@ import torch
 
 from unlearnctl.checkpoint import default_scheduler, plain_config
 from unlearnctl.data import ForgetSet, ForgetSpec, ImageSet
+from unlearnctl.denoisers import PixelDenoiser
 from unlearnctl.diffusion import NoiseSchedule
 from unlearnctl.methods.base import MethodContext
 from unlearnctl.unlearning import UnlearnConfig, UnlearnState, unlearn
@@ -49,6 +50,11 @@ class FakeCheckpoint:
         self.data = {"resolution": 8, "channels": 1}
 
 
+def denoiser_of(unet, checkpoint) -> PixelDenoiser:
+    """The pixel denoiser of ``unet`` with the checkpoint's schedule and null class."""
+    return PixelDenoiser(unet, NoiseSchedule(checkpoint.scheduler_config), null_class=checkpoint.null_class)
+
+
 class FixedContext(MethodContext):
     """Every draw returns the next preset tensor given at construction (and records nothing else)."""
 
@@ -58,9 +64,9 @@ class FixedContext(MethodContext):
         retain = ImageSet(torch.zeros(n - k, 1, 8, 8), torch.zeros(n - k, dtype=torch.long) if num_classes else None)
         forget = ImageSet(torch.zeros(k, 1, 8, 8), torch.zeros(k, dtype=torch.long) if num_classes else None)
         forget_set = ForgetSet(mode, torch.zeros(n - k, dtype=torch.bool), forget, retain, list(class_ids), ForgetSpec())
-        super().__init__(unet=unet, schedule=NoiseSchedule(checkpoint.scheduler_config), checkpoint=checkpoint,
+        super().__init__(denoiser=denoiser_of(unet, checkpoint), checkpoint=checkpoint,
                          forget_set=forget_set, retain=retain, forget=forget, batch_size=len(x), label_dropout=0.0,
-                         generator=torch.Generator().manual_seed(0), device=torch.device("cpu"))
+                         generator=torch.Generator().manual_seed(0))
         self.fixed = dict(x=x, c_x=c_x, a=a, c_a=c_a, t=t, eps=eps, coins=coins, uniform=uniform, other=other,
                           index=index if index is not None else torch.arange(len(a)))
 
@@ -150,9 +156,9 @@ def make_state(method: str, seed: int = 0, ema_decay: float = 0.0, **params) -> 
     retain = ImageSet(data.images[8:], data.labels[8:])
     checkpoint = FakeCheckpoint(num_classes=4)
     forget_set = ForgetSet("data", torch.zeros(40, dtype=torch.bool), forget, retain, [], ForgetSpec(indices=tuple(range(8))))
-    ctx = MethodContext(unet=StubUNet(), schedule=NoiseSchedule(checkpoint.scheduler_config), checkpoint=checkpoint,
+    ctx = MethodContext(denoiser=denoiser_of(StubUNet(), checkpoint), checkpoint=checkpoint,
                         forget_set=forget_set, retain=retain, forget=forget, batch_size=8, label_dropout=0.1,
-                        generator=torch.Generator().manual_seed(seed), device=torch.device("cpu"))
+                        generator=torch.Generator().manual_seed(seed))
     cls = get_method(method)
     runner = cls(cls.Config(**params), ctx)
     runner.prepare()

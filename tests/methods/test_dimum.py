@@ -52,12 +52,15 @@ def test_nearest_retain_pairs_each_forget_image_with_its_nearest_retain_image(ti
     nearest = [int(np.argmin(((retain - f) ** 2).sum(1))) for f in forget]
     from unlearnctl.data import resolve_forget
     from unlearnctl.methods.base import MethodContext
+    from unlearnctl.denoisers import PixelDenoiser
     from unlearnctl.diffusion import NoiseSchedule
+    from unlearnctl.runtime import Runtime
 
     forget_set = resolve_forget(ForgetSpec(indices=(0, 70, 150)), shapes_split)
-    ctx = MethodContext(unet=None, schedule=NoiseSchedule(tiny_unconditional.scheduler_config), checkpoint=tiny_unconditional,
+    denoiser = PixelDenoiser(None, NoiseSchedule(tiny_unconditional.scheduler_config), Runtime(torch.device("cpu")))
+    ctx = MethodContext(denoiser=denoiser, checkpoint=tiny_unconditional,
                         forget_set=forget_set, retain=forget_set.retain, forget=forget_set.forget, batch_size=4,
-                        label_dropout=0.0, generator=torch.Generator().manual_seed(0), device=torch.device("cpu"))
+                        label_dropout=0.0, generator=torch.Generator().manual_seed(0))
     method = DiMUM(DiMUMConfig(), ctx)
     method.prepare()
     assert method.paired

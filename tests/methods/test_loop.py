@@ -49,15 +49,15 @@ def test_a_resumed_run_equals_an_uninterrupted_one(method, loop):
     ema_decay = loop.get("ema_decay", 0.0)
     config = UnlearnConfig(**loop)
     straight = make_state(method, ema_decay=ema_decay, **params)
-    run_loop(straight, 6, config, None)
+    run_loop(straight, steps=6, config=config)
     first = make_state(method, ema_decay=ema_decay, **params)
     _interrupt_after(first, 3)
     with pytest.raises(KeyboardInterrupt):
-        run_loop(first, 6, config, None)
+        run_loop(first, steps=6, config=config)
     saved = copy.deepcopy(first.state_dict())
     resumed = make_state(method, seed=123, ema_decay=ema_decay, **params)  # a fresh run, different RNG, then loaded
     resumed.load_state_dict(saved)
-    run_loop(resumed, 6, config, None)
+    run_loop(resumed, steps=6, config=config)
     assert resumed.step == straight.step == 6
     for a, b in zip(straight.method.ctx.parameters(), resumed.method.ctx.parameters()):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
@@ -80,7 +80,7 @@ def _interrupt_after(state, steps: int) -> None:
 
 def test_a_state_with_ema_does_not_resume_a_run_without():
     with_ema = make_state("naive", ema_decay=0.9)
-    run_loop(with_ema, 2, UnlearnConfig(ema_decay=0.9), None)
+    run_loop(with_ema, steps=2, config=UnlearnConfig(ema_decay=0.9))
     with pytest.raises(BadInputError, match="EMA"):
         make_state("naive").load_state_dict(copy.deepcopy(with_ema.state_dict()))
 
@@ -94,7 +94,7 @@ def _learning_rates(state, steps: int, config: UnlearnConfig) -> list[float]:
         return step(*args, **kwargs)
 
     state.optimizer.step = recording_step
-    run_loop(state, steps, config, None)
+    run_loop(state, steps=steps, config=config)
     return used
 
 
@@ -114,10 +114,10 @@ def test_ema_weights_are_the_moving_average_of_the_raw_trajectory():
     raw = make_state("naive")
     trajectory = [{k: v.clone() for k, v in raw.method.ctx.unet.state_dict().items()}]
     for step in range(1, steps + 1):  # the same run, one step at a time, keeping every step's weights
-        run_loop(raw, step, UnlearnConfig(), None)
+        run_loop(raw, steps=step, config=UnlearnConfig())
         trajectory.append({k: v.clone() for k, v in raw.method.ctx.unet.state_dict().items()})
     averaged = make_state("naive", ema_decay=decay)
-    run_loop(averaged, steps, UnlearnConfig(ema_decay=decay), None)
+    run_loop(averaged, steps=steps, config=UnlearnConfig(ema_decay=decay))
     expected = trajectory[0]
     for n, weights in enumerate(trajectory[1:], start=1):
         d = min(decay, (1 + n) / (10 + n))  # the EMA's warm-up
@@ -134,4 +134,4 @@ def test_non_finite_figures_stop_the_run():
     with torch.no_grad():
         state.method.ctx.unet.conv.weight.fill_(float("inf"))
     with pytest.raises(RuntimeFailure, match="became (nan|inf).*lower --lr"):
-        run_loop(state, 3, UnlearnConfig(), None)
+        run_loop(state, steps=3, config=UnlearnConfig())

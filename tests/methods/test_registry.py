@@ -12,11 +12,13 @@ from unlearnctl.methods import available_methods, get_method
 from unlearnctl.methods.base import Method, MethodConfig
 from unlearnctl.unlearning import LR_SCHEDULES
 
-ALL = ["siss", "siss-no-is", "erasediff", "dimum", "salun", "neggrad", "naive", "retrain"]
+ALL = available_methods()  # the registry is the only list of methods
+PAPER_METHODS = ["siss", "siss-no-is", "erasediff", "dimum", "salun", "neggrad", "naive", "retrain"]
 
 
 def test_every_method_is_registered():
-    assert available_methods() == ALL
+    listed = available_methods()
+    assert [name for name in listed if name in PAPER_METHODS] == PAPER_METHODS  # present, in listing order
 
 
 def test_unknown_method_lists_the_valid_names():

@@ -121,7 +121,8 @@ def test_loss_matches_a_direct_computation(conditional):
         b["c_a"][:3] = b["c_x"][:3]  # some pairs share a label (the usual SISS weights), others do not
     unet = StubUNet(num_embeds=5 if conditional else None)
     ctx = FixedContext(unet, num_classes=4 if conditional else None, n=100, k=10, **{k: b[k] for k in ("x", "c_x", "a", "c_a", "t", "eps", "coins")})
-    L_x, L_a, terms = SISS(SISSConfig(lambda_=0.4), ctx).losses()
+    terms = SISS(SISSConfig(lambda_=0.4), ctx).terms()
+    L_x, L_a = terms["L_x"], terms["L_a"]
     expect_x, expect_a = _direct_siss_losses(b, unet, 0.4, 100, 10, conditional)
     torch.testing.assert_close(L_x, expect_x, rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(L_a, expect_a, rtol=1e-4, atol=1e-6)
@@ -134,7 +135,7 @@ def test_step_gradient_is_g_x_minus_scaled_g_a():
     method = SISS(SISSConfig(scaling_norm=0.25), ctx)
     method.prepare()
     assert method.C == 0.25
-    L_x, L_a, _ = method.losses()
+    L_x, L_a = (method.terms()[k] for k in ("L_x", "L_a"))
     params = ctx.parameters()
     g_x, g_a = gradient(L_x, params, retain_graph=True), gradient(L_a, params)
     out = method.step()
@@ -150,7 +151,7 @@ def test_automatic_C_is_a_share_of_the_naive_deletion_gradient_norm():
     ctx = FixedContext(StubUNet(), **{k: b[k] for k in ("x", "c_x", "a", "c_a", "t", "eps", "coins")})
     method = SISS(SISSConfig(scaling_share=0.1, calibration_batches=2), ctx)
     prepared = method.prepare()
-    L_x = method.losses()[0]  # the fixed context gives the same batch each time
+    L_x = method.terms()["L_x"]  # the fixed context gives the same batch each time
     assert prepared["scaling_norm"] == pytest.approx(0.1 * float(norm(gradient(L_x, ctx.parameters()))), rel=1e-5)
     assert prepared["scaling_norm_automatic"] is True
 

@@ -63,13 +63,14 @@ def test_audit_config_validation():
 
 
 def _fit(checkpoint, images, steps, seed=0):
+    from unlearnctl.denoisers import PixelDenoiser
     from unlearnctl.diffusion import NoiseSchedule
     from unlearnctl.training import TrainConfig, fit_denoiser
 
     torch.manual_seed(seed)
     unet = checkpoint.build_unet()
     config = TrainConfig(steps=steps, batch_size=len(images.images), lr=3e-3, warmup_steps=10, ema_decay=0.0, seed=seed)
-    fit_denoiser(unet, NoiseSchedule(checkpoint.scheduler_config), images, config)
+    fit_denoiser(PixelDenoiser(unet, NoiseSchedule(checkpoint.scheduler_config)), images, config)
     return unet.eval()
 
 

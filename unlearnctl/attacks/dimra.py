@@ -300,7 +300,8 @@ def relearn_attack(
     from unlearnctl.checkpoint import lineage_entry, weights_sha256
     from unlearnctl.errors import NonFiniteFailure
     from unlearnctl.data import check_compatible, resolve_forget
-    from unlearnctl.diffusion import NoiseSchedule
+    from unlearnctl.denoisers import denoiser_for
+    from unlearnctl.runtime import Runtime
     from unlearnctl.training import fit_denoiser, resolve_device
 
     config = config or AttackConfig()
@@ -337,7 +338,8 @@ def relearn_attack(
     aux, aux_info = build_aux_data(source, arg, context)
 
     # 3. Fine-tune with the training loss, measuring the forget rate along the way.
-    unet = checkpoint.build_unet(resolved_device)
+    denoiser = denoiser_for(checkpoint, Runtime.create(resolved_device, precision))
+    unet = denoiser.network
     curve, on_step = None, None
     if curve_every and curve_set is not None:
         probe, metric = _curve_probe(checkpoint, curve_set, split, config, progress)
@@ -362,9 +364,8 @@ def relearn_attack(
               "curve_forget": curve_forget_spec.to_dict() if curve_forget_spec is not None else None,
               "precision": precision}
     try:
-        weights = fit_denoiser(unet, NoiseSchedule(checkpoint.scheduler_config), aux, config.train_config(),
-                               null_class=checkpoint.null_class, progress=progress, task="relearn-attack", on_step=on_step,
-                               checkpointer=checkpointer, precision=precision)
+        weights = fit_denoiser(denoiser, aux, config.train_config(), progress=progress, task="relearn-attack",
+                               on_step=on_step, checkpointer=checkpointer)
     except NonFiniteFailure as exc:
         if exc.weights is not None:
             entry = lineage_entry("relearn-attack", params, config.seed, time.perf_counter() - started,

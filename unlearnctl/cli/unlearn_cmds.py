@@ -23,25 +23,6 @@ def _method_table() -> str:
     return "; ".join(f"{name} — {get_method(name).summary}" for name in available_methods())
 
 
-def _method_options() -> dict[str, dict[str, Any]]:
-    """Every method parameter as one CLI option: ``{field name: {type, flag, help, methods}}``."""
-    from unlearnctl.methods import available_methods, get_method
-
-    merged: dict[str, dict[str, Any]] = {}
-    for name in available_methods():
-        for info in get_method(name).Config.options():
-            entry = merged.setdefault(info.name, {"type": info.type, "flag": info.flag, "helps": {}, "methods": []})
-            if entry["type"] is not info.type or entry["flag"] != info.flag:
-                raise TypeError(f"method parameter {info.name!r} has different types or flags across methods")
-            default = "automatic" if info.default is None else info.default
-            entry["helps"].setdefault((info.help, default), []).append(name)
-            entry["methods"].append(name)
-    for entry in merged.values():
-        entry["help"] = " ".join(f"{', '.join(names)}: {text} (default {default})"
-                                 for (text, default), names in entry["helps"].items())
-    return merged
-
-
 def unlearn(
     model: opt.ModelIn,
     out: opt.OutCheckpoint,
@@ -75,8 +56,8 @@ def unlearn(
     quiet: opt.Quiet = False,
     **method_values: Any,
 ):
-    """Make a model forget a class or specific data with SISS, EraseDiff, DiMUM, SalUn, NegGrad, naive deletion
-    or exact retraining. Data comes from the model's recorded data description unless --data is given."""
+    """Make a model forget a class or specific data with one of the registered methods (listed under --method).
+    Data comes from the model's recorded data description unless --data is given."""
     from unlearnctl.checkpoint import check_output_path, load_checkpoint, save_checkpoint
     from unlearnctl.errors import BadInputError
     from unlearnctl.methods import get_method
@@ -90,12 +71,7 @@ def unlearn(
     resume_options = ResumeOptions.for_output(out, checkpoint_every, resume)
     method_cls = get_method(method)
     opt.check_precision(precision, device)
-    given = {name: value for name, value in method_values.items() if value is not None}
-    options = _method_options()
-    for name in given:
-        if method not in options[name]["methods"]:
-            raise BadInputError(f"{options[name]['flag']} is not a parameter of {method} "
-                                f"(it belongs to {', '.join(options[name]['methods'])})")
+    given = _method_params(method, method_values)
     config = UnlearnConfig(steps=steps, lr=lr, batch_size=batch_size, seed=seed, grad_clip=grad_clip,
                            lr_schedule=lr_schedule, ema_decay=ema_decay,
                            label_dropout=label_dropout, probe_every=probe_every, until_forget_rate=until_forget_rate,
@@ -119,6 +95,22 @@ def unlearn(
         print_json({**report_summary(result), "out": str(out), "sha256": result_model.sha256})
         return
     _print_result(result, out)
+
+
+def _method_params(method: str, values: dict[str, Any]) -> dict[str, Any]:
+    """The given method options as ``{config field: value}`` of ``method``; an option of another method is refused."""
+    from unlearnctl.errors import BadInputError
+    from unlearnctl.methods import method_options
+
+    params = {}
+    for option in method_options().values():
+        value = values.get(option.dest)
+        if value is None:
+            continue
+        if method not in option.fields:
+            raise BadInputError(f"{option.flag} is not a parameter of {method} (it belongs to {', '.join(option.methods)})")
+        params[option.fields[method]] = value
+    return params
 
 
 def _with_probe_lines(bars: ProgressBars, quiet: bool):
@@ -151,10 +143,12 @@ def _register() -> None:
     signature = inspect.signature(unlearn, eval_str=True)
     static = [p for p in signature.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
     dynamic = []
-    for name, entry in _method_options().items():
-        option = typer.Option(entry["flag"], help=entry["help"], rich_help_panel=METHOD_PANEL, show_default=False)
-        dynamic.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None,
-                                         annotation=Annotated[Optional[entry["type"]], option]))
+    from unlearnctl.methods import method_options
+
+    for entry in method_options().values():
+        option = typer.Option(entry.flag, help=entry.describe(), rich_help_panel=METHOD_PANEL, show_default=False)
+        dynamic.append(inspect.Parameter(entry.dest, inspect.Parameter.KEYWORD_ONLY, default=None,
+                                         annotation=Annotated[Optional[entry.type], option]))
     names = {p.name for p in static}
     clash = [p.name for p in dynamic if p.name in names]
     if clash:

@@ -13,14 +13,18 @@ name           method
 ``retrain``    exact unlearning: train from scratch on the retain set with the base's recipe
 =============  ==============================================================================
 
-``get_method(name)`` returns the class; unknown names raise :class:`BadInputError` listing the valid ones.
-The CLI's ``--method`` choices, help and per-method options come from here, so adding a method means
-adding a file (and its import below), never touching the CLI.
+This registry is the only list of methods. Every module of this package is imported on first use, so
+adding a method means adding its file (a class decorated with :func:`register_method`); the CLI's
+``--method`` choices, help and per-method options (:func:`method_options`), the demo's plan and the
+benchmarks' method lists all come from here. ``get_method(name)`` returns the class; unknown names raise
+:class:`BadInputError` listing the valid ones.
 """
 
 from __future__ import annotations
 
-from typing import Callable, TypeVar
+import keyword
+from dataclasses import dataclass, field
+from typing import Any, Callable, TypeVar
 
 from unlearnctl.errors import BadInputError
 
@@ -41,17 +45,82 @@ def register_method(name: str) -> Callable[[M], M]:
     return decorate
 
 
+def unregister_method(name: str) -> None:
+    """Remove ``name`` from the registry (tests that register a throwaway method)."""
+    _REGISTRY.pop(name, None)
+
+
 def get_method(name: str) -> type:
     """The method class registered as ``name``."""
+    _discover()
     if name not in _REGISTRY:
         raise BadInputError(f"unknown method {name!r}; choose one of: {', '.join(available_methods())}")
     return _REGISTRY[name]
 
 
-def available_methods() -> list[str]:
-    """Registered method names, in the order of the table above."""
-    return list(_REGISTRY)
+def available_methods(scenario: str | None = None, exact: bool | None = None) -> list[str]:
+    """Registered method names in listing order (each class's ``order``, then name).
+
+    ``scenario``: only methods taking part in that demo scenario (``class``, ``canary``); ``exact``: only
+    exact (``True``) or only fine-tuning (``False``) methods.
+    """
+    _discover()
+    classes = sorted(_REGISTRY.values(), key=lambda cls: (cls.order, cls.name))
+    return [cls.name for cls in classes
+            if (scenario is None or scenario in cls.scenarios) and (exact is None or bool(cls.exact) == exact)]
 
 
-# Importing the modules registers the methods (order = order in --help).
-from unlearnctl.methods import siss, siss_no_is, erasediff, dimum, salun, neggrad, naive, retrain  # noqa: E402,F401
+@dataclass
+class MethodOption:
+    """One per-method CLI option: a flag with one meaning, shared by the methods that declare it alike."""
+
+    flag: str
+    dest: str  # the Python name of the CLI parameter
+    type: type
+    help: str
+    default: Any
+    fields: dict[str, str] = field(default_factory=dict)  # method name → its config field
+
+    @property
+    def methods(self) -> list[str]:
+        return list(self.fields)
+
+    def describe(self) -> str:
+        default = "automatic" if self.default is None else self.default
+        return f"{', '.join(self.methods)}: {self.help} (default {default})"
+
+
+def method_options() -> dict[str, MethodOption]:
+    """Every method parameter as one CLI option, keyed by flag.
+
+    Two methods may share a flag only if it means the same thing (same type, help and default); a clash
+    is a programming error raised here, so no flag ever carries two meanings.
+    """
+    options: dict[str, MethodOption] = {}
+    for name in available_methods():
+        for info in get_method(name).Config.options():
+            dest = info.flag.lstrip("-").replace("-", "_")
+            option = options.setdefault(info.flag, MethodOption(info.flag, dest + "_" * keyword.iskeyword(dest),
+                                                                 info.type, info.help, info.default))
+            if (option.type, option.help, option.default) != (info.type, info.help, info.default):
+                raise ValueError(f"{info.flag} of method {name} means something else than {info.flag} of "
+                                 f"{', '.join(option.methods)}; give one of them its own flag (param(..., flag=...))")
+            option.fields[name] = info.name
+    return options
+
+
+_discovered = False
+
+
+def _discover() -> None:
+    """Import every module of this package once (importing a method's file registers it)."""
+    global _discovered
+    if _discovered:
+        return
+    _discovered = True
+    import importlib
+    import pkgutil
+
+    for module in pkgutil.iter_modules(__path__):
+        if module.name != "base":
+            importlib.import_module(f"{__name__}.{module.name}")

@@ -1,14 +1,31 @@
 """What every unlearning method shares: its config base, the context it runs in, its step output.
 
-A method is essentially its loss (STYLE §2). Each one lives in its own file with
+A method is essentially its loss. Each one lives in its own file with
 
 * a ``@dataclass`` config of its own parameters (subclass of :class:`MethodConfig`; every field made with
   :func:`param` so the CLI gets an option with help text from it),
-* a class (subclass of :class:`Method`) registered by name, whose docstring cites the paper and equation
-  and whose :meth:`Method.loss` (or, for gradient surgery, :meth:`Method.step`) computes one step.
+* a class (subclass of :class:`Method`) registered by name, whose docstring cites the paper and equation.
 
-The shared loop in :mod:`unlearnctl.unlearning` owns the optimizer, the RNG, clipping, finiteness checks
-and probes; a method only fills ``param.grad`` of the model's parameters.
+The method contract (every hook declared on :class:`Method`):
+
+==========================  =================================================================================
+hook                        what it does
+==========================  =================================================================================
+``prepare(progress)``       per-run set-up before the first step (saliency mask, the constant C, alternative
+                            data); returns values for the lineage. All per-run state is made here.
+``terms()``                 **required** — the step's loss terms (scalars with a graph) by their paper names,
+                            plus diagnostics (e.g. SISS's mean weights)
+``objective(terms)``        the scalar whose gradient is the update (e.g. ``L_r + β·L_mem``)
+``combine(terms)``          gradient surgery (SISS's norm scaling, EraseDiff's λ): the update from per-term
+                            gradients; the default is ``∇ objective(terms)``
+``stop_reason(figures)``    a reason to stop before applying the step (NegGrad's divergence guard)
+``state_dict`` / ``load``   the per-run state a resumed run needs
+==========================  =================================================================================
+
+The shared loop in :mod:`unlearnctl.unlearning` owns the optimizer, the RNG, the reduction of figures over
+processes (once), clipping, finiteness checks and probes; a method only forms the step's gradient. It sees
+the model through :attr:`MethodContext.denoiser` (:mod:`unlearnctl.denoisers`): noise targets written with
+the paper's symbols become the right targets for ε-, v- and x₀-prediction models alike.
 
 Torch is imported inside function bodies in this package: the CLI builds ``unlearn``'s options from these
 configs, and ``unlearnctl --help`` must not pay for importing torch.
@@ -28,8 +45,10 @@ if TYPE_CHECKING:
 
     from unlearnctl.checkpoint import Checkpoint
     from unlearnctl.data import ForgetSet, ImageSet
+    from unlearnctl.denoisers import Denoiser
     from unlearnctl.diffusion import NoiseSchedule
     from unlearnctl.progress import ProgressFn
+    from unlearnctl.runtime import Runtime
 
 
 def param(default: Any, help: str, flag: str | None = None) -> Any:
@@ -106,13 +125,23 @@ class StepOutput:
 
 
 @dataclass
+class Update:
+    """The gradient a step applies (aligned with the trainable parameters), the value of the objective it is
+    the gradient of, gradient norms worth reporting, and figures the combination chose (EraseDiff's λ)."""
+
+    grads: list["torch.Tensor"]
+    loss: "torch.Tensor | float"
+    grad_norms: dict[str, float] = field(default_factory=dict)
+    figures: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
 class MethodContext:
     """Everything a method may use. Built by :func:`unlearnctl.unlearning.unlearn`.
 
     Attributes:
-        unet: the model being unlearned; trained in place. At :meth:`Method.prepare` it still holds the
-            base weights.
-        schedule: the training noise schedule (γ_t, σ_t).
+        denoiser: the model being unlearned (:mod:`unlearnctl.denoisers`); trained in place. At
+            :meth:`Method.prepare` it still holds the base weights.
         checkpoint: the base checkpoint (configs, data description, lineage).
         forget_set: the resolved forget specification.
         retain: D_r, the retained training images (labels kept).
@@ -123,11 +152,9 @@ class MethodContext:
             unconditional branch used by classifier-free guidance stays trained.
         generator: the run's one RNG (batches, timesteps, noise, label dropout, mixture draws). Methods
             draw randomness only through this context's methods, so tests can replace them with fixed tensors.
-        device: where the model lives.
     """
 
-    unet: "torch.nn.Module"
-    schedule: "NoiseSchedule"
+    denoiser: "Denoiser"
     checkpoint: "Checkpoint"
     forget_set: "ForgetSet"
     retain: "ImageSet"
@@ -135,7 +162,23 @@ class MethodContext:
     batch_size: int
     label_dropout: float
     generator: "torch.Generator"
-    device: "torch.device"
+
+    @property
+    def unet(self) -> "torch.nn.Module":
+        """The network being trained."""
+        return self.denoiser.network
+
+    @property
+    def schedule(self) -> "NoiseSchedule":
+        return self.denoiser.schedule
+
+    @property
+    def runtime(self) -> "Runtime":
+        return self.denoiser.runtime
+
+    @property
+    def device(self) -> "torch.device":
+        return self.runtime.device or next(self.unet.parameters()).device
 
     @property
     def conditional(self) -> bool:
@@ -161,25 +204,27 @@ class MethodContext:
         return len(self.forget)
 
     def parameters(self) -> list["torch.Tensor"]:
-        return [p for p in self.unet.parameters() if p.requires_grad]
+        return self.denoiser.parameters()
 
     # Every draw below takes sizes as the method sees them (this process's rows). In a multi-process run
-    # (unlearnctl.distributed.data_parallel) it draws the whole global batch's randomness and keeps this
-    # process's slice, so the processes together see exactly the batch of a single-process run.
+    # (the runtime's shard) it draws the whole global batch's randomness and keeps this process's slice,
+    # so the processes together see exactly the batch of a single-process run.
+
+    def _global(self, draw, n: int, *shape: int) -> "torch.Tensor":
+        """``draw(global_size, *shape)`` from the run's generator, this process's rows kept."""
+        return self.runtime.take(draw(self.runtime.global_size(n), *shape))
 
     def _draw(self, images: "ImageSet", batch_size: int | None, drop: bool = False) -> tuple["torch.Tensor", "torch.Tensor | None", "torch.Tensor"]:
         import torch
 
-        from unlearnctl.distributed import current_shard
         from unlearnctl.training import drop_labels
 
-        shard = current_shard()
-        size = shard.global_size(batch_size) if batch_size else self.batch_size
+        size = self.runtime.global_size(batch_size) if batch_size else self.batch_size
         index = torch.randint(0, len(images), (size,), generator=self.generator)
         labels = images.labels[index] if (self.conditional and images.labels is not None) else None
         if labels is not None and drop and self.label_dropout > 0:
             labels = drop_labels(labels, self.null_class, self.label_dropout, self.generator)
-        index, labels = shard.take(index), shard.take(labels)
+        index, labels = self.runtime.take(index), self.runtime.take(labels)
         return images.images[index].to(self.device), labels, index
 
     def retain_batch(self, batch_size: int | None = None, drop_labels: bool = True) -> tuple["torch.Tensor", "torch.Tensor | None"]:
@@ -192,76 +237,55 @@ class MethodContext:
         return self._draw(self.forget, batch_size)
 
     def timesteps(self, batch_size: int) -> "torch.Tensor":
-        from unlearnctl.distributed import current_shard
-
-        shard = current_shard()
-        return shard.take(self.schedule.random_timesteps(shard.global_size(batch_size), self.generator))
+        return self._global(lambda n: self.schedule.random_timesteps(n, self.generator), batch_size)
 
     def noise(self, shape: "torch.Size") -> "torch.Tensor":
         import torch
 
-        from unlearnctl.distributed import current_shard
-
-        shard = current_shard()
-        full = (shard.global_size(shape[0]), *shape[1:])
-        return shard.take(torch.randn(full, generator=self.generator)).to(self.device)
+        return self._global(lambda n, *rest: torch.randn((n, *rest), generator=self.generator), *shape).to(self.device)
 
     def uniform(self, shape: "torch.Size") -> "torch.Tensor":
         """U[0, 1) noise of ``shape`` on the model's device."""
         import torch
 
-        from unlearnctl.distributed import current_shard
-
-        shard = current_shard()
-        full = (shard.global_size(shape[0]), *shape[1:])
-        return shard.take(torch.rand(full, generator=self.generator)).to(self.device)
+        return self._global(lambda n, *rest: torch.rand((n, *rest), generator=self.generator), *shape).to(self.device)
 
     def bernoulli(self, n: int, p: float) -> "torch.Tensor":
         """``n`` independent coins, True with probability ``p`` (bool ``[n]`` on the model's device)."""
         import torch
 
-        from unlearnctl.distributed import current_shard
-
-        shard = current_shard()
-        return shard.take(torch.rand(shard.global_size(n), generator=self.generator) < p).to(self.device)
+        return self._global(lambda size: torch.rand(size, generator=self.generator) < p, n).to(self.device)
 
     def randint(self, high: int, n: int) -> "torch.Tensor":
         """``n`` integers uniform in ``[0, high)`` (CPU)."""
         import torch
 
-        from unlearnctl.distributed import current_shard
-
-        shard = current_shard()
-        return shard.take(torch.randint(0, high, (shard.global_size(n),), generator=self.generator))
+        return self._global(lambda size: torch.randint(0, high, (size,), generator=self.generator), n)
 
     def coefficients(self, t: "torch.Tensor") -> tuple["torch.Tensor", "torch.Tensor"]:
         """γ_t, σ_t shaped ``[B, 1, 1, 1]`` on the model's device."""
-        gamma, sigma = self.schedule.coefficients(t)
-        return gamma.to(self.device), sigma.to(self.device)
+        return self.denoiser.coefficients(t, self.device)
 
     def other_labels(self, c: "torch.Tensor") -> "torch.Tensor":
         """A uniformly random real class different from each entry of ``c`` (any real class for the null class)."""
         import torch
 
-        from unlearnctl.distributed import current_shard
-
         require(self.num_classes >= 2, "a random other class needs at least two classes")
-        shard = current_shard()
-        full = (shard.global_size(c.shape[0]),)
         is_null = c == self.null_class
-        shift = shard.take(torch.randint(1, self.num_classes, full, generator=self.generator)).to(c.device)
+        shift = self._global(lambda size: torch.randint(1, self.num_classes, (size,), generator=self.generator), c.shape[0]).to(c.device)
         other = (c.clamp(max=self.num_classes - 1) + shift) % self.num_classes  # never equals c for real classes
-        anyone = shard.take(torch.randint(0, self.num_classes, full, generator=self.generator)).to(c.device)
+        anyone = self._global(lambda size: torch.randint(0, self.num_classes, (size,), generator=self.generator), c.shape[0]).to(c.device)
         return torch.where(is_null, anyone, other)
 
 
 class Method:
-    """Base of every unlearning method.
+    """Base of every unlearning method (the contract is in the module docstring).
 
-    Subclasses set ``name`` (by :func:`~unlearnctl.methods.register_method`), ``Config``, ``summary`` and
+    Subclasses set ``name`` (by :func:`~unlearnctl.methods.register_method`), ``Config``, ``summary``,
     ``defaults`` (the tuned ``steps``, ``lr``, ``batch_size``, ``lr_schedule`` and ``ema_decay`` of the shared
-    loop), and implement
-    :meth:`loss` — or :meth:`step` when the gradient is more than the gradient of one loss.
+    loop) and ``scenarios`` (the demo scenarios it takes part in), and implement :meth:`terms` plus
+    :meth:`objective` or :meth:`combine`. An exact method (``exact = True``, retraining) implements
+    :meth:`run` instead of the loop hooks.
     """
 
     name: ClassVar[str] = ""
@@ -269,10 +293,14 @@ class Method:
     summary: ClassVar[str] = ""
     defaults: ClassVar[dict[str, Any]] = {"steps": 300, "lr": 1e-4, "batch_size": 64, "lr_schedule": "cosine", "ema_decay": 0.0}
     exact: ClassVar[bool] = False  # True: not a fine-tuning method (retrain trains from scratch)
+    order: ClassVar[int] = 100  # position in listings (--help, the demo); ties by name
+    scenarios: ClassVar[tuple[str, ...]] = ("class",)  # demo scenarios: "class" (forget a class), "canary" (data)
 
     def __init__(self, config: MethodConfig, ctx: MethodContext):
         self.config, self.ctx = config, ctx
         self.check()
+
+    # ----- hooks
 
     def check(self) -> None:
         """Refuse a model/forget-set combination the method cannot handle (raise :class:`BadInputError`)."""
@@ -284,32 +312,75 @@ class Method:
         """
         return {}
 
-    def loss(self) -> tuple["torch.Tensor", dict[str, "torch.Tensor"]]:
-        """The objective of one step (scalar with a graph) and its terms by name."""
+    def terms(self) -> dict[str, "torch.Tensor"]:
+        """The step's loss terms (scalars with a graph) and diagnostics, by their paper names."""
         raise NotImplementedError
 
-    def step(self) -> StepOutput:
-        """Fill ``p.grad`` of every trainable parameter with the step's gradient (no clipping here)."""
-        from unlearnctl.distributed import mean_floats
+    def objective(self, terms: dict[str, "torch.Tensor"]) -> "torch.Tensor":
+        """The scalar whose gradient is the update."""
+        raise NotImplementedError
 
-        total, terms = self.loss()
-        params = self.ctx.parameters()
-        grads = gradient(total, params)
-        set_gradients(params, grads)
-        # multi-process runs: the global batch's values, so guards (NegGrad) decide alike on every process
-        values = mean_floats([float(total.detach()), *(float(v.detach()) for v in terms.values())])
-        return StepOutput(values[0], dict(zip(terms, values[1:])), {"g": float(norm(grads))})
+    def combine(self, terms: dict[str, "torch.Tensor"]) -> Update:
+        """The update from the terms; by default ``∇ objective(terms)``. Gradient surgery overrides this."""
+        total = self.objective(terms)
+        grads = self.gradient(total)
+        return Update(grads, total, {"g": float(norm(grads))})
+
+    def stop_reason(self, figures: StepOutput) -> str | None:
+        """A reason to stop before applying this step (figures are the global batch's); ``None`` = go on."""
+        return None
+
+    def state_dict(self) -> dict[str, Any]:
+        """Method state a resumed run needs (masks, chosen constants)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`."""
+
+    def run(self, job: Any) -> tuple[dict[str, "torch.Tensor"], Any]:
+        """Exact methods only: produce the weights without the fine-tuning loop (see ``methods/retrain.py``)."""
+        raise NotImplementedError(f"{self.name} is a fine-tuning method: the shared loop runs it")
+
+    # ----- the step, built from the hooks
+
+    def step(self) -> StepOutput:
+        """Fill ``p.grad`` of every trainable parameter with the step's gradient (no clipping, no reduction of
+        the figures over processes: both are the loop's)."""
+        terms = self.terms()
+        update = self.combine(terms)
+        set_gradients(self.ctx.parameters(), update.grads)
+        loss = update.loss.detach() if hasattr(update.loss, "detach") else update.loss
+        figures = {**{k: float(v.detach()) for k, v in terms.items()}, **update.figures}
+        return StepOutput(float(loss), figures, update.grad_norms)
+
+    def loss(self) -> tuple["torch.Tensor", dict[str, "torch.Tensor"]]:
+        """``(objective, terms)`` of one draw (tests, notebooks)."""
+        terms = self.terms()
+        return self.objective(terms), terms
+
+    def gradient(self, loss: "torch.Tensor", retain_graph: bool = False,
+                 params: list["torch.Tensor"] | None = None) -> list["torch.Tensor"]:
+        """∇ loss over the trainable parameters (or ``params``), averaged over processes by the runtime."""
+        return self.ctx.runtime.gradients(loss, self.ctx.parameters() if params is None else params, retain_graph)
 
     # ----- shared loss pieces
 
+    def predict(self, m_t: "torch.Tensor", t: "torch.Tensor", c: "torch.Tensor | None") -> "torch.Tensor":
+        """ε_θ(m_t, t, c): the network's output (in the model's own parameterisation)."""
+        return self.ctx.denoiser.predict(m_t, t, c)
+
+    def target(self, t: "torch.Tensor", **given: "torch.Tensor") -> "torch.Tensor":
+        """The loss target for ``m_t = γ_t x₀ + σ_t ε`` given two of ``m_t``, ``x0``, ``eps``."""
+        return self.ctx.denoiser.target(t, **given)
+
     def denoising_loss(self, x: "torch.Tensor", c: "torch.Tensor | None") -> "torch.Tensor":
         """The DDPM loss per sample, ``||ε_θ(m_t, t, c) − ε||²`` with ``m_t = γ_t x + σ_t ε`` (shape ``[B]``)."""
-        from unlearnctl.diffusion import per_sample_mse, predict_noise
+        from unlearnctl.diffusion import per_sample_mse
 
         t = self.ctx.timesteps(x.shape[0])  # [B]
         eps = self.ctx.noise(x.shape)  # [B, C, H, W]
-        m_t = self.ctx.schedule.add_noise(x, eps, t)  # [B, C, H, W]
-        return per_sample_mse(predict_noise(self.ctx.unet, m_t, t, c), eps)
+        m_t = self.ctx.denoiser.add_noise(x, eps, t)  # [B, C, H, W]
+        return per_sample_mse(self.predict(m_t, t, c), self.target(t, x0=x, eps=eps))
 
     def retain_loss(self) -> "torch.Tensor":
         """L_r: the denoising loss on a batch of D_r (labels with dropout to the null class)."""
@@ -321,26 +392,16 @@ class Method:
         a, c_a, _ = self.ctx.forget_batch()
         return self.denoising_loss(a, c_a).mean()
 
-    def state_dict(self) -> dict[str, Any]:
-        """Method state a resumed run needs (masks, chosen constants)."""
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict`."""
-
 
 # --------------------------------------------------------------------------------------------- gradient tools
 
 
 def gradient(loss: "torch.Tensor", params: list["torch.Tensor"], retain_graph: bool = False) -> list["torch.Tensor"]:
-    """∇_θ loss as a list aligned with ``params`` (zeros where the loss does not depend on a parameter).
+    """∇_θ loss as a list aligned with ``params`` (zeros where the loss does not depend on a parameter),
+    single process, fp32 (methods use :meth:`Method.gradient`, which goes through the run's runtime)."""
+    from unlearnctl.runtime import Runtime
 
-    In a multi-process run the gradient is averaged over the processes, i.e. it is the global batch's
-    (:func:`unlearnctl.distributed.gradients`; fp16 runs also scale the loss there).
-    """
-    from unlearnctl.distributed import gradients
-
-    return gradients(loss, params, retain_graph)
+    return Runtime().gradients(loss, params, retain_graph)
 
 
 def norm(grads: list["torch.Tensor"]) -> "torch.Tensor":

@@ -63,6 +63,7 @@ class DiMUM(Method):
     """DiMUM: retain loss + β · memorisation of alternative data (paper's unlearning-by-memorisation loss)."""
 
     Config = DiMUMConfig
+    order = 40
     summary = "DiMUM: retain loss + β · memorise alternative data (class:K, generated, folder:PATH, nearest-retain)"
     defaults = {"steps": 300, "lr": 3e-4, "batch_size": 64, "lr_schedule": "cosine", "ema_decay": 0.0}  # tuned on the small digits model (docs/methods.md)
 
@@ -121,13 +122,13 @@ class DiMUM(Method):
         seed = int(ctx.randint(2**31 - 1, 1))
         ctx.unet.eval()  # still the base weights: prepare() runs before the first step
         images = sample_images(ctx.unet, ctx.checkpoint.scheduler_config, labels=labels, null_class=ctx.null_class,
-                               steps=50, seed=seed, progress=progress)
+                               steps=50, seed=seed, progress=progress, precision=ctx.runtime.precision)
         ctx.unet.train()
         return images
 
     def memorisation_loss(self) -> "torch.Tensor":
         """L_mem: alternative images under the forget condition (class) or redirected forget inputs (data)."""
-        from unlearnctl.diffusion import per_sample_mse, predict_noise
+        from unlearnctl.diffusion import per_sample_mse
 
         ctx = self.ctx
         a, c_a, index = ctx.forget_batch()  # [B, C, H, W], [B] or None, [B]
@@ -141,16 +142,17 @@ class DiMUM(Method):
         gamma, sigma = ctx.coefficients(t)  # [B, 1, 1, 1]
         if ctx.forget_set.mode == "class" and ctx.conditional:
             m_t = gamma * x_alt + sigma * eps  # noised alternative ...
-            target = eps  # ... denoised under the forget condition c_a
+            target = self.target(t, x0=x_alt, eps=eps)  # ... denoised under the forget condition c_a
         else:
             m_t = gamma * a + sigma * eps  # the forget sample's noisy input ...
-            target = (m_t - gamma * x_alt) / sigma  # ... leads to the alternative
-        return per_sample_mse(predict_noise(ctx.unet, m_t, t, c_a), target).mean()
+            target = self.target(t, m_t=m_t, x0=x_alt)  # ... leads to the alternative: ε = (m_t − γ_t x_alt)/σ_t
+        return per_sample_mse(self.predict(m_t, t, c_a), target).mean()
 
-    def loss(self) -> tuple["torch.Tensor", dict[str, "torch.Tensor"]]:
-        L_r = self.retain_loss()
-        L_mem = self.memorisation_loss()
-        return L_r + self.config.beta * L_mem, {"L_r": L_r, "L_mem": L_mem}
+    def terms(self) -> dict[str, "torch.Tensor"]:
+        return {"L_r": self.retain_loss(), "L_mem": self.memorisation_loss()}
+
+    def objective(self, terms: dict[str, "torch.Tensor"]) -> "torch.Tensor":
+        return terms["L_r"] + self.config.beta * terms["L_mem"]
 
     def state_dict(self) -> dict[str, Any]:
         return {"x_alt": self.x_alt, "paired": self.paired}

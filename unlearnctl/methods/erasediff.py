@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 
 from unlearnctl.errors import require
 from unlearnctl.methods import register_method
-from unlearnctl.methods.base import Method, MethodConfig, StepOutput, dot, gradient, norm, param, set_gradients
+from unlearnctl.methods.base import Method, MethodConfig, Update, dot, norm, param
 
 if TYPE_CHECKING:
     import torch
@@ -59,6 +59,7 @@ class EraseDiff(Method):
     """EraseDiff's first-order constrained update (paper Alg. 1), forget target ``uniform`` or ``pseudo-label``."""
 
     Config = EraseDiffConfig
+    order = 30
     summary = "EraseDiff: first-order constrained update ∇F + λ∇q, forget target uniform noise or pseudo-label"
     defaults = {"steps": 900, "lr": 2e-4, "batch_size": 32, "lr_schedule": "cosine", "ema_decay": 0.0}  # tuned on the small digits model (docs/methods.md)
 
@@ -70,29 +71,29 @@ class EraseDiff(Method):
         """q: mean ||ε_θ(m_t(a), t, c_a) − ε_f||² on a forget batch."""
         import torch
 
-        from unlearnctl.diffusion import per_sample_mse, predict_noise
+        from unlearnctl.diffusion import per_sample_mse
 
         ctx = self.ctx
         a, c_a, _ = ctx.forget_batch()  # [B, C, H, W], [B] or None
         t = ctx.timesteps(a.shape[0])  # [B]
-        m_t = ctx.schedule.add_noise(a, ctx.noise(a.shape), t)  # [B, C, H, W]
-        eps_pred = predict_noise(ctx.unet, m_t, t, c_a)  # [B, C, H, W]
+        m_t = ctx.denoiser.add_noise(a, ctx.noise(a.shape), t)  # [B, C, H, W]
+        eps_pred = self.predict(m_t, t, c_a)  # [B, C, H, W]
         if self.config.forget_target == "uniform":
-            eps_f = ctx.uniform(a.shape)  # U[0, 1)
+            eps_f = self.target(t, m_t=m_t, eps=ctx.uniform(a.shape))  # ε_f ~ U[0, 1), as the model's target
         else:
             with torch.no_grad():
-                eps_f = predict_noise(ctx.unet, m_t, t, ctx.other_labels(c_a))  # sg(ε_θ(m_t, t, c'))
+                eps_f = self.predict(m_t, t, ctx.other_labels(c_a))  # sg(ε_θ(m_t, t, c'))
         return per_sample_mse(eps_pred, eps_f).mean()
 
-    def step(self) -> StepOutput:
-        params = self.ctx.parameters()
-        F = self.retain_loss()
-        q = self.forget_objective()
-        grad_F = gradient(F, params)
-        grad_q = gradient(q, params)
+    def terms(self) -> dict[str, "torch.Tensor"]:
+        return {"F": self.retain_loss(), "q": self.forget_objective()}
+
+    def combine(self, terms: dict[str, "torch.Tensor"]) -> Update:
+        """∇θ = ∇F + λ·∇q with λ = max(η − ⟨∇F, ∇q⟩/‖∇q‖², 0)."""
+        grad_F = self.gradient(terms["F"])
+        grad_q = self.gradient(terms["q"])
         lam = erasediff_lambda(grad_F, grad_q, self.config.eta)
         grads = [gf + lam * gq for gf, gq in zip(grad_F, grad_q)]
-        set_gradients(params, grads)
-        F, q = float(F.detach()), float(q.detach())
-        return StepOutput(F + lam * q, {"F": F, "q": q, "lambda": lam},
-                          {"grad_F": float(norm(grad_F)), "grad_q": float(norm(grad_q)), "g": float(norm(grads))})
+        return Update(grads, float(terms["F"].detach()) + lam * float(terms["q"].detach()),
+                      {"grad_F": float(norm(grad_F)), "grad_q": float(norm(grad_q)), "g": float(norm(grads))},
+                      figures={"lambda": lam})

@@ -30,6 +30,10 @@ class Naive(Method):
     summary = "naive deletion: fine-tune on the retain set only"
     defaults = {"steps": 300, "lr": 2e-4, "batch_size": 64, "lr_schedule": "cosine", "ema_decay": 0.0}  # tuned on the small digits model (docs/methods.md)
 
-    def loss(self) -> tuple["torch.Tensor", dict[str, "torch.Tensor"]]:
-        L_r = self.retain_loss()
-        return L_r, {"L_r": L_r}
+    order = 70
+
+    def terms(self) -> dict[str, "torch.Tensor"]:
+        return {"L_r": self.retain_loss()}
+
+    def objective(self, terms: dict[str, "torch.Tensor"]) -> "torch.Tensor":
+        return terms["L_r"]

@@ -24,7 +24,8 @@ if TYPE_CHECKING:
 
 @dataclass
 class NegGradConfig(MethodConfig):
-    alpha: float = param(0.0, "α, weight of the optional retain loss (0 = pure gradient ascent).")
+    alpha: float = param(0.0, "NegGrad's α, weight of the optional retain loss (0 = pure gradient ascent).",
+                         flag="--neggrad-alpha")
     max_forget_loss: float = param(1.0, "divergence guard: stop when the moving average of the forget loss "
                                         "exceeds this (1.0 = the loss of predicting zero noise).")
 
@@ -40,30 +41,30 @@ class NegGrad(Method):
     Config = NegGradConfig
     summary = "NegGrad: gradient ascent on the forget set (optional retain term), with a divergence guard"
     defaults = {"steps": 300, "lr": 2e-4, "batch_size": 64, "lr_schedule": "cosine", "ema_decay": 0.0}  # tuned on the small digits model (docs/methods.md)
+    order = 60
     smoothing = 0.9  # moving average of L_f watched by the guard
 
-    def __init__(self, config, ctx):
-        super().__init__(config, ctx)
+    def prepare(self, progress=None) -> dict:
         self.L_f_average: float | None = None
+        return {}
 
-    def loss(self) -> tuple["torch.Tensor", dict[str, "torch.Tensor"]]:
-        L_f = self.forget_loss()
-        terms = {"L_f": L_f}
-        total = -L_f
+    def terms(self) -> dict[str, "torch.Tensor"]:
+        terms = {"L_f": self.forget_loss()}
         if self.config.alpha > 0:
-            L_r = self.retain_loss()
-            terms["L_r"] = L_r
-            total = total + self.config.alpha * L_r
-        return total, terms
+            terms["L_r"] = self.retain_loss()
+        return terms
 
-    def step(self) -> StepOutput:
-        out = super().step()
-        L_f = out.terms["L_f"]
+    def objective(self, terms: dict[str, "torch.Tensor"]) -> "torch.Tensor":
+        total = -terms["L_f"]
+        return total + self.config.alpha * terms["L_r"] if "L_r" in terms else total
+
+    def stop_reason(self, figures: StepOutput) -> str | None:
+        L_f = figures.terms["L_f"]
         self.L_f_average = L_f if self.L_f_average is None else self.smoothing * self.L_f_average + (1 - self.smoothing) * L_f
         if self.L_f_average > self.config.max_forget_loss:
-            out.stop = (f"divergence guard: forget loss (moving average) {self.L_f_average:.3g} exceeded "
-                        f"{self.config.max_forget_loss:g}")
-        return out
+            return (f"divergence guard: forget loss (moving average) {self.L_f_average:.3g} exceeded "
+                    f"{self.config.max_forget_loss:g}")
+        return None
 
     def state_dict(self):
         return {"L_f_average": self.L_f_average}

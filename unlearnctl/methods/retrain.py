@@ -19,8 +19,7 @@ from unlearnctl.methods.base import Method, MethodConfig
 
 if TYPE_CHECKING:
     from unlearnctl.checkpoint import Checkpoint
-    from unlearnctl.data import DataSplit, ForgetSet
-    from unlearnctl.progress import ProgressFn
+    from unlearnctl.unlearning import RunRecord, UnlearnJob
 
 
 @dataclass
@@ -56,30 +55,39 @@ class Retrain(Method):
     defaults = {"steps": None, "lr": None, "batch_size": None, "lr_schedule": None, "ema_decay": None}  # None: the recipe's
     exact = True
 
-    @staticmethod
-    def run(checkpoint: "Checkpoint", split: "DataSplit", forget_set: "ForgetSet", *, steps: int | None,
-            lr: float | None, batch_size: int | None, seed: int, device: str,
-            progress: "ProgressFn" = None, resume: Any = None, precision: str = "fp32") -> tuple[dict[str, Any], dict[str, Any]]:
-        """Train from scratch; returns ``(weights, params)`` where params records the recipe and overrides.
+    order = 80
+    scenarios = ("class", "canary")
 
-        ``resume`` (:class:`~unlearnctl.resume.ResumeOptions`) checkpoints and resumes the training run.
+    def run(self, job: "UnlearnJob") -> tuple[dict[str, Any], "RunRecord"]:
+        """Train from scratch on the retain set; returns the weights and the run record (recipe, overrides).
+
+        ``job.resume`` (:class:`~unlearnctl.resume.ResumeOptions`) checkpoints and resumes the training run.
         """
-        from unlearnctl.training import TrainConfig, train_model
+        import time
 
+        from unlearnctl.training import TrainConfig, train_model
+        from unlearnctl.unlearning import RunRecord
+
+        checkpoint, config, forget_set = job.checkpoint, job.config, job.forget_set
+        require(config.lr_schedule is None and config.ema_decay is None,
+                "retrain repeats the base's recipe with its own schedule and EMA; --lr-schedule and --ema-decay are for fine-tuning methods")
         recipe = training_recipe(checkpoint)
-        overrides = {k: v for k, v in {"steps": steps, "lr": lr, "batch_size": batch_size}.items() if v is not None}
-        train = {**recipe["train"], **overrides, "seed": seed}
-        config = TrainConfig(**train)
+        overrides = {k: v for k, v in {"steps": config.steps, "lr": config.lr, "batch_size": config.batch_size}.items() if v is not None}
+        train = TrainConfig(**{**recipe["train"], **overrides, "seed": config.seed})
         require(checkpoint.conditional == bool(recipe["conditional"]),
                 "the base checkpoint's recipe does not match its model (conditional flag); cannot retrain")
-        model = train_model(split, conditional=bool(recipe["conditional"]), preset=recipe["preset"],
-                            unet_overrides=recipe.get("unet_overrides") or None, config=config,
-                            exclude=forget_set.spec, device=device, progress=progress, command="retrain", resume=resume,
-                            precision=precision)
+        started = time.perf_counter()
+        model = train_model(job.split, conditional=bool(recipe["conditional"]), preset=recipe["preset"],
+                            unet_overrides=recipe.get("unet_overrides") or None, config=train,
+                            exclude=forget_set.spec, device=config.device, progress=job.progress, command="retrain",
+                            resume=job.resume, precision=config.precision)
         require(model.unet_config == checkpoint.unet_config,
                 "retraining with the recorded recipe built a different UNet config than the base's; cannot compare them")
         params = {"recipe": {k: recipe[k] for k in ("preset", "conditional", "unet_overrides") if k in recipe},
-                  "train": config.to_dict(), "overrides": overrides,
+                  "train": train.to_dict(), "overrides": overrides,
                   "num_train_images": model.lineage[-1]["params"]["num_train_images"], "from_scratch": True,
-                  "precision": precision}
-        return model.state_dict, params
+                  "precision": config.precision, "data": job.split.description["source"]}
+        record = RunRecord(job, command="retrain", params=params, steps=train.steps, lr=train.lr, batch_size=train.batch_size,
+                           data_fingerprint=forget_set.retain.fingerprint, steps_run=train.steps,
+                           wall_time_s=time.perf_counter() - started, extra={"train": train.to_dict()})
+        return model.state_dict, record

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from unlearnctl.errors import require
 from unlearnctl.methods import register_method
-from unlearnctl.methods.base import Method, MethodConfig, StepOutput, gradient, norm, param
+from unlearnctl.methods.base import Method, MethodConfig, Update, norm, param
 
 if TYPE_CHECKING:
     import torch
@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 @dataclass
 class SalUnConfig(MethodConfig):
     saliency_percent: float = param(50.0, "p, the percentage of weights (largest |∇θ forget loss|) allowed to change.")
-    alpha: float = param(0.5, "α, weight of the retain loss next to the random-label loss.")
+    alpha: float = param(0.5, "SalUn's α, weight of the retain loss next to the random-label loss.", flag="--salun-alpha")
     saliency_batches: int = param(8, "forget batches averaged for the saliency gradient.")
     relabel: str = param("class", "random labels: class (one random other class per forgotten class, as SalUn's "
                                   "class-wise code does), image (one per forget image) or resample (afresh every step).")
@@ -68,6 +68,7 @@ class SalUn(Method):
     """SalUn: saliency mask from the forget-loss gradient, random-label loss + α · retain loss on salient weights."""
 
     Config = SalUnConfig
+    order = 50
     summary = "SalUn: saliency mask (top-p% of |∇ forget loss|), random-label + α · retain loss, masked weights only"
     defaults = {"steps": 300, "lr": 5e-4, "batch_size": 64, "lr_schedule": "cosine", "ema_decay": 0.0}  # tuned on the small digits model (docs/methods.md)
 
@@ -82,7 +83,7 @@ class SalUn(Method):
         params = self.ctx.parameters()
         total = None
         for i in range(self.config.saliency_batches):
-            grads = gradient(self.forget_loss(), params)
+            grads = self.gradient(self.forget_loss())
             total = grads if total is None else [s + g for s, g in zip(total, grads)]
             report(progress, "saliency", i + 1, self.config.saliency_batches)
         self.masks = saliency_mask(total, self.config.saliency_percent)
@@ -107,7 +108,7 @@ class SalUn(Method):
     def random_label_loss(self) -> "torch.Tensor":
         import torch
 
-        from unlearnctl.diffusion import per_sample_mse, predict_noise
+        from unlearnctl.diffusion import per_sample_mse
 
         ctx = self.ctx
         a, c_a, index = ctx.forget_batch()  # [B, C, H, W], [B] or None, [B]
@@ -118,28 +119,27 @@ class SalUn(Method):
         if ctx.conditional:
             with torch.no_grad():
                 c_other = self.pseudo[index] if fixed else ctx.other_labels(c_a)  # [B], c' ≠ c_a
-                target = predict_noise(ctx.unet, m_t, t, c_other)  # sg(ε_θ(m_t, t, c'))
+                target = self.predict(m_t, t, c_other)  # sg(ε_θ(m_t, t, c'))
         else:
             if fixed:
                 x_r = ctx.retain.images[self.pseudo[index]].to(ctx.device)  # each forget image's own retain image
             else:
                 x_r, _ = ctx.retain_batch(a.shape[0], drop_labels=False)  # a random retain image per sample
-            gamma, sigma = ctx.coefficients(t)
-            target = (m_t - gamma * x_r) / sigma
-        return per_sample_mse(predict_noise(ctx.unet, m_t, t, c_a), target).mean()
+            target = self.target(t, m_t=m_t, x0=x_r)  # ε = (m_t − γ_t x_r)/σ_t
+        return per_sample_mse(self.predict(m_t, t, c_a), target).mean()
 
-    def loss(self) -> tuple["torch.Tensor", dict[str, "torch.Tensor"]]:
-        L_rl = self.random_label_loss()
-        L_r = self.retain_loss()
-        return L_rl + self.config.alpha * L_r, {"L_rl": L_rl, "L_r": L_r}
+    def terms(self) -> dict[str, "torch.Tensor"]:
+        return {"L_rl": self.random_label_loss(), "L_r": self.retain_loss()}
 
-    def step(self) -> StepOutput:
-        out = super().step()
-        params = self.ctx.parameters()
-        for p, mask in zip(params, self.masks):
-            p.grad.mul_(mask)  # only salient weights receive a gradient (Adam then never moves the others)
-        out.grad_norms["g_masked"] = float(norm([p.grad for p in params]))
-        return out
+    def objective(self, terms: dict[str, "torch.Tensor"]) -> "torch.Tensor":
+        return terms["L_rl"] + self.config.alpha * terms["L_r"]
+
+    def combine(self, terms: dict[str, "torch.Tensor"]) -> Update:
+        update = super().combine(terms)
+        # only salient weights receive a gradient (Adam then never moves the others)
+        update.grads = [g * mask for g, mask in zip(update.grads, self.masks)]
+        update.grad_norms["g_masked"] = float(norm(update.grads))
+        return update
 
     def state_dict(self) -> dict[str, Any]:
         return {"masks": self.masks, "pseudo": self.pseudo}

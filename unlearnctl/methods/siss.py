@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Any
 
 from unlearnctl.errors import require
 from unlearnctl.methods import register_method
-from unlearnctl.methods.base import Method, MethodConfig, StepOutput, gradient, norm, param, set_gradients
+from unlearnctl.methods.base import Method, MethodConfig, Update, norm, param
 
 if TYPE_CHECKING:
     import torch
@@ -125,26 +125,46 @@ def calibrate_scaling_norm(method: Method, share: float, batches: int, progress:
     """Automatic C: ``share`` × the mean norm of the naive-deletion gradient g_x over ``batches`` batches."""
     from unlearnctl.progress import report
 
-    params = method.ctx.parameters()
     norms = []
     for i in range(batches):
-        L_x = method.losses()[0]  # the naive-deletion term of the method's own loss
-        norms.append(float(norm(gradient(L_x, params))))
+        L_x = method.terms()["L_x"]  # the naive-deletion term of the method's own loss
+        norms.append(float(norm(method.gradient(L_x))))
         report(progress, "calibrate C", i + 1, batches)
     return share * sum(norms) / len(norms)
 
 
 class ScaledForgetTerm(Method):
-    """Shared by ``siss`` and ``siss-no-is``: ``prepare`` fixes C (given, or measured by :func:`calibrate_scaling_norm`)."""
+    """Shared by ``siss`` and ``siss-no-is``: ``prepare`` fixes C (given, or measured by
+    :func:`calibrate_scaling_norm`); ``combine`` forms g = g_x − (C/‖g_a‖)·g_a from the terms L_x and L_a."""
 
     C: float
 
     def prepare(self, progress: "ProgressFn" = None) -> dict[str, Any]:
+        self.factor: float | None = None  # C/‖g_a‖ of the last step
         if self.config.scaling_norm is None:
             self.C = calibrate_scaling_norm(self, self.config.scaling_share, self.config.calibration_batches, progress)
         else:
             self.C = self.config.scaling_norm
         return {"scaling_norm": self.C, "scaling_norm_automatic": self.config.scaling_norm is None}
+
+    def combine(self, terms: dict[str, "torch.Tensor"]) -> Update:
+        return self.scaled_update(terms)[0]
+
+    def scaled_update(self, terms: dict[str, "torch.Tensor"]) -> tuple[Update, list["torch.Tensor"]]:
+        """The exact step g = g_x − (C/‖g_a‖)·g_a, and g_a."""
+        L_x, L_a = terms["L_x"], terms["L_a"]
+        g_x = self.gradient(L_x, retain_graph=True)  # L_x and L_a may share a forward pass
+        g_a = self.gradient(L_a)
+        g, self.factor = scale_negative(g_x, g_a, self.C)
+        return Update(g, L_x - self.factor * L_a,  # the objective whose gradient is g (factor held constant)
+                      {"g_x": float(norm(g_x)), "g_a": float(norm(g_a)), "g": float(norm(g))}), g_a
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"scaling_norm": self.C, "factor": self.factor}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.C = float(state["scaling_norm"])
+        self.factor = state.get("factor")
 
 
 # --------------------------------------------------------------------------------------------- the method
@@ -159,14 +179,21 @@ class SISS(ScaledForgetTerm):
     """
 
     Config = SISSConfig
+    order = 10
+    scenarios = ("class", "canary")
     summary = "SISS: importance-sampled defensive mixture, one forward per sample, gradient-norm-scaled forget term"
     defaults = {"steps": 400, "lr": 2e-4, "batch_size": 64, "lr_schedule": "constant", "ema_decay": 0.0}  # tuned on the small digits model (docs/methods.md)
 
-    def losses(self) -> tuple["torch.Tensor", "torch.Tensor", dict[str, "torch.Tensor"]]:
-        """L_x = n/(n−k)·mean(w_x ℓ_x) and L_a = k/(n−k)·mean(w_a ℓ_a) from one forward pass."""
+    def prepare(self, progress: "ProgressFn" = None) -> dict[str, Any]:
+        self.steps_taken = 0  # fast mode measures ‖g_a‖ exactly when a multiple of refresh_every
+        self.head_ratio: float | None = None  # ‖g_a‖ / ‖g_a restricted to the output head‖ at the last exact step
+        return super().prepare(progress)
+
+    def terms(self) -> dict[str, "torch.Tensor"]:
+        """L_x = n/(n−k)·mean(w_x ℓ_x) and L_a = k/(n−k)·mean(w_a ℓ_a) from one forward pass (and the mean weights)."""
         import torch
 
-        from unlearnctl.diffusion import per_sample_mse, predict_noise
+        from unlearnctl.diffusion import per_sample_mse
 
         ctx, lam = self.ctx, self.config.lambda_
         x, c_x = ctx.retain_batch()  # [B, C, H, W], [B] or None
@@ -185,53 +212,40 @@ class SISS(ScaledForgetTerm):
         d_x, d_a = mixture_distances(m_t, x, a, gamma, sigma)  # [B], [B]
         w_x, w_a = siss_weights(d_x, d_a, lam, match_x, match_a)  # [B], [B]
 
-        eps_pred = predict_noise(ctx.unet, m_t, t, c)  # [B, C, H, W]: the one forward pass
-        l_x = per_sample_mse(eps_pred, (m_t - gamma * x) / sigma)  # [B]
-        l_a = per_sample_mse(eps_pred, (m_t - gamma * a) / sigma)  # [B]
+        out = self.predict(m_t, t, c)  # [B, C, H, W]: the one forward pass
+        l_x = per_sample_mse(out, self.target(t, m_t=m_t, x0=x))  # [B]; ε-models: (m_t − γ_t x)/σ_t
+        l_a = per_sample_mse(out, self.target(t, m_t=m_t, x0=a))  # [B]; ε-models: (m_t − γ_t a)/σ_t
         n, k = ctx.n, ctx.k
         L_x = n / (n - k) * (w_x * l_x).mean()
         L_a = k / (n - k) * (w_a * l_a).mean()
-        return L_x, L_a, {"L_x": L_x, "L_a": L_a, "w_x": w_x.mean(), "w_a": w_a.mean()}
+        return {"L_x": L_x, "L_a": L_a, "w_x": w_x.mean(), "w_a": w_a.mean()}
 
-    def step(self) -> StepOutput:
-        L_x, L_a, terms = self.losses()
-        params = self.ctx.parameters()
+    def combine(self, terms: dict[str, "torch.Tensor"]) -> Update:
         fast_mode = self.config.refresh_every > 1
         refresh = self.steps_taken % self.config.refresh_every == 0 or self.head_ratio is None
         self.steps_taken += 1
+        if not fast_mode:
+            return super().combine(terms)
+        params = self.ctx.parameters()
+        head = _output_head(self.ctx.unet, params)
         if not refresh:  # fast mode: ‖g_a‖ estimated from the output head, one full backward pass
-            g_a_head = gradient(L_a, [params[i] for i in _output_head(self.ctx.unet, params)], retain_graph=True)
-            g_a_est = self.head_ratio * float(norm(g_a_head))
+            L_x, L_a = terms["L_x"], terms["L_a"]
+            g_a_est = self.head_ratio * float(norm(self.gradient(L_a, retain_graph=True, params=[params[i] for i in head])))
             self.factor = self.C / g_a_est if g_a_est > 0 else 0.0
-            g = gradient(L_x - self.factor * L_a, params)
-            set_gradients(params, g)
-            return StepOutput(float((L_x - self.factor * L_a).detach()), {k: float(v.detach()) for k, v in terms.items()},
-                              {"g_a_est": g_a_est, "g": float(norm(g))})
-        g_x = gradient(L_x, params, retain_graph=True)  # both terms share the forward pass
-        g_a = gradient(L_a, params)
-        g, self.factor = scale_negative(g_x, g_a, self.C)
-        g_a_norm = float(norm(g_a))
-        if fast_mode:  # the ratio the steps until the next refresh scale the head's gradient norm by
-            head_norm = float(norm([g_a[i] for i in _output_head(self.ctx.unet, params)]))
-            self.head_ratio = g_a_norm / head_norm if head_norm > 0 else None
-        set_gradients(params, g)
-        return StepOutput(
-            loss=float((L_x - self.factor * L_a).detach()),  # the objective whose gradient is g (factor held constant)
-            terms={k: float(v.detach()) for k, v in terms.items()},
-            grad_norms={"g_x": float(norm(g_x)), "g_a": g_a_norm, "g": float(norm(g))},
-        )
-
-    steps_taken = 0  # steps taken so far (fast mode measures ‖g_a‖ exactly when a multiple of refresh_every)
-    factor: float | None = None  # C/‖g_a‖ of the last step
-    head_ratio: float | None = None  # ‖g_a‖ / ‖g_a restricted to the output head‖ at the last exact step
+            g = self.gradient(L_x - self.factor * L_a)
+            return Update(g, L_x - self.factor * L_a, {"g_a_est": g_a_est, "g": float(norm(g))})
+        update, g_a = self.scaled_update(terms)  # the exact step, and the ratio the next steps scale the head's norm by
+        head_norm = float(norm([g_a[i] for i in head]))
+        self.head_ratio = update.grad_norms["g_a"] / head_norm if head_norm > 0 else None
+        return update
 
     def state_dict(self) -> dict[str, Any]:
-        return {"scaling_norm": self.C, "steps_taken": self.steps_taken, "factor": self.factor, "head_ratio": self.head_ratio}
+        return {**super().state_dict(), "steps_taken": self.steps_taken, "head_ratio": self.head_ratio}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.C = float(state["scaling_norm"])
+        super().load_state_dict(state)
         self.steps_taken = int(state.get("steps_taken", 0))
-        self.factor, self.head_ratio = state.get("factor"), state.get("head_ratio")
+        self.head_ratio = state.get("head_ratio")
 
 
 def _output_head(unet: "torch.nn.Module", params: list["torch.Tensor"]) -> list[int]:

@@ -15,8 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from unlearnctl.methods import register_method
-from unlearnctl.methods.base import StepOutput, gradient, norm, set_gradients
-from unlearnctl.methods.siss import GradientScaling, ScaledForgetTerm, scale_negative
+from unlearnctl.methods.siss import GradientScaling, ScaledForgetTerm
 
 if TYPE_CHECKING:
     import torch
@@ -32,35 +31,19 @@ class SISSNoIS(ScaledForgetTerm):
     """SISS without importance sampling: separate forwards for the retain and forget batches."""
 
     Config = SISSNoISConfig
+    order = 20
     summary = "SISS without importance sampling: two forwards (retain, forget), same gradient-norm scaling"
     defaults = {"steps": 400, "lr": 2e-4, "batch_size": 64, "lr_schedule": "constant", "ema_decay": 0.0}  # tuned on the small digits model (docs/methods.md)
 
-    def losses(self) -> tuple["torch.Tensor", "torch.Tensor", dict[str, "torch.Tensor"]]:
-        from unlearnctl.diffusion import per_sample_mse, predict_noise
+    def terms(self) -> dict[str, "torch.Tensor"]:
+        from unlearnctl.diffusion import per_sample_mse
 
-        ctx = self.ctx
+        ctx, denoiser = self.ctx, self.ctx.denoiser
         x, c_x = ctx.retain_batch()  # [B, C, H, W], [B] or None
         a, c_a, _ = ctx.forget_batch(x.shape[0])  # [B, C, H, W], [B] or None
         t = ctx.timesteps(x.shape[0])  # [B], shared
         eps = ctx.noise(x.shape)  # [B, C, H, W], shared
-        l_x = per_sample_mse(predict_noise(ctx.unet, ctx.schedule.add_noise(x, eps, t), t, c_x), eps)  # [B]
-        l_a = per_sample_mse(predict_noise(ctx.unet, ctx.schedule.add_noise(a, eps, t), t, c_a), eps)  # [B]
+        l_x = per_sample_mse(self.predict(denoiser.add_noise(x, eps, t), t, c_x), self.target(t, x0=x, eps=eps))  # [B]
+        l_a = per_sample_mse(self.predict(denoiser.add_noise(a, eps, t), t, c_a), self.target(t, x0=a, eps=eps))  # [B]
         n, k = ctx.n, ctx.k
-        L_x, L_a = n / (n - k) * l_x.mean(), k / (n - k) * l_a.mean()
-        return L_x, L_a, {"L_x": L_x, "L_a": L_a}
-
-    def step(self) -> StepOutput:
-        L_x, L_a, terms = self.losses()
-        params = self.ctx.parameters()
-        g_x = gradient(L_x, params)
-        g_a = gradient(L_a, params)
-        g, factor = scale_negative(g_x, g_a, self.C)
-        set_gradients(params, g)
-        return StepOutput(float((L_x - factor * L_a).detach()), {k: float(v.detach()) for k, v in terms.items()},
-                          {"g_x": float(norm(g_x)), "g_a": float(norm(g_a)), "g": float(norm(g))})
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"scaling_norm": self.C}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.C = float(state["scaling_norm"])
+        return {"L_x": n / (n - k) * l_x.mean(), "L_a": k / (n - k) * l_a.mean()}

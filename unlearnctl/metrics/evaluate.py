@@ -436,12 +436,10 @@ def run_evaluation(
 
     tick = time.perf_counter()
     if sampling:  # under accelerate launch: each process generates a share, every process gets all
-        from unlearnctl.distributed import use_precision
-
-        with use_precision(config.precision, device):
-            images = sample_images(context.unet, checkpoint.scheduler_config, num_images=None if labels is not None else config.num_samples,
-                                   labels=labels, null_class=checkpoint.null_class, steps=config.steps, sampler=config.sampler,
-                                   guidance=config.guidance, seed=config.seed, batch_size=config.sample_batch_size, progress=progress)
+        images = sample_images(context.unet, checkpoint.scheduler_config, num_images=None if labels is not None else config.num_samples,
+                               labels=labels, null_class=checkpoint.null_class, steps=config.steps, sampler=config.sampler,
+                               guidance=config.guidance, seed=config.seed, batch_size=config.sample_batch_size, progress=progress,
+                               precision=config.precision)
     else:  # nothing scores samples (e.g. --metric membership): generate none
         size = checkpoint.unet_config["sample_size"]
         images = torch.zeros((0, checkpoint.unet_config["in_channels"], size, size))

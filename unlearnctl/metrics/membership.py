@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from unlearnctl.data import ImageSet
-from unlearnctl.diffusion import NoiseSchedule, per_sample_mse, predict_noise
+from unlearnctl.diffusion import NoiseSchedule, per_sample_mse
 from unlearnctl.errors import require
 from unlearnctl.progress import ProgressFn, report
 
@@ -133,6 +133,9 @@ def denoising_losses(
     """
     require(all(t < schedule.num_train_timesteps for t in timesteps),
             f"audit timesteps must be below {schedule.num_train_timesteps}, got {max(timesteps)}")
+    from unlearnctl.denoisers import PixelDenoiser
+
+    model = PixelDenoiser(unet, schedule)  # the loss in the model's own parameterisation (ε, v or x₀)
     device = next(unet.parameters()).device
     generator = torch.Generator().manual_seed(seed)
     noise = torch.randn((repeats, len(timesteps), *images.shape[1:]), generator=generator)  # R×K×C×H×W
@@ -146,7 +149,8 @@ def denoising_losses(
                 eps = noise[r, k].to(device).expand_as(x)  # shared ε_rk
                 m_t = schedule.add_noise(x, eps, t_batch)
                 c = None if labels is None else labels[start:start + batch_size]
-                losses[r, start:start + len(x)] += per_sample_mse(predict_noise(unet, m_t, t_batch, c), eps).cpu()
+                losses[r, start:start + len(x)] += per_sample_mse(model.predict(m_t, t_batch, c),
+                                                                  schedule.target(t_batch, x0=x, eps=eps)).cpu()
             report(progress, "audit", r * len(timesteps) + k + 1, total)
     return losses / len(timesteps)
 
