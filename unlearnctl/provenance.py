@@ -45,7 +45,7 @@ def verify_checkpoint(checkpoint: Checkpoint, search_dir: Path | None = None) ->
     4. for parent files found next to the file (or in ``search_dir``): the parent's lineage is exactly this
        lineage's prefix.
     """
-    from unlearnctl.resume import first_nonfinite
+    from unlearnctl.tensors import first_nonfinite
 
     problems = []
     lineage = checkpoint.lineage

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import torch
 
 from unlearnctl.data import ImageSet
-from unlearnctl.diffusion import NoiseSchedule, denoising_loss
+from unlearnctl.diffusion import NoiseSchedule, check_prediction_type, denoising_loss
 from unlearnctl.errors import BadInputError, NonFiniteFailure, require
 from unlearnctl.progress import ProgressFn, report
 
@@ -135,7 +135,6 @@ def load_loop_state(state: dict[str, Any], unet: torch.nn.Module, optimizer: tor
     from unlearnctl.errors import BadInputError
 
     try:
-        device = next(unet.parameters()).device
         unet.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -180,7 +179,7 @@ def fit_denoiser(
     from dataclasses import replace
 
     from unlearnctl.distributed import shard_for
-    from unlearnctl.resume import finite_or_none, first_nonfinite
+    from unlearnctl.tensors import finite_or_none, first_nonfinite
 
     unet = denoiser.network
     null_class = getattr(denoiser, "null_class", None)
@@ -266,8 +265,12 @@ def train_model(
     command: str = "train",
     resume: "ResumeOptions | None" = None,
     precision: str = "fp32",
+    prediction_type: str = "epsilon",
 ) -> "Checkpoint":
     """Train a new ``UNet2DModel`` from scratch on ``data.train`` (minus ``exclude``, if given).
+
+    ``prediction_type`` is what the network learns to predict: ``epsilon`` (the noise), ``v_prediction``
+    (v = γ_t ε − σ_t x₀) or ``sample`` (x₀); it is part of the recipe and of the saved scheduler config.
 
     ``exclude`` makes the model an exact-unlearning reference: trained on the retain set only.
     ``resume`` writes resumable states every N steps and/or continues from one (same parameters only).
@@ -290,9 +293,9 @@ def train_model(
     desc = data.description
     num_classes = len(desc["class_names"]) if conditional else None
     cfg = unet_config(preset, resolution=desc["resolution"], channels=desc["channels"], num_classes=num_classes, overrides=unet_overrides)
-    scheduler_config = plain_config(default_scheduler().config)
+    scheduler_config = {**plain_config(default_scheduler().config), "prediction_type": check_prediction_type(prediction_type)}
     params = {"preset": preset, "conditional": conditional, "unet_overrides": unet_overrides or {}, "train": config.to_dict(),
-              "num_train_images": len(train_set)}
+              "num_train_images": len(train_set), "prediction_type": prediction_type}
     checkpointer = None
     if resume is not None:
         checkpointer = resume.start(command, {**params, "unet_config": cfg, "data_fingerprint": train_set.fingerprint,

@@ -282,7 +282,7 @@ def unlearn(
 def fine_tune(job: UnlearnJob, method_cls: type["Method"]) -> tuple[dict[str, torch.Tensor], RunRecord]:
     """The shared fine-tuning run of every non-exact method: set up, prepare, loop, collect the weights."""
     from unlearnctl import distributed
-    from unlearnctl.resume import finite_or_none, first_nonfinite, to_device
+    from unlearnctl.tensors import finite_or_none, first_nonfinite, to_device
 
     config = job.config
     state, probe = start_run(job, method_cls)
@@ -371,7 +371,7 @@ def run_loop(state: UnlearnState, *, steps: int, config: UnlearnConfig, probe: "
     (:meth:`~unlearnctl.methods.base.Method.stop_reason`); the total norm is clipped; AdamW steps at the
     scheduled rate; the EMA follows. ``checkpointer`` writes the state every N steps (``--checkpoint-every``).
     """
-    from unlearnctl.resume import first_nonfinite
+    from unlearnctl.tensors import first_nonfinite
 
     runner = state.method
     runtime, params = runner.ctx.runtime, runner.ctx.parameters()

@@ -29,6 +29,7 @@ def train(
     conditional: Annotated[bool, typer.Option("--conditional/--unconditional", help="Class-conditional (with a null class for guidance) or unconditional.", rich_help_panel=opt.MODEL_PANEL)] = True,
     size: Annotated[str, typer.Option(help="Model size preset: tiny (tests), small (digits), medium, large (user data).", rich_help_panel=opt.MODEL_PANEL)] = "small",
     unet_config: Annotated[Optional[Path], typer.Option(help="JSON file of UNet2DModel config keys overriding the preset.", rich_help_panel=opt.MODEL_PANEL)] = None,
+    prediction_type: Annotated[str, typer.Option(help="What the network predicts: epsilon (the noise), v_prediction (v = γ_t·ε − σ_t·x₀) or sample (x₀). Every later loss (unlearning, the attack) follows it.", rich_help_panel=opt.MODEL_PANEL)] = "epsilon",
     steps: Annotated[int, typer.Option("--steps", help="Optimizer steps.", rich_help_panel=opt.TRAIN_PANEL)] = 3000,
     batch_size: Annotated[int, typer.Option(help="Images per step.", rich_help_panel=opt.TRAIN_PANEL)] = 128,
     lr: Annotated[float, typer.Option(help="AdamW peak learning rate (warm-up, then cosine to 10%).", rich_help_panel=opt.TRAIN_PANEL)] = 1e-3,
@@ -45,8 +46,9 @@ def train(
     precision: opt.Precision = "fp32",
     quiet: opt.Quiet = False,
 ):
-    """Train a diffusion model (DDPM, ε-prediction, linear β 1e-4→0.02, 1000 steps) from scratch."""
+    """Train a diffusion model (DDPM, linear β 1e-4→0.02, 1000 steps; ε-prediction unless --prediction-type) from scratch."""
     from unlearnctl.checkpoint import check_output_path, save_checkpoint
+    from unlearnctl.diffusion import check_prediction_type
     from unlearnctl.models import check_preset, read_config_file
     from unlearnctl.resume import ResumeOptions, protect_output
     from unlearnctl.training import TrainConfig, train_model
@@ -57,6 +59,7 @@ def train(
     resume_options = ResumeOptions.for_output(out, checkpoint_every, resume)
     check_preset(size)
     opt.check_precision(precision, device)
+    check_prediction_type(prediction_type)
     overrides = read_config_file(unet_config) if unet_config else None
     config = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, ema_decay=ema_decay, label_dropout=label_dropout, seed=seed)
     split = load_split(data, resolution, channels, split_seed, canary_copies)
@@ -64,7 +67,7 @@ def train(
     with protect_output(out, resume_options), ProgressBars(quiet) as progress:
         checkpoint = train_model(split, conditional=conditional, preset=size, unet_overrides=overrides, config=config,
                                  exclude=exclude, device=device, progress=progress, resume=resume_options,
-                                 precision=precision)
+                                 precision=precision, prediction_type=prediction_type)
     save_checkpoint(checkpoint, out)
     resume_options.finish()
     entry = checkpoint.lineage[-1]

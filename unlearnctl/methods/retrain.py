@@ -80,7 +80,8 @@ class Retrain(Method):
         model = train_model(job.split, conditional=bool(recipe["conditional"]), preset=recipe["preset"],
                             unet_overrides=recipe.get("unet_overrides") or None, config=train,
                             exclude=forget_set.spec, device=config.device, progress=job.progress, command="retrain",
-                            resume=job.resume, precision=config.precision)
+                            resume=job.resume, precision=config.precision,
+                            prediction_type=recipe.get("prediction_type", "epsilon"))
         require(model.unet_config == checkpoint.unet_config,
                 "retraining with the recorded recipe built a different UNet config than the base's; cannot compare them")
         params = {"recipe": {k: recipe[k] for k in ("preset", "conditional", "unet_overrides") if k in recipe},

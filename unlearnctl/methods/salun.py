@@ -80,7 +80,6 @@ class SalUn(Method):
 
         from unlearnctl.progress import report
 
-        params = self.ctx.parameters()
         total = None
         for i in range(self.config.saliency_batches):
             grads = self.gradient(self.forget_loss())

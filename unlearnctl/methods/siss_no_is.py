@@ -12,7 +12,7 @@ importance weights.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from unlearnctl.methods import register_method
 from unlearnctl.methods.siss import GradientScaling, ScaledForgetTerm
