@@ -88,5 +88,5 @@ def test_help_lists_methods_and_their_parameters(cli):
     for name in ("siss-no-is", "erasediff", "dimum", "salun", "neggrad", "naive", "retrain"):
         assert name in text
     for flag in ("--lambda", "--scaling-norm", "--eta", "--forget-target", "--beta", "--alternative", "--saliency-percent",
-                 "--alpha", "--max-forget-loss", "--probe-every", "--until-forget-rate"):
+                 "--salun-alpha", "--neggrad-alpha", "--max-forget-loss", "--probe-every", "--until-forget-rate"):
         assert flag in text

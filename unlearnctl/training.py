@@ -151,7 +151,6 @@ def fit_denoiser(
     data: ImageSet,
     config: TrainConfig,
     *,
-    conditional: bool | None = None,
     progress: ProgressFn = None,
     task: str = "train",
     on_step: Callable[[int, torch.nn.Module], None] | None = None,
@@ -164,9 +163,10 @@ def fit_denoiser(
     (the denoiser's :class:`~unlearnctl.runtime.Runtime`, made here for ``config.batch_size``): the same
     steps as one process, with ``batch_size`` images in all. The forward passes run at the runtime's precision.
 
+    Class-conditional models (a denoiser with a null class) train on the data's labels, a share
+    ``config.label_dropout`` of them replaced by the null class; unconditional ones ignore labels.
+
     Args:
-        conditional: train on the data's labels (with dropout to the null class); default: when the
-            denoiser has a null class.
         on_step: called as ``on_step(step, network)`` after each optimizer step (probes, curves).
         checkpointer: writes a resumable state every N steps and, when resuming, the state to start from
             (:mod:`unlearnctl.resume`); the resumed run is bit-identical to an uninterrupted one on CPU.
@@ -183,7 +183,6 @@ def fit_denoiser(
 
     unet = denoiser.network
     null_class = getattr(denoiser, "null_class", None)
-    null_class = null_class if conditional in (None, True) else None
     require(null_class is None or data.labels is not None, "a class-conditional model needs labelled data")
     denoiser.runtime = runtime = replace(denoiser.runtime, shard=shard_for(config.batch_size))
     generator = torch.Generator().manual_seed(config.seed)
@@ -206,10 +205,7 @@ def fit_denoiser(
     params = list(unet.parameters())
     for step in range(start, config.steps):
         x, labels = batches.next()  # the global batch; each process scores its share (denoising_loss)
-        if null_class is not None:
-            labels = drop_labels(labels, null_class, config.label_dropout, generator)
-        else:
-            labels = None
+        labels = None if null_class is None else drop_labels(labels, null_class, config.label_dropout, generator)
         loss = denoising_loss(denoiser, x.to(device), labels, generator).mean()
         loss_value = runtime.mean_floats([float(loss.detach())])[0]  # the global batch's loss, alike on every process
         check_finite(torch.tensor(loss_value), step, last_good)
