@@ -206,7 +206,7 @@ def fit_denoiser(
     for step in range(start, config.steps):
         x, labels = batches.next()  # the global batch; each process scores its share (denoising_loss)
         labels = None if null_class is None else drop_labels(labels, null_class, config.label_dropout, generator)
-        loss = denoising_loss(denoiser, x.to(device), labels, generator).mean()
+        loss = denoising_loss(denoiser, denoiser.encode(x.to(device)), labels, generator).mean()
         loss_value = runtime.mean_floats([float(loss.detach())])[0]  # the global batch's loss, alike on every process
         check_finite(torch.tensor(loss_value), step, last_good)
         optimizer.zero_grad(set_to_none=True)

@@ -225,7 +225,12 @@ class MethodContext:
         if labels is not None and drop and self.label_dropout > 0:
             labels = drop_labels(labels, self.null_class, self.label_dropout, self.generator)
         index, labels = self.runtime.take(index), self.runtime.take(labels)
-        return images.images[index].to(self.device), labels, index
+        return self.encode(images.images[index]), labels, index
+
+    def encode(self, images: "torch.Tensor") -> "torch.Tensor":
+        """Images (``[B, C, H, W]`` in [-1, 1]) in the space the diffusion runs in, on the model's device
+        (the identity for pixel models; VAE latents for latent ones)."""
+        return self.denoiser.encode(images.to(self.device))
 
     def retain_batch(self, batch_size: int | None = None, drop_labels: bool = True) -> tuple["torch.Tensor", "torch.Tensor | None"]:
         """x ~ D_r (``[B, C, H, W]``) and its labels c_x (``[B]``; a share dropped to the null class)."""

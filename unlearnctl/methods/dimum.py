@@ -133,10 +133,10 @@ class DiMUM(Method):
         ctx = self.ctx
         a, c_a, index = ctx.forget_batch()  # [B, C, H, W], [B] or None, [B]
         if self.paired:
-            x_alt = self.x_alt[index].to(ctx.device)  # [B, C, H, W]: each forget image's own alternative
+            x_alt = ctx.encode(self.x_alt[index])  # [B, C, H, W]: each forget image's own alternative
         else:
             pick = ctx.randint(len(self.x_alt), a.shape[0])
-            x_alt = self.x_alt[pick].to(ctx.device)  # [B, C, H, W]
+            x_alt = ctx.encode(self.x_alt[pick])  # [B, C, H, W]
         t = ctx.timesteps(a.shape[0])  # [B]
         eps = ctx.noise(a.shape)  # [B, C, H, W]
         gamma, sigma = ctx.coefficients(t)  # [B, 1, 1, 1]

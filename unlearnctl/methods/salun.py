@@ -121,7 +121,7 @@ class SalUn(Method):
                 target = self.predict(m_t, t, c_other)  # sg(ε_θ(m_t, t, c'))
         else:
             if fixed:
-                x_r = ctx.retain.images[self.pseudo[index]].to(ctx.device)  # each forget image's own retain image
+                x_r = ctx.encode(ctx.retain.images[self.pseudo[index]])  # each forget image's own retain image
             else:
                 x_r, _ = ctx.retain_batch(a.shape[0], drop_labels=False)  # a random retain image per sample
             target = self.target(t, m_t=m_t, x0=x_r)  # ε = (m_t − γ_t x_r)/σ_t
