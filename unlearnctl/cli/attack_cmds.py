@@ -55,7 +55,7 @@ def relearn_attack(
     """
     from unlearnctl.attacks import parse_aux_spec
     from unlearnctl.attacks.dimra import relearn_attack as attack
-    from unlearnctl.checkpoint import atomic_write_text, check_output_path, load_checkpoint, save_checkpoint
+    from unlearnctl.checkpoint import atomic_write_text, check_output_path, save_checkpoint
     from unlearnctl.data import DEFAULT_HELDOUT_FRACTION, load_data
     from unlearnctl.errors import require
     from unlearnctl.resume import ResumeOptions, protect_output
@@ -73,7 +73,7 @@ def relearn_attack(
                           num_generated=num_generated, generate_steps=generate_steps, curve_samples=curve_samples,
                           curve_sample_steps=curve_sample_steps)
     forget = opt.forget_spec(forget_class, forget_index, forget_canary, forget_images)
-    checkpoint = load_checkpoint(model)
+    checkpoint = opt.load_model(model)
     split = None
     if data:
         recorded = checkpoint.data

@@ -103,14 +103,14 @@ def sample(
     quiet: opt.Quiet = False,
 ):
     """Generate images with DDIM or DDPM, per class or unconditionally, and write a PNG grid."""
-    from unlearnctl.checkpoint import check_output_path, load_checkpoint
+    from unlearnctl.checkpoint import check_output_path
     from unlearnctl.sampling import generate, save_grid, save_npz, save_png_folder
 
     check_output_path(out, suffix=".png")
     if npz:
         check_output_path(npz, suffix=".npz")
     opt.check_precision(precision, device)
-    checkpoint = load_checkpoint(model)
+    checkpoint = opt.load_model(model)
     with ProgressBars(quiet) as progress:
         images, labels = generate(checkpoint, classes=class_, per_class=per_class, num_images=num, steps=steps, sampler=sampler,
                                   guidance=guidance, seed=seed, batch_size=sample_batch_size, device=device, progress=progress,
@@ -173,9 +173,9 @@ def export(
     diffusers_dir: Annotated[Path, typer.Option(help="New folder for the diffusers save_pretrained layout (unet/, scheduler/, model_index.json).")],
 ):
     """Export to a diffusers folder: loads with UNet2DModel.from_pretrained(..., subfolder='unet') or DDPMPipeline."""
-    from unlearnctl.checkpoint import export_diffusers, load_checkpoint
+    from unlearnctl.checkpoint import export_diffusers
 
-    export_diffusers(load_checkpoint(model), diffusers_dir)
+    export_diffusers(opt.load_model(model), diffusers_dir)
     stdout.print(f"wrote {diffusers_dir}/")
 
 
@@ -192,12 +192,18 @@ def import_(
     """Import a diffusers UNet (safetensors weights only) as an unlearnctl checkpoint."""
     from unlearnctl.checkpoint import check_output_path, import_diffusers, save_checkpoint
     from unlearnctl.data import check_compatible
+    from unlearnctl.errors import require
+    from unlearnctl.integrity import require_finite_weights
 
     check_output_path(out)
+    sources = [p for folder in (diffusers_dir, diffusers_dir / "unet") if folder.is_dir() for p in folder.glob("*.safetensors")]
+    require(out.resolve() not in {p.resolve() for p in sources},
+            f"--out {out} is the source weights file of {diffusers_dir}; write the imported checkpoint to a new file")
     description = {"source": "unknown", "class_names": []}
     if data:
         description = load_split(data, resolution, channels, split_seed, canary_copies).description
     checkpoint = import_diffusers(diffusers_dir, description)
+    require_finite_weights(checkpoint.state_dict, diffusers_dir)
     if data:
         check_compatible(description, checkpoint.unet_config, checkpoint.conditional)
     save_checkpoint(checkpoint, out)

@@ -55,7 +55,7 @@ def evaluate(
     What was forgotten comes from --forget-* or, when absent, from the model's lineage; with neither,
     only quality is measured. Exit 3 when a --gate fails (the --json file is still written).
     """
-    from unlearnctl.checkpoint import atomic_write_text, check_output_path, load_checkpoint
+    from unlearnctl.checkpoint import atomic_write_text, check_output_path
     from unlearnctl.errors import BadInputError, GateFailed
     from unlearnctl.metrics.evaluate import EvalConfig, run_evaluation
     from unlearnctl.metrics.gates import check_gates, load_baseline, parse_gate
@@ -85,7 +85,7 @@ def evaluate(
         audit_reference=str(audit_reference) if audit_reference else None,
         classifier_cache=str(classifier_cache) if classifier_cache else None, device=device, precision=precision,
     )
-    checkpoint = load_checkpoint(model)
+    checkpoint = opt.load_model(model)
     split = _override_data(data, checkpoint) if data else None
     spec = opt.forget_spec(forget_class, forget_index, forget_canary, forget_images)
     with ProgressBars(quiet) as progress:
@@ -178,7 +178,7 @@ def classifier_train(
     quiet: opt.Quiet = False,
 ):
     """Train (or show) the cached domain classifier of a data set and record its held-out accuracy."""
-    from unlearnctl.checkpoint import check_output_path, load_checkpoint
+    from unlearnctl.checkpoint import check_output_path
     from unlearnctl.cli.ui import print_json
     from unlearnctl.data import load_data, load_recorded_data
     from unlearnctl.errors import require
@@ -189,7 +189,7 @@ def classifier_train(
     if out:
         check_output_path(out)
     if model:
-        split = load_recorded_data(load_checkpoint(model).data)
+        split = load_recorded_data(opt.load_model(model).data)
     else:
         split = load_data(data or "digits", resolution=resolution, channels=channels, split_seed=split_seed,
                           canary_copies=canary_copies)

@@ -54,3 +54,17 @@ def forget_spec(classes, indices, canary, images):
     from unlearnctl.data import ForgetSpec
 
     return ForgetSpec(tuple(classes or ()), tuple(indices or ()), bool(canary), images)
+
+
+def load_model(path: Path):
+    """Load a checkpoint for a command and refuse it (exit 2) unless every weight is finite.
+
+    Every command that loads a model goes through here, so a broken file never samples black images,
+    passes a gate or reads as a learning-rate problem.
+    """
+    from unlearnctl.checkpoint import load_checkpoint
+    from unlearnctl.integrity import require_finite_weights
+
+    checkpoint = load_checkpoint(path)
+    require_finite_weights(checkpoint.state_dict, path)
+    return checkpoint
