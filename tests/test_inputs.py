@@ -74,3 +74,8 @@ def test_unlearn_of_a_model_with_nan_weights_names_the_tensor_not_the_learning_r
     line = refused(cli, tmp_path, "unlearn", "-m", nan_model, "--out", tmp_path / "u.safetensors", "--method", "naive",
                    "--forget-class", "bar", "--steps", "1", "--quiet", "--device", "cpu")
     assert "non-finite weights in tensor conv_in.bias" in line and "--lr" not in line
+
+
+def test_compare_refuses_to_evaluate_a_model_with_nan_weights(cli, nan_model, tmp_path):
+    line = refused(cli, tmp_path, "compare", nan_model, "--json", tmp_path / "c.json", "--num-samples", "8", "--quiet")
+    assert f"model {nan_model} has non-finite weights in tensor conv_in.bias" in line
