@@ -40,6 +40,21 @@ def nan_model(shapes_split, tmp_path_factory) -> Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def model_file(shapes_split, tmp_path_factory) -> Path:
+    """A tiny conditional model (untrained: the refusals and locks tested here never look at its quality)."""
+    path = tmp_path_factory.mktemp("model") / "model.safetensors"
+    save_checkpoint(untrained_checkpoint(shapes_split), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def exported_folder(shapes_split, tmp_path_factory) -> Path:
+    from unlearnctl.checkpoint import export_diffusers
+
+    return export_diffusers(untrained_checkpoint(shapes_split), tmp_path_factory.mktemp("export") / "exported")
+
+
 # --------------------------------------------------------------------------------------------- 1, 2: finite weights
 
 
@@ -79,3 +94,77 @@ def test_unlearn_of_a_model_with_nan_weights_names_the_tensor_not_the_learning_r
 def test_compare_refuses_to_evaluate_a_model_with_nan_weights(cli, nan_model, tmp_path):
     line = refused(cli, tmp_path, "compare", nan_model, "--json", tmp_path / "c.json", "--num-samples", "8", "--quiet")
     assert f"model {nan_model} has non-finite weights in tensor conv_in.bias" in line
+
+
+# --------------------------------------------------------------------------------------------- 11, 14: locks, temp files
+
+
+def _hold_lock(out: Path):
+    """Another process that claims ``out`` and waits; returns it once it holds the lock."""
+    import subprocess
+    import sys
+
+    code = ("import sys, time; from unlearnctl.fileio import claim_output; claim_output(sys.argv[1]); "
+            "print('locked', flush=True); time.sleep(600)")
+    process = subprocess.Popen([sys.executable, "-c", code, str(out)], stdout=subprocess.PIPE, text=True)
+    assert process.stdout.readline().strip() == "locked"
+    return process
+
+
+def test_a_second_run_writing_the_same_out_exits_2_naming_the_first(cli, model_file, tmp_path):
+    out = tmp_path / "u.safetensors"
+    holder = _hold_lock(out)
+    try:
+        line = refused(cli, tmp_path, "unlearn", "-m", model_file, "--out", out, "--method", "naive",
+                       "--forget-class", "bar", "--steps", "1", "--quiet", "--device", "cpu")
+        assert f"--out {out} is being written by another unlearnctl run (process {holder.pid}, lock {out}.lock)" in line
+        line = refused(cli, tmp_path, "relearn-attack", "-m", model_file, "--out", out, "--steps", "1", "--quiet")
+        assert f"(process {holder.pid}," in line
+    finally:
+        holder.kill()
+        holder.wait()
+    # the holder was killed: its lock file stays behind, stale; the next run takes it and removes it at the end
+    assert (tmp_path / "u.safetensors.lock").exists()
+    result = cli("unlearn", "-m", model_file, "--out", out, "--method", "naive", "--forget-class", "bar", "--steps", "1",
+                 "--quiet", "--device", "cpu")
+    assert result.code == 0, result
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["u.safetensors"]
+
+
+def test_import_locks_its_output_too(cli, exported_folder, tmp_path):
+    out = tmp_path / "i.safetensors"
+    holder = _hold_lock(out)
+    try:
+        line = refused(cli, tmp_path, "import", exported_folder, "--out", out)
+        assert f"(process {holder.pid}," in line
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_stale_temporary_files_are_removed_and_live_ones_kept(tmp_path):
+    import os
+    import subprocess
+
+    from unlearnctl.fileio import claim_output, release_output_locks, temp_file
+
+    out, state = tmp_path / "m.safetensors", tmp_path / "m.state.safetensors"
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    live = subprocess.Popen(["sleep", "600"])
+    try:
+        names = {"dead": f".{state.name}.{dead.pid}.ab12cd34.tmp", "live": f".{out.name}.{live.pid}.ab12cd34.tmp",
+                 "old": f".{out.name}.x7q2m9za.tmp", "other": f".other.safetensors.{dead.pid}.ab12cd34.tmp"}
+        for name in names.values():
+            (tmp_path / name).write_bytes(b"partial")
+        with temp_file(out) as handle:  # this process's own naming: .NAME.PID.XXXXXXXX.tmp
+            assert Path(handle.name).name.startswith(f".{out.name}.{os.getpid()}.")
+        claim_output(out, state)
+        left = sorted(p.name for p in tmp_path.iterdir())
+        assert left == sorted([names["live"], names["other"], "m.safetensors.lock"])
+        assert (tmp_path / "m.safetensors.lock").read_text() == f"{os.getpid()}\n"
+        release_output_locks()
+        assert not (tmp_path / "m.safetensors.lock").exists()
+    finally:
+        live.kill()
+        live.wait()

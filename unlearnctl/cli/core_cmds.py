@@ -193,12 +193,14 @@ def import_(
     from unlearnctl.checkpoint import check_output_path, import_diffusers, save_checkpoint
     from unlearnctl.data import check_compatible
     from unlearnctl.errors import require
+    from unlearnctl.fileio import claim_output
     from unlearnctl.integrity import require_finite_weights
 
     check_output_path(out)
     sources = [p for folder in (diffusers_dir, diffusers_dir / "unet") if folder.is_dir() for p in folder.glob("*.safetensors")]
     require(out.resolve() not in {p.resolve() for p in sources},
             f"--out {out} is the source weights file of {diffusers_dir}; write the imported checkpoint to a new file")
+    claim_output(out)
     description = {"source": "unknown", "class_names": []}
     if data:
         description = load_split(data, resolution, channels, split_seed, canary_copies).description
