@@ -31,7 +31,7 @@ BAD = [
     (TRAIN[:-2] + ("--data", "npz:{inputs}/missing.npz"), "npz file {inputs}/missing.npz does not exist"),
     (TRAIN + ("--data", "npz:{inputs}/float.npz"), "'images' must be uint8, got float32"),
     (TRAIN + ("--data", "folder:{inputs}/images"), "cannot read image {inputs}/images/b/broken.png; remove it or convert it to PNG"),
-    (TRAIN + ("--data", "pickle:{inputs}/x"), "unknown data source 'pickle:{inputs}/x'; use digits"),
+    (TRAIN + ("--data", "pickle:{inputs}/x"), "unknown data source 'pickle:{inputs}/x': no such folder or .npz file; use digits"),
     (TRAIN + ("--resolution", "3"), "resolution must be between 4 and 512, got 3"),
     (TRAIN + ("--channels", "2"), "channels must be 1 or 3, got 2"),
     (TRAIN + ("--batch-size", "0"), "batch size must be at least 1, got 0"),

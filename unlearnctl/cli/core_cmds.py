@@ -88,7 +88,7 @@ def _write_grid(checkpoint, path: Path, seed: int, device: str, quiet: bool) -> 
 def sample(
     model: opt.ModelIn,
     out: Annotated[Path, typer.Option("--out", "-o", help="PNG grid of the samples.", rich_help_panel=opt.OUTPUT_PANEL)],
-    class_: Annotated[Optional[list[str]], typer.Option("--class", help="Sample this class (name or index); repeatable; default all.", rich_help_panel=opt.SAMPLE_PANEL)] = None,
+    class_: Annotated[Optional[list[str]], typer.Option("--class", help="Sample this class (its name or index:N, as --forget-class picks it); repeatable; default all.", rich_help_panel=opt.SAMPLE_PANEL)] = None,
     per_class: Annotated[int, typer.Option(help="Images per class (conditional models).", rich_help_panel=opt.SAMPLE_PANEL)] = 10,
     num: Annotated[int, typer.Option(help="Number of images (unconditional models).", rich_help_panel=opt.SAMPLE_PANEL)] = 100,
     steps: opt.Steps = 50,
