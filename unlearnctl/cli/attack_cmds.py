@@ -11,7 +11,7 @@ from unlearnctl.attacks import aux_syntax
 from unlearnctl.attacks.dimra import AttackConfig
 from unlearnctl.cli import options as opt
 from unlearnctl.cli.app import app
-from unlearnctl.cli.ui import ProgressBars, key_value_table, print_json, stdout
+from unlearnctl.cli.ui import ProgressBars, key_value_table, note_batch_draws, print_json, stdout
 
 ATTACK_PANEL = "Attack"
 CURVE_PANEL = "Relearning curve"
@@ -83,6 +83,7 @@ def relearn_attack(
                                  resume=resume_options, precision=precision)
     save_checkpoint(attacked, out)
     resume_options.finish()
+    note_batch_draws(batch_size, {"auxiliary": attacked.lineage[-1]["attack"]["aux"]["num_images"]}, quiet)
     if curve is not None and curve_json is not None:
         import json
 

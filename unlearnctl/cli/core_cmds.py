@@ -9,7 +9,7 @@ import typer
 
 from unlearnctl.cli import options as opt
 from unlearnctl.cli.app import app
-from unlearnctl.cli.ui import ProgressBars, key_value_table, print_json, stdout
+from unlearnctl.cli.ui import ProgressBars, key_value_table, note_batch_draws, print_json, stdout
 
 
 def load_split(data, resolution, channels, split_seed, canary_copies):
@@ -47,6 +47,7 @@ def train(
 ):
     """Train a diffusion model (DDPM, ε-prediction, linear β 1e-4→0.02, 1000 steps) from scratch."""
     from unlearnctl.checkpoint import check_output_path, save_checkpoint
+    from unlearnctl.data import resolve_forget
     from unlearnctl.models import check_preset, read_config_file
     from unlearnctl.resume import ResumeOptions, protect_output
     from unlearnctl.training import TrainConfig, train_model
@@ -61,6 +62,8 @@ def train(
     config = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, ema_decay=ema_decay, label_dropout=label_dropout, seed=seed)
     split = load_split(data, resolution, channels, split_seed, canary_copies)
     exclude = opt.forget_spec(exclude_class, exclude_index, exclude_canary, None)
+    train_images = len(split.train) if exclude.empty else len(resolve_forget(exclude, split).retain)
+    note_batch_draws(batch_size, {"training": train_images}, quiet)
     with protect_output(out, resume_options), ProgressBars(quiet) as progress:
         checkpoint = train_model(split, conditional=conditional, preset=size, unet_overrides=overrides, config=config,
                                  exclude=exclude, device=device, progress=progress, resume=resume_options,
