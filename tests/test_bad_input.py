@@ -109,6 +109,10 @@ BAD = [
     (("evaluate", "-m", "{model}", "--metric", "nonsense"), "unknown metric 'nonsense'; choose from quality, forget, retain, membership"),
     (("evaluate", "-m", "{model}", "--json", "{tmp}/out.txt"), "must end in .json"),
     (("evaluate", "-m", "{model}", "--audit-timesteps", "a,b"), "must be comma-separated integers, e.g. 25,50,100"),
+    # data of another size or channel count than the model: one rule for every command (refused, never converted)
+    (("evaluate", "-m", "{model}", "--data", "npz:{inputs}/big.npz"), "data resolution 16 does not match the model's 8; pass --resolution 8"),
+    (("evaluate", "-m", "{model}", "--data", "{data}", "--channels", "3"), "data has 3 channels, the model 1; pass --channels 1"),
+    (ATTACK + ("--data", "npz:{inputs}/big.npz"), "data resolution 16 does not match the model's 8; pass --resolution 8"),
     (("compare", "{inputs}/missing.json"), "missing.json does not exist"),
     (("compare", "{inputs}/broken.json"), "is not valid JSON"),
     (("compare", "{model}", "--report", "{tmp}/nodir/r.html"), "output folder {tmp}/nodir does not exist; create it first"),

@@ -168,3 +168,121 @@ def test_stale_temporary_files_are_removed_and_live_ones_kept(tmp_path):
     finally:
         live.kill()
         live.wait()
+
+
+# --------------------------------------------------------------------------------------------- data as users give it
+
+
+@pytest.fixture()
+def numbered_folder(tmp_path) -> Path:
+    """Class sub-folders named by numbers in an order where the first is not ``0``: 17, 2, 5, 9 (sorted: 17, 2, 5, 9)."""
+    import numpy as np
+    from PIL import Image
+
+    from conftest import make_shapes
+
+    images, labels = make_shapes(per_class=6)
+    folder = tmp_path / "numbered"
+    for name, kind in zip(("17", "2", "5", "9"), range(4)):
+        (folder / name).mkdir(parents=True)
+        for i, image in enumerate(images[labels == kind]):
+            Image.fromarray(np.asarray(image)).save(folder / name / f"{i}.png")
+    return folder
+
+
+def test_class_naming_rule_never_reads_an_unnamed_number_as_an_index_among_numbered_classes():
+    from unlearnctl.data import class_index
+    from unlearnctl.errors import BadInputError
+
+    numbered = ["17", "2", "5", "9"]
+    assert class_index("2", numbered) == 1  # the class named 2, not the third class
+    assert class_index("index:0", numbered) == 0
+    with pytest.raises(BadInputError, match=r"class '0' is not in the data, whose class names are numbers: 17, 2, 5, 9; "
+                                            r"a number means a class name here \(index:0 picks by position\)"):
+        class_index("0", numbered)
+    with pytest.raises(BadInputError, match=r"index:N needs 0 <= N < 4"):
+        class_index("index:4", numbered)
+    named = ["bar", "column", "box", "cross"]
+    assert class_index("box", named) == class_index("2", named) == class_index("index:2", named) == 2
+    with pytest.raises(BadInputError, match="class '4' is not in the data; classes are: bar, column, box, cross"):
+        class_index("4", named)
+
+
+def test_a_bare_folder_is_read_as_a_folder_and_recorded_as_folder_spec(numbered_folder, monkeypatch):
+    from unlearnctl.data import load_data
+    from unlearnctl.errors import BadInputError
+
+    bare, spelled = load_data(str(numbered_folder)), load_data(f"folder:{numbered_folder}")
+    assert bare.description == spelled.description and bare.description["source"] == f"folder:{numbered_folder}"
+    assert bare.train.class_names == ["17", "2", "5", "9"]
+    monkeypatch.chdir(numbered_folder.parent)
+    (numbered_folder.parent / "digits").mkdir()
+    with pytest.raises(BadInputError, match="names both the built-in data set and the folder ./digits; write folder:digits"):
+        load_data("digits")
+
+
+def test_sample_refuses_a_number_that_names_no_numbered_class(cli, numbered_folder, tmp_path):
+    from unlearnctl.data import load_data
+
+    model = tmp_path / "m.safetensors"
+    save_checkpoint(untrained_checkpoint(load_data(str(numbered_folder))), model)
+    line = refused(cli, tmp_path, "sample", "-m", model, "--out", tmp_path / "s.png", "--class", "0", "--device", "cpu")
+    assert "class '0' is not in the data, whose class names are numbers: 17, 2, 5, 9" in line
+    result = cli("sample", "-m", model, "--out", tmp_path / "s.png", "--class", "2", "--class", "index:0",
+                 "--per-class", "1", "--steps", "1", "--device", "cpu", "--quiet")
+    assert result.code == 0, result
+
+
+def test_train_reads_a_bare_folder_and_notes_a_batch_larger_than_the_data(cli, numbered_folder, tmp_path):
+    out = tmp_path / "m.safetensors"
+    result = cli("train", "--data", numbered_folder, "--size", "tiny", "--steps", "1", "--batch-size", "64",
+                 "--ema-decay", "0", "--device", "cpu", "--out", out)
+    assert result.code == 0, result
+    notes = [line for line in result.err.splitlines() if line.startswith("note:")]
+    assert notes == [f"note: --batch-size 64 is larger than the 19 training images; batches are drawn with "
+                     "replacement, so images repeat within a step"], result.err
+    from unlearnctl.checkpoint import load_checkpoint
+
+    assert load_checkpoint(out).data["source"] == f"folder:{numbered_folder}"
+
+
+def test_a_symlink_loop_in_a_data_folder_is_named_as_such(cli, numbered_folder, tmp_path):
+    loop = numbered_folder / "2" / "loop.png"
+    loop.symlink_to(loop)
+    line = refused(cli, tmp_path, "train", "--data", numbered_folder, "--size", "tiny", "--steps", "1",
+                   "--out", tmp_path / "m.safetensors")
+    assert line == f"error: {loop} is a symbolic link that loops (a symlink cycle); remove it or point it at an image or class folder"
+
+
+# --------------------------------------------------------------------------------------------- 8: whole messages
+
+
+def test_a_weights_only_failure_is_one_whole_line_cause_first(tmp_path):
+    import io
+
+    import torch
+
+    from unlearnctl.errors import BadInputError
+    from unlearnctl.metrics.fidelity import inception_space
+
+    buffer = io.BytesIO()
+    torch.save({"w": torch.zeros(1), "plan": Path("x")}, buffer)  # a pickled object: refused by weights-only loading
+    (tmp_path / "inception.pth").write_bytes(buffer.getvalue())
+    with pytest.raises(BadInputError) as info:
+        inception_space(tmp_path / "inception.pth")
+    message = str(info.value)
+    assert "\n" not in message and "weights_only` set to `False`" not in message
+    assert message.startswith(f"{tmp_path / 'inception.pth'} cannot be loaded as weights only: Unsupported global: GLOBAL pathlib.")
+    assert message.endswith("was not an allowed global by default; give a weights-only .pth or a .safetensors file "
+                            "(code-carrying pickles are refused)")
+
+
+def test_cause_of_keeps_whole_sentences():
+    from unlearnctl.errors import cause_of
+
+    long = ValueError("First sentence names the cause. " + "Then a long explanation follows here. " * 10 + "\nSecond line.")
+    assert cause_of(long) == "First sentence names the cause. Then a long explanation follows here. " \
+                             "Then a long explanation follows here. Then a long explanation follows here. " \
+                             "Then a long explanation follows here"
+    assert cause_of(ValueError("x" * 300)) == "x" * 300  # one sentence is kept whole, however long
+    assert cause_of(KeyError()) == "KeyError"
