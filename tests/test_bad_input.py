@@ -24,12 +24,14 @@ UNLEARN = ("unlearn", "-m", "{model}", "--out", "{tmp}/u.safetensors", "--quiet"
 ATTACK = ("relearn-attack", "-m", "{model}", "--out", "{tmp}/a.safetensors", "--quiet")
 TRAIN = ("train", "--out", "{tmp}/m.safetensors", "--data", "{data}", "--size", "tiny", "--steps", "1")
 
+NAN_MESSAGE = "model {nan} has non-finite weights in tensor conv_in.bias (1 NaN/Inf values); the file is broken — re-export or retrain it"
+
 BAD = [
     # train
     (TRAIN[:-2] + ("--data", "npz:{inputs}/missing.npz"), "npz file {inputs}/missing.npz does not exist"),
     (TRAIN + ("--data", "npz:{inputs}/float.npz"), "'images' must be uint8, got float32"),
     (TRAIN + ("--data", "folder:{inputs}/images"), "cannot read image {inputs}/images/b/broken.png; remove it or convert it to PNG"),
-    (TRAIN + ("--data", "pickle:{inputs}/x"), "unknown data source 'pickle:{inputs}/x'; use digits"),
+    (TRAIN + ("--data", "pickle:{inputs}/x"), "unknown data source 'pickle:{inputs}/x': no such folder or .npz file; use digits"),
     (TRAIN + ("--resolution", "3"), "resolution must be between 4 and 512, got 3"),
     (TRAIN + ("--channels", "2"), "channels must be 1 or 3, got 2"),
     (TRAIN + ("--batch-size", "0"), "batch size must be at least 1, got 0"),
@@ -62,6 +64,16 @@ BAD = [
     (("import", "{inputs}/pickled", "--out", "{tmp}/i.safetensors"), "pickle weights (.bin) are refused because loading them can run code"),
     (("import", "{inputs}/exported", "--out", "{tmp}/i.safetensors", "--data", "{data}", "--channels", "3"), "data has 3 channels, the model 1; pass --channels 1"),
     (("import", "{inputs}/exported", "--out", "{tmp}/i.safetensors", "--data", "digits"), "data has 10 classes, the model 4; give the --data the model was trained on"),
+    (("import", "{inputs}/nan-exported", "--out", "{tmp}/i.safetensors"),
+     "model {inputs}/nan-exported has non-finite weights in tensor conv_in.bias (1 NaN/Inf values); the file is broken"),
+    (("import", "{inputs}/exported", "--out", "{inputs}/exported/unet/diffusion_pytorch_model.safetensors"),
+     "is the source weights file of {inputs}/exported; write the imported checkpoint to a new file"),
+    # a model with a NaN weight: every command that loads one refuses it, naming the tensor
+    (("sample", "-m", "{nan}", "--out", "{tmp}/s.png"), NAN_MESSAGE),
+    (("export", "-m", "{nan}", "--diffusers-dir", "{tmp}/e"), NAN_MESSAGE),
+    (("inspect", "{nan}", "--verify"), "nan.safetensors failed verification: non-finite weights in tensor conv_in.bias (1 NaN/Inf values)"),
+    (("evaluate", "-m", "{nan}", "--forget-class", "bar", "--gate", "forget_rate<=0.05", "-n", "8"), NAN_MESSAGE),
+    (ATTACK[:2] + ("{nan}",) + ATTACK[3:], NAN_MESSAGE),
     # unlearn
     (UNLEARN + ("--method", "nonsense", "--forget-class", "bar"), "unknown method 'nonsense'; choose one of: siss"),
     (UNLEARN + ("--method", "siss", "--forget-class", "giraffe"), "class 'giraffe' is not in the data; classes are: bar, column, box, cross"),
@@ -97,6 +109,10 @@ BAD = [
     (("evaluate", "-m", "{model}", "--metric", "nonsense"), "unknown metric 'nonsense'; choose from quality, forget, retain, membership"),
     (("evaluate", "-m", "{model}", "--json", "{tmp}/out.txt"), "must end in .json"),
     (("evaluate", "-m", "{model}", "--audit-timesteps", "a,b"), "must be comma-separated integers, e.g. 25,50,100"),
+    # data of another size or channel count than the model: one rule for every command (refused, never converted)
+    (("evaluate", "-m", "{model}", "--data", "npz:{inputs}/big.npz"), "data resolution 16 does not match the model's 8; pass --resolution 8"),
+    (("evaluate", "-m", "{model}", "--data", "{data}", "--channels", "3"), "data has 3 channels, the model 1; pass --channels 1"),
+    (ATTACK + ("--data", "npz:{inputs}/big.npz"), "data resolution 16 does not match the model's 8; pass --resolution 8"),
     (("compare", "{inputs}/missing.json"), "missing.json does not exist"),
     (("compare", "{inputs}/broken.json"), "is not valid JSON"),
     (("compare", "{model}", "--report", "{tmp}/nodir/r.html"), "output folder {tmp}/nodir does not exist; create it first"),
@@ -124,6 +140,11 @@ def inputs(shapes_split, shapes_npz, tmp_path_factory):
     (folder / "broken.json").write_text("{not json")
     torch.save({"w": torch.zeros(1)}, folder / "zip.safetensors")
     export_diffusers(model, folder / "exported")
+    weights = {k: v.clone() for k, v in model.state_dict.items()}
+    weights["conv_in.bias"][0] = float("nan")
+    broken = model.derive(weights, {"command": "train", "params": {}})
+    save_checkpoint(broken, folder / "nan.safetensors")
+    export_diffusers(broken, folder / "nan-exported")
     (folder / "pickled").mkdir()
     (folder / "pickled" / "config.json").write_text(json.dumps(model.unet_config))
     (folder / "pickled" / "diffusion_pytorch_model.bin").write_bytes(b"\x80\x04pickle")
@@ -133,6 +154,7 @@ def inputs(shapes_split, shapes_npz, tmp_path_factory):
     (folder / "cut.state.safetensors").write_bytes(whole[: len(whole) // 2])
     save_state(folder / "busy.state.safetensors", "train", {}, 1, {"x": torch.zeros(1)})
     return {"inputs": str(folder), "model": str(folder / "model.safetensors"), "uncond": str(folder / "uncond.safetensors"),
+            "nan": str(folder / "nan.safetensors"),
             "data": f"npz:{shapes_npz}"}
 
 

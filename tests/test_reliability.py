@@ -271,9 +271,11 @@ for version in range(10**9):
 
 
 def stray_files(folder: Path, *outputs: Path) -> list[str]:
-    """Files other than ``outputs`` and the documented leftover of a killed write, ``.OUTPUT.*.tmp``."""
+    """Files other than ``outputs`` and the documented leftovers of a killed run: ``.OUTPUT.*.tmp`` (a write cut
+    short) and ``OUTPUT.lock`` (the output lock; the next run removes both)."""
     def allowed(p: Path) -> bool:
-        return any(p == out or (p.name.startswith(f".{out.name}.") and p.name.endswith(".tmp")) for out in outputs)
+        return any(p == out or p.name == f"{out.name}.lock" or (p.name.startswith(f".{out.name}.") and p.name.endswith(".tmp"))
+                   for out in outputs)
 
     return [p.name for p in folder.iterdir() if not allowed(p)]
 
@@ -320,8 +322,20 @@ def test_sigkill_during_writes_never_leaves_a_partial_file(base, tmp_path):
     assert len(set(versions)) > 3  # the writer really was overwriting the file while we looked
 
 
+def _dead_pid() -> int:
+    """The id of a process that has ended (a stale temporary file's writer)."""
+    child = subprocess.Popen(["true"])
+    child.wait()
+    return child.pid
+
+
 @pytest.mark.slow  # a fresh process imports torch: ~3 s idle, ~15 s on a loaded machine
 def test_sigkill_mid_training_then_resume_gives_the_uninterrupted_result(cli, shapes_npz, tmp_path, reproducible):
+    """Wherever the kill lands — between steps, inside a state write — the resumed run gives the uninterrupted
+    result and leaves only its output. The run moves only while the test waits for its next state file (a new
+    inode per atomic write), so it cannot finish before the kill however fast the machine is; the kill is
+    sent while the run is stopped at a random instant; and a temporary file of a killed write is planted
+    in any case, so the cleanup is checked whether or not this kill happened to cut a write."""
     rng = random.Random(5)
     args = ["train", "--data", f"npz:{shapes_npz}", *TINY, "--steps", "60", "--checkpoint-every", "3"]
     folder = tmp_path / "run"
@@ -333,14 +347,18 @@ def test_sigkill_mid_training_then_resume_gives_the_uninterrupted_result(cli, sh
     try:
         deadline = time.time() + 180
         while not state.exists() and process.poll() is None and time.time() < deadline:
-            time.sleep(0.02)
+            time.sleep(0.002)
+        process.send_signal(signal.SIGSTOP)
         for _ in range(6):
-            process.send_signal(signal.SIGSTOP)
             assert not out.exists()
             steps_seen.append(load_state(state).step)  # always a whole, valid state
             assert stray_files(folder, state, out) == [], list(folder.iterdir())
+            inode = state.stat().st_ino
             process.send_signal(signal.SIGCONT)
-            time.sleep(rng.uniform(0.0, 0.1))
+            while state.stat().st_ino == inode and process.poll() is None and time.time() < deadline:
+                time.sleep(0.002)
+            time.sleep(rng.uniform(0.0, 0.01))  # stop somewhere in the next step or state write
+            process.send_signal(signal.SIGSTOP)
         process.send_signal(signal.SIGKILL)
         process.wait(timeout=30)
     finally:
@@ -350,7 +368,9 @@ def test_sigkill_mid_training_then_resume_gives_the_uninterrupted_result(cli, sh
     assert process.returncode == -signal.SIGKILL, process.stderr.read().decode()[-2000:]
     assert not out.exists() and stray_files(folder, state, out) == []
     killed_at = load_state(state).step
-    assert killed_at % 3 == 0 and 3 <= steps_seen[0] <= killed_at < 60, steps_seen
+    assert killed_at % 3 == 0 and 3 <= steps_seen[0] < killed_at < 60, steps_seen
+    (folder / f".{state.name}.{_dead_pid()}.k1ll3d00.tmp").write_bytes(b"a state write cut short")
+    (folder / f".{out.name}.x7q2m9za.tmp").write_bytes(b"the older naming, without the writer's PID")
 
     # finish the killed run here, and run the same command uninterrupted: the same file, byte for byte
     assert cli(*args, "--resume", state, "--out", out).code == 0

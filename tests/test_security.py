@@ -329,7 +329,8 @@ def test_verify_flags_non_finite_weights_and_missing_integrity(chain, tmp_path):
     weights["conv_in.bias"][0] = float("nan")
     broken = base.derive(weights, {"command": "edit", "params": {}})
     save_checkpoint(broken, tmp_path / "nan.safetensors")
-    assert verify_checkpoint(load_checkpoint(tmp_path / "nan.safetensors")) == ["weight conv_in.bias holds NaN/Inf values"]
+    assert verify_checkpoint(load_checkpoint(tmp_path / "nan.safetensors")) == [
+        "non-finite weights in tensor conv_in.bias (1 NaN/Inf values); the file is broken — re-export or retrain it"]
     write_metadata(tmp_path / "old.safetensors", base, integrity=None)
     problems = verify_checkpoint(load_checkpoint(tmp_path / "old.safetensors"))
     assert problems == ["the file has no integrity record (not written by this unlearnctl, or edited)"]

@@ -18,6 +18,7 @@ Sources (``spec`` strings):
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -116,7 +117,12 @@ def _load_folder(path: Path) -> tuple[list[np.ndarray], np.ndarray | None, list[
     from PIL import Image, UnidentifiedImageError
 
     require(path.is_dir(), f"image folder {path} does not exist")
+    for entry in path.iterdir():
+        _require_resolvable(entry)
     class_dirs = sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
+    for folder in class_dirs:
+        for entry in folder.iterdir():
+            _require_resolvable(entry)
     groups = [(d.name, sorted(f for f in d.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)) for d in class_dirs]
     groups = [(name, files) for name, files in groups if files]
     flat = sorted(f for f in path.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
@@ -135,6 +141,19 @@ def _load_folder(path: Path) -> tuple[list[np.ndarray], np.ndarray | None, list[
     names = [name for name, _ in groups]
     has_labels = names != [""]
     return images, (np.array(labels, dtype=np.int64) if has_labels else None), (names if has_labels else [])
+
+
+def _require_resolvable(entry: Path) -> None:
+    """Refuse a symbolic link in a data folder that loops or points nowhere (it is neither image nor folder)."""
+    import errno
+
+    if not entry.is_symlink() or entry.name.startswith("."):
+        return
+    try:
+        os.stat(entry)
+    except OSError as exc:
+        problem = "loops (a symlink cycle)" if exc.errno == errno.ELOOP else "points to nothing"
+        raise BadInputError(f"{entry} is a symbolic link that {problem}; remove it or point it at an image or class folder") from None
 
 
 def _load_npz(path: Path) -> tuple[list[np.ndarray], np.ndarray | None, list[str]]:
@@ -253,6 +272,7 @@ def load_data(
     require(0.0 < heldout_fraction < 1.0, f"held-out fraction must be in (0, 1), got {heldout_fraction}")
     require(resolution is None or 4 <= resolution <= 512, f"resolution must be between 4 and 512, got {resolution}")
     require(channels in (None, 1, 3), f"channels must be 1 or 3, got {channels}")
+    spec = _canonical_spec(spec)
     kind, _, arg = spec.partition(":")
     if kind in ("digits", "digits+canary"):
         require(not arg, f"data spec {spec!r} takes no argument")
@@ -264,7 +284,8 @@ def load_data(
         raw, labels, names = (_load_folder if kind == "folder" else _load_npz)(Path(arg))
         pixels, origin = None, arg
     else:
-        raise BadInputError(f"unknown data source {spec!r}; use digits, digits+canary, folder:PATH or npz:PATH")
+        raise BadInputError(f"unknown data source {spec!r}: no such folder or .npz file; use digits, digits+canary, "
+                            "a folder of class sub-folders (DIR or folder:DIR) or npz:PATH")
     pixels = _normalise(list(pixels) if pixels is not None else raw, resolution, channels, origin)
     require(len(pixels) >= 4, f"{origin}: need at least 4 images, found {len(pixels)}")
     train_idx, heldout_idx = _split(len(pixels), heldout_fraction, split_seed)
@@ -288,6 +309,25 @@ def load_data(
         requested_resolution=resolution, requested_channels=channels,
     )
     return DataSplit(train, heldout, description)
+
+
+def _canonical_spec(spec: str) -> str:
+    """``--data`` as users type it: an existing folder is ``folder:DIR``, an existing ``.npz`` file ``npz:FILE``
+    (recorded that way, so both spellings describe the same data). A name that is both a built-in data set and
+    a folder here is refused as ambiguous."""
+    kind = spec.partition(":")[0]
+    path = Path(spec)
+    if kind in ("digits", "digits+canary"):
+        require(not path.is_dir(), f"--data {spec} names both the built-in data set and the folder ./{spec}; "
+                f"write folder:{spec} for the folder")
+        return spec
+    if kind in ("folder", "npz") or not spec:
+        return spec
+    if path.is_dir():
+        return f"folder:{spec}"
+    if path.is_file() and path.suffix == ".npz":
+        return f"npz:{spec}"
+    return spec
 
 
 def load_recorded_data(description: dict[str, Any]) -> DataSplit:
@@ -327,7 +367,7 @@ def check_compatible(data: dict[str, Any], unet_config: dict[str, Any], conditio
 class ForgetSpec:
     """What to forget: classes, training-set indices, the canary, and/or images from a file.
 
-    Classes may be given by index or by name (``"8"``, ``"canary"``).
+    Classes are picked as :func:`class_index` says: by name (``"8"``, ``"canary"``) or ``index:N``.
     """
 
     classes: tuple[str, ...] = ()
@@ -377,11 +417,31 @@ class ForgetSet:
 
 
 def class_index(name: str, class_names: Sequence[str]) -> int:
-    if name in class_names:
-        return list(class_names).index(name)
-    if name.isdigit() and int(name) < len(class_names):
-        return int(name)
-    raise BadInputError(f"class {name!r} is not in the data; classes are: {', '.join(class_names) or 'none (unlabelled data)'}")
+    """The index of the class ``name`` picks (``--forget-class``, ``--class``, ``class:K``), by one rule:
+
+    1. a class name matches itself: ``bar``, ``8``, ``canary``;
+    2. ``index:N`` is the N-th class (0-based, in the order ``inspect`` lists them);
+    3. a bare number ``N`` that names no class is the N-th class — but only when no class name is a number.
+       With numbered classes (folders ``0``, ``17``, ...), a number always means a name, so ``0`` can never
+       silently pick class ``17``; a number that names none of them is refused.
+    """
+    names = list(class_names)
+    listing = ", ".join(names) or "none (unlabelled data)"
+    if name in names:
+        return names.index(name)
+    prefix, _, number = name.partition(":")
+    if prefix == "index":
+        require(number.isdigit() and int(number) < len(names),
+                f"class {name!r}: index:N needs 0 <= N < {len(names)}; classes are: {listing}")
+        return int(number)
+    if name.isdigit():
+        numbered = [n for n in names if n.isdigit()]
+        if numbered:
+            raise BadInputError(f"class {name!r} is not in the data, whose class names are numbers: {listing}; "
+                                f"a number means a class name here (index:{name} picks by position)")
+        if int(name) < len(names):
+            return int(name)
+    raise BadInputError(f"class {name!r} is not in the data; classes are: {listing}")
 
 
 def resolve_forget(spec: ForgetSpec, split: DataSplit) -> ForgetSet:

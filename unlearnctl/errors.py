@@ -61,3 +61,27 @@ def require(condition: bool, message: str) -> None:
     """Raise :class:`BadInputError` with ``message`` unless ``condition`` holds."""
     if not condition:
         raise BadInputError(message)
+
+
+def cause_of(exc: BaseException, limit: int = 200) -> str:
+    """The cause an exception from a library gives, as whole sentences on one line, for a one-line message.
+
+    Library messages run to paragraphs (torch's weights-only failure explains how to load the file unsafely
+    before it names the cause), and cutting them at a character count leaves half a sentence. This keeps
+    the line that names the cause (torch: the ``WeightsUnpickler error``), then as many whole sentences
+    of it as fit in ``limit`` characters — always at least the first, whole — without the final full stop.
+    """
+    import re
+
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))  # terminal colours some libraries put in messages
+    lines = [" ".join(line.split()) for line in text.splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    marker = "WeightsUnpickler error:"
+    line = next((ln.split(marker, 1)[1].strip() for ln in lines if marker in ln), lines[0])
+    sentences, kept = line.replace(". ", ".\0").split("\0"), ""
+    for sentence in sentences:
+        if kept and len(kept) + 1 + len(sentence) > limit:
+            break
+        kept = f"{kept} {sentence}" if kept else sentence
+    return kept.rstrip(".").rstrip() or type(exc).__name__

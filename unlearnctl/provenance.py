@@ -36,7 +36,7 @@ def verify_checkpoint(checkpoint: Checkpoint, search_dir: Path | None = None) ->
 
     Checks, in order:
 
-    1. the weights are the ones the last command wrote (``weights_sha256`` of the newest entry) and finite;
+    1. the weights are finite, and the ones the last command wrote (``weights_sha256`` of the newest entry);
     2. the metadata — configs, data description, every lineage entry — is what the tool wrote (the file's
        ``integrity`` record);
     3. the lineage chain: every entry records the hash of the weights it wrote, every entry after the first
@@ -45,18 +45,19 @@ def verify_checkpoint(checkpoint: Checkpoint, search_dir: Path | None = None) ->
     4. for parent files found next to the file (or in ``search_dir``): the parent's lineage is exactly this
        lineage's prefix.
     """
-    from unlearnctl.tensors import first_nonfinite
+    from unlearnctl.integrity import nonfinite_tensor
 
     problems = []
+    bad = nonfinite_tensor(checkpoint.state_dict)  # first: a broken file is the problem to name, whatever else holds
+    if bad is not None:
+        problems.append(f"non-finite weights in tensor {bad[0]} ({bad[1]} NaN/Inf values); the file is broken — "
+                        "re-export or retrain it")
     lineage = checkpoint.lineage
     if not lineage:
-        return ["the lineage is empty: no command recorded producing these weights"]
+        return problems + ["the lineage is empty: no command recorded producing these weights"]
     recorded = lineage[-1].get("weights_sha256") if isinstance(lineage[-1], dict) else None
     if recorded != weights_sha256(checkpoint.state_dict):
         problems.append("the weights differ from those the last recorded command wrote (changed outside unlearnctl)")
-    bad = first_nonfinite(checkpoint.state_dict)
-    if bad is not None:
-        problems.append(f"weight {bad} holds NaN/Inf values")
     if checkpoint.integrity is None:
         problems.append("the file has no integrity record (not written by this unlearnctl, or edited)")
     elif checkpoint.integrity != metadata_integrity(checkpoint):

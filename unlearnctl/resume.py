@@ -305,10 +305,16 @@ class ResumeOptions:
 
     @classmethod
     def for_output(cls, out: str | Path, checkpoint_every: int = 0, resume: str | Path | None = None) -> "ResumeOptions":
-        """The CLI's options: the state goes next to ``out`` (``OUT.state.safetensors``)."""
+        """The CLI's options: the state goes next to ``out`` (``OUT.state.safetensors``).
+
+        Claims ``out`` first (:func:`unlearnctl.fileio.claim_output`): a second run writing the same file
+        exits 2 naming the first, and temporary files left by a killed run are removed.
+        """
         from unlearnctl.checkpoint import check_output_path
+        from unlearnctl.fileio import claim_output
 
         state_path = state_path_for(out)
+        claim_output(out, state_path, last_good_path(out))
         if checkpoint_every:
             check_output_path(state_path)
             require(not state_path.exists() or (resume is not None and Path(resume).resolve() == state_path.resolve()),

@@ -84,6 +84,9 @@ def run(args: list[str] | None = None) -> int:
         if debug:
             raise
         return _fail(f"internal error {type(exc).__name__}: {exc} (set UNLEARNCTL_DEBUG=1 for the traceback)", 1)
+    finally:
+        if "unlearnctl.fileio" in sys.modules:  # the command claimed an output: release its lock
+            sys.modules["unlearnctl.fileio"].release_output_locks()
 
 
 def main() -> None:

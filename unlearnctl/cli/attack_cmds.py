@@ -11,7 +11,7 @@ from unlearnctl.attacks import aux_syntax
 from unlearnctl.attacks.dimra import AttackConfig
 from unlearnctl.cli import options as opt
 from unlearnctl.cli.app import app
-from unlearnctl.cli.ui import ProgressBars, key_value_table, print_json, stdout
+from unlearnctl.cli.ui import ProgressBars, key_value_table, note_batch_draws, print_json, stdout
 
 ATTACK_PANEL = "Attack"
 CURVE_PANEL = "Relearning curve"
@@ -38,7 +38,9 @@ def relearn_attack(
     curve_csv: Annotated[Optional[Path], typer.Option(help="Write the curve as CSV: step, forget_rate, num_samples, mode, method, aux, model_sha256.", rich_help_panel=CURVE_PANEL)] = None,
     curve_samples: Annotated[int, typer.Option(help="Images sampled for the forget condition per curve point.", rich_help_panel=CURVE_PANEL)] = D.curve_samples,
     curve_sample_steps: Annotated[int, typer.Option(help="DDIM steps per curve sample.", rich_help_panel=CURVE_PANEL)] = D.curve_sample_steps,
-    data: Annotated[Optional[str], typer.Option(help="The model's training data, if its recorded source moved (forget fingerprints must still match).", rich_help_panel=opt.DATA_PANEL)] = None,
+    data: Annotated[Optional[str], typer.Option(help="The model's training data, if its recorded source moved (forget fingerprints must still match); converted only as --resolution/--channels ask.", rich_help_panel=opt.DATA_PANEL)] = None,
+    resolution: opt.Resolution = None,
+    channels: opt.Channels = None,
     json_: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.", rich_help_panel=opt.OUTPUT_PANEL)] = False,
     checkpoint_every: opt.CheckpointEvery = 0,
     resume: opt.Resume = None,
@@ -55,8 +57,7 @@ def relearn_attack(
     """
     from unlearnctl.attacks import parse_aux_spec
     from unlearnctl.attacks.dimra import relearn_attack as attack
-    from unlearnctl.checkpoint import atomic_write_text, check_output_path, load_checkpoint, save_checkpoint
-    from unlearnctl.data import DEFAULT_HELDOUT_FRACTION, load_data
+    from unlearnctl.checkpoint import atomic_write_text, check_output_path, save_checkpoint
     from unlearnctl.errors import require
     from unlearnctl.resume import ResumeOptions, protect_output
 
@@ -73,13 +74,8 @@ def relearn_attack(
                           num_generated=num_generated, generate_steps=generate_steps, curve_samples=curve_samples,
                           curve_sample_steps=curve_sample_steps)
     forget = opt.forget_spec(forget_class, forget_index, forget_canary, forget_images)
-    checkpoint = load_checkpoint(model)
-    split = None
-    if data:
-        recorded = checkpoint.data
-        split = load_data(data, resolution=recorded.get("requested_resolution"), channels=recorded.get("requested_channels"),
-                          split_seed=recorded.get("split_seed", 0), heldout_fraction=recorded.get("heldout_fraction", DEFAULT_HELDOUT_FRACTION),
-                          canary_copies=recorded.get("canary_copies"))
+    checkpoint = opt.load_model(model)
+    split = opt.load_model_data(data, resolution, channels, checkpoint) if data else None
     heading = f"DiMRA on {model} with --aux {aux}: {steps} steps, lr {lr:g}, batch {batch_size}"
     with protect_output(out, resume_options), ProgressBars(quiet, heading) as progress:
         attacked, curve = attack(checkpoint, aux, config, curve_forget_spec=None if forget.empty else forget,
@@ -87,6 +83,7 @@ def relearn_attack(
                                  resume=resume_options, precision=precision)
     save_checkpoint(attacked, out)
     resume_options.finish()
+    note_batch_draws(batch_size, {"auxiliary": attacked.lineage[-1]["attack"]["aux"]["num_images"]}, quiet)
     if curve is not None and curve_json is not None:
         import json
 

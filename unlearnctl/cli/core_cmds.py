@@ -9,7 +9,7 @@ import typer
 
 from unlearnctl.cli import options as opt
 from unlearnctl.cli.app import app
-from unlearnctl.cli.ui import ProgressBars, key_value_table, print_json, stdout
+from unlearnctl.cli.ui import ProgressBars, key_value_table, note_batch_draws, print_json, stdout
 
 
 def load_split(data, resolution, channels, split_seed, canary_copies):
@@ -49,6 +49,7 @@ def train(
     """Train a diffusion model (DDPM, linear β 1e-4→0.02, 1000 steps; ε-prediction unless --prediction-type) from scratch."""
     from unlearnctl.checkpoint import check_output_path, save_checkpoint
     from unlearnctl.diffusion import check_prediction_type
+    from unlearnctl.data import resolve_forget
     from unlearnctl.models import check_preset, read_config_file
     from unlearnctl.resume import ResumeOptions, protect_output
     from unlearnctl.training import TrainConfig, train_model
@@ -64,6 +65,8 @@ def train(
     config = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, ema_decay=ema_decay, label_dropout=label_dropout, seed=seed)
     split = load_split(data, resolution, channels, split_seed, canary_copies)
     exclude = opt.forget_spec(exclude_class, exclude_index, exclude_canary, None)
+    train_images = len(split.train) if exclude.empty else len(resolve_forget(exclude, split).retain)
+    note_batch_draws(batch_size, {"training": train_images}, quiet)
     with protect_output(out, resume_options), ProgressBars(quiet) as progress:
         checkpoint = train_model(split, conditional=conditional, preset=size, unet_overrides=overrides, config=config,
                                  exclude=exclude, device=device, progress=progress, resume=resume_options,
@@ -91,7 +94,7 @@ def _write_grid(checkpoint, path: Path, seed: int, device: str, quiet: bool) -> 
 def sample(
     model: opt.ModelIn,
     out: Annotated[Path, typer.Option("--out", "-o", help="PNG grid of the samples.", rich_help_panel=opt.OUTPUT_PANEL)],
-    class_: Annotated[Optional[list[str]], typer.Option("--class", help="Sample this class (name or index); repeatable; default all.", rich_help_panel=opt.SAMPLE_PANEL)] = None,
+    class_: Annotated[Optional[list[str]], typer.Option("--class", help="Sample this class (its name or index:N, as --forget-class picks it); repeatable; default all.", rich_help_panel=opt.SAMPLE_PANEL)] = None,
     per_class: Annotated[int, typer.Option(help="Images per class (conditional models).", rich_help_panel=opt.SAMPLE_PANEL)] = 10,
     num: Annotated[int, typer.Option(help="Number of images (unconditional models).", rich_help_panel=opt.SAMPLE_PANEL)] = 100,
     steps: opt.Steps = 50,
@@ -106,14 +109,14 @@ def sample(
     quiet: opt.Quiet = False,
 ):
     """Generate images with DDIM or DDPM, per class or unconditionally, and write a PNG grid."""
-    from unlearnctl.checkpoint import check_output_path, load_checkpoint
+    from unlearnctl.checkpoint import check_output_path
     from unlearnctl.sampling import generate, save_grid, save_npz, save_png_folder
 
     check_output_path(out, suffix=".png")
     if npz:
         check_output_path(npz, suffix=".npz")
     opt.check_precision(precision, device)
-    checkpoint = load_checkpoint(model)
+    checkpoint = opt.load_model(model)
     with ProgressBars(quiet) as progress:
         images, labels = generate(checkpoint, classes=class_, per_class=per_class, num_images=num, steps=steps, sampler=sampler,
                                   guidance=guidance, seed=seed, batch_size=sample_batch_size, device=device, progress=progress,
@@ -176,9 +179,9 @@ def export(
     diffusers_dir: Annotated[Path, typer.Option(help="New folder for the diffusers save_pretrained layout (unet/, scheduler/, model_index.json).")],
 ):
     """Export to a diffusers folder: loads with UNet2DModel.from_pretrained(..., subfolder='unet') or DDPMPipeline."""
-    from unlearnctl.checkpoint import export_diffusers, load_checkpoint
+    from unlearnctl.checkpoint import export_diffusers
 
-    export_diffusers(load_checkpoint(model), diffusers_dir)
+    export_diffusers(opt.load_model(model), diffusers_dir)
     stdout.print(f"wrote {diffusers_dir}/")
 
 
@@ -195,12 +198,20 @@ def import_(
     """Import a diffusers UNet (safetensors weights only) as an unlearnctl checkpoint."""
     from unlearnctl.checkpoint import check_output_path, import_diffusers, save_checkpoint
     from unlearnctl.data import check_compatible
+    from unlearnctl.errors import require
+    from unlearnctl.fileio import claim_output
+    from unlearnctl.integrity import require_finite_weights
 
     check_output_path(out)
+    sources = [p for folder in (diffusers_dir, diffusers_dir / "unet") if folder.is_dir() for p in folder.glob("*.safetensors")]
+    require(out.resolve() not in {p.resolve() for p in sources},
+            f"--out {out} is the source weights file of {diffusers_dir}; write the imported checkpoint to a new file")
+    claim_output(out)
     description = {"source": "unknown", "class_names": []}
     if data:
         description = load_split(data, resolution, channels, split_seed, canary_copies).description
     checkpoint = import_diffusers(diffusers_dir, description)
+    require_finite_weights(checkpoint.state_dict, diffusers_dir)
     if data:
         check_compatible(description, checkpoint.unet_config, checkpoint.conditional)
     save_checkpoint(checkpoint, out)

@@ -44,6 +44,8 @@ def evaluate(
     save_samples: Annotated[Optional[Path], typer.Option(help="Folder for the samples: retain/, forget/, real/ PNGs and samples.npz.", rich_help_panel=opt.OUTPUT_PANEL)] = None,
     grid: Annotated[Optional[Path], typer.Option(help="PNG grid of retained conditions (a row per class); the forget condition goes to <name>-forget.png.", rich_help_panel=opt.OUTPUT_PANEL)] = None,
     data: opt.Data = None,
+    resolution: opt.Resolution = None,
+    channels: opt.Channels = None,
     classifier_cache: Annotated[Optional[Path], typer.Option(help="Folder of cached domain classifiers (default $UNLEARNCTL_CACHE or ~/.cache/unlearnctl).", rich_help_panel=EVAL_PANEL)] = None,
     seed: opt.Seed = 0,
     device: opt.Device = "auto",
@@ -55,7 +57,7 @@ def evaluate(
     What was forgotten comes from --forget-* or, when absent, from the model's lineage; with neither,
     only quality is measured. Exit 3 when a --gate fails (the --json file is still written).
     """
-    from unlearnctl.checkpoint import atomic_write_text, check_output_path, load_checkpoint
+    from unlearnctl.checkpoint import atomic_write_text, check_output_path
     from unlearnctl.errors import BadInputError, GateFailed
     from unlearnctl.metrics.evaluate import EvalConfig, run_evaluation
     from unlearnctl.metrics.gates import check_gates, load_baseline, parse_gate
@@ -85,8 +87,8 @@ def evaluate(
         audit_reference=str(audit_reference) if audit_reference else None,
         classifier_cache=str(classifier_cache) if classifier_cache else None, device=device, precision=precision,
     )
-    checkpoint = load_checkpoint(model)
-    split = _override_data(data, checkpoint) if data else None
+    checkpoint = opt.load_model(model)
+    split = opt.load_model_data(data, resolution, channels, checkpoint) if data else None
     spec = opt.forget_spec(forget_class, forget_index, forget_canary, forget_images)
     with ProgressBars(quiet) as progress:
         evaluation = run_evaluation(checkpoint, spec, config, progress, split=split, gates=gate, baseline=base)
@@ -114,14 +116,6 @@ def opt_folder(path: Path) -> None:
     require(not path.exists() or path.is_dir(), f"--save-samples {path} exists and is not a folder")
     parent = path.parent if str(path.parent) else Path(".")
     require(parent.is_dir(), f"folder {parent} does not exist; create it first")
-
-
-def _override_data(data: str, checkpoint):
-    from unlearnctl.data import load_data
-
-    desc = checkpoint.data
-    return load_data(data, resolution=desc.get("resolution"), channels=desc.get("channels"),
-                     split_seed=desc.get("split_seed", 0), canary_copies=desc.get("canary_copies"))
 
 
 def _fmt(value) -> str:
@@ -178,7 +172,7 @@ def classifier_train(
     quiet: opt.Quiet = False,
 ):
     """Train (or show) the cached domain classifier of a data set and record its held-out accuracy."""
-    from unlearnctl.checkpoint import check_output_path, load_checkpoint
+    from unlearnctl.checkpoint import check_output_path
     from unlearnctl.cli.ui import print_json
     from unlearnctl.data import load_data, load_recorded_data
     from unlearnctl.errors import require
@@ -189,7 +183,7 @@ def classifier_train(
     if out:
         check_output_path(out)
     if model:
-        split = load_recorded_data(load_checkpoint(model).data)
+        split = load_recorded_data(opt.load_model(model).data)
     else:
         split = load_data(data or "digits", resolution=resolution, channels=channels, split_seed=split_seed,
                           canary_copies=canary_copies)

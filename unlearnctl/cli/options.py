@@ -24,13 +24,13 @@ Precision = Annotated[str, typer.Option(help="Precision of the UNet's forward pa
 CheckpointEvery = Annotated[int, typer.Option(help="Every N steps, atomically write a resumable state (model, optimizer, EMA, RNG, step) to OUT.state.safetensors; removed once OUT is written (0 = off).", rich_help_panel=OUTPUT_PANEL)]
 Resume = Annotated[Optional[Path], typer.Option(help="Continue an interrupted run from its .state.safetensors file; the options must be those of the interrupted run. The result is bit-identical to an uninterrupted run (CPU).", rich_help_panel=OUTPUT_PANEL)]
 
-Data = Annotated[Optional[str], typer.Option(help="Data source: digits, digits+canary, folder:PATH (class sub-folders) or npz:PATH.", rich_help_panel=DATA_PANEL)]
+Data = Annotated[Optional[str], typer.Option(help="Data source: digits, digits+canary, a folder of class sub-folders (DIR or folder:DIR) or npz:PATH. Images are converted only as --resolution/--channels ask; with a model, data of another size or channel count is refused.", rich_help_panel=DATA_PANEL)]
 Resolution = Annotated[Optional[int], typer.Option(help="Resize images to this square size (default: keep).", rich_help_panel=DATA_PANEL)]
 Channels = Annotated[Optional[int], typer.Option(help="1 (grey) or 3 (RGB) (default: keep).", rich_help_panel=DATA_PANEL)]
 SplitSeed = Annotated[int, typer.Option(help="Seed of the deterministic train/held-out split.", rich_help_panel=DATA_PANEL)]
 CanaryCopies = Annotated[Optional[int], typer.Option(help="digits+canary: copies of the canary in the train split (default 2%).", rich_help_panel=DATA_PANEL)]
 
-ForgetClass = Annotated[Optional[list[str]], typer.Option("--forget-class", help="Forget this class (name or index); repeatable.", rich_help_panel=FORGET_PANEL)]
+ForgetClass = Annotated[Optional[list[str]], typer.Option("--forget-class", help="Forget this class; repeatable. A class is picked by its name (bar, 8, canary) or index:N (0-based); a bare number N is an index only when no class name is a number (folders 0, 17, ...: then it must be a name).", rich_help_panel=FORGET_PANEL)]
 ForgetIndex = Annotated[Optional[list[int]], typer.Option("--forget-index", help="Forget this training-set index; repeatable.", rich_help_panel=FORGET_PANEL)]
 ForgetCanary = Annotated[bool, typer.Option("--forget-canary", help="Forget the canary (digits+canary data).", rich_help_panel=FORGET_PANEL)]
 ForgetImages = Annotated[Optional[str], typer.Option("--forget-images", help="Forget these images: a folder or an .npz file.", rich_help_panel=FORGET_PANEL)]
@@ -54,3 +54,30 @@ def forget_spec(classes, indices, canary, images):
     from unlearnctl.data import ForgetSpec
 
     return ForgetSpec(tuple(classes or ()), tuple(indices or ()), bool(canary), images)
+
+
+def load_model(path: Path):
+    """Load a checkpoint for a command and refuse it (exit 2) unless every weight is finite.
+
+    Every command that loads a model goes through here, so a broken file never samples black images,
+    passes a gate or reads as a learning-rate problem.
+    """
+    from unlearnctl.checkpoint import load_checkpoint
+    from unlearnctl.integrity import require_finite_weights
+
+    checkpoint = load_checkpoint(path)
+    require_finite_weights(checkpoint.state_dict, path)
+    return checkpoint
+
+
+def load_model_data(data: str, resolution: int | None, channels: int | None, checkpoint):
+    """``--data`` for a command that has a model: read as given (converted only as ``--resolution``/``--channels``
+    ask, as for every command), split as the model's data was, and refused (exit 2) unless it fits the model."""
+    from unlearnctl.data import DEFAULT_HELDOUT_FRACTION, check_compatible, load_data
+
+    recorded = checkpoint.data
+    split = load_data(data, resolution=resolution, channels=channels, split_seed=recorded.get("split_seed", 0),
+                      heldout_fraction=recorded.get("heldout_fraction", DEFAULT_HELDOUT_FRACTION),
+                      canary_copies=recorded.get("canary_copies"))
+    check_compatible(split.description, checkpoint.unet_config, checkpoint.conditional)
+    return split

@@ -75,3 +75,12 @@ def key_value_table(title: str, rows: dict[str, Any]) -> Table:
     for key, value in rows.items():
         table.add_row(key, _fmt(value) if not isinstance(value, (dict, list)) else json.dumps(value))
     return table
+
+
+def note_batch_draws(batch_size: int, sets: dict[str, int], quiet: bool = False) -> None:
+    """Say once, on stderr, when ``--batch-size`` exceeds a set batches are drawn from: batches are drawn with
+    replacement, so such a batch repeats images within one step (``sets``: ``{"training": 40, ...}``)."""
+    small = [f"{count} {name}" for name, count in sets.items() if 0 < count < batch_size]
+    if small:
+        note(f"note: --batch-size {batch_size} is larger than the {' and the '.join(small)} images; batches are drawn "
+             "with replacement, so images repeat within a step", quiet)

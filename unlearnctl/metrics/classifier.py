@@ -20,7 +20,7 @@ from torch import nn
 
 from unlearnctl.checkpoint import atomic_write_bytes
 from unlearnctl.data import DataSplit, ImageSet
-from unlearnctl.errors import BadInputError, require
+from unlearnctl.errors import BadInputError, cause_of, require
 from unlearnctl.progress import ProgressFn, report
 
 ARCH_VERSION = 1  # bump when the architecture or recipe changes: invalidates caches
@@ -154,7 +154,7 @@ def load_classifier(path: str | Path) -> DomainClassifier:
     except BadInputError:
         raise
     except Exception as exc:
-        raise BadInputError(f"{path} is not a readable classifier file ({str(exc)[:100]})") from None
+        raise BadInputError(f"{path} is not a readable classifier file: {cause_of(exc)}") from None
     return DomainClassifier(net.eval(), class_names, metadata["data_fingerprint"], float(metadata["heldout_accuracy"]),
                             sha256=file_sha256(path), path=path)
 

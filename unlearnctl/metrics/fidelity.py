@@ -31,7 +31,7 @@ import torch
 from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 from torch_fidelity.helpers import vassert
 
-from unlearnctl.errors import BadInputError, require
+from unlearnctl.errors import BadInputError, cause_of, require
 
 if TYPE_CHECKING:
     from unlearnctl.metrics.classifier import DomainClassifier
@@ -182,8 +182,8 @@ def inception_space(weights: str | Path | None) -> FeatureSpace:
         else:
             state = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise BadInputError(f"{path} is not a weights-only torch file or safetensors file ({str(exc)[:80]}); "
-                            "code-carrying pickles are refused") from None
+        raise BadInputError(f"{path} cannot be loaded as weights only: {cause_of(exc)}; give a weights-only .pth or a "
+                            ".safetensors file (code-carrying pickles are refused)") from None
     require(isinstance(state, dict) and state and all(torch.is_tensor(v) for v in state.values()),
             f"{path} does not hold a state dict of tensors")
     buffer = io.BytesIO()
@@ -203,7 +203,7 @@ def _check_inception(space: FeatureSpace, path: Path) -> None:
     try:
         FeatureExtractorInceptionV3(INCEPTION_EXTRACTOR, ["2048"], feature_extractor_weights_path=space.weights_argument())
     except Exception as exc:
-        raise BadInputError(f"{path} is not torch-fidelity InceptionV3 weights ({str(exc).splitlines()[0][:80]})") from None
+        raise BadInputError(f"{path} is not torch-fidelity InceptionV3 weights: {cause_of(exc)}") from None
 
 
 def fidelity_metrics(

@@ -220,9 +220,11 @@ def load_runs(
             runs.append(Run(name, str(path), data, sibling_grids(path)))
             continue
         from unlearnctl.checkpoint import load_checkpoint
+        from unlearnctl.integrity import require_finite_weights
         from unlearnctl.metrics.evaluate import run_evaluation
 
         checkpoint = load_checkpoint(path)
+        require_finite_weights(checkpoint.state_dict, path)  # a broken model would score, and pass gates
         if on_evaluate is not None:
             on_evaluate(path)
         evaluation = run_evaluation(checkpoint, forget_spec, eval_config, progress)
