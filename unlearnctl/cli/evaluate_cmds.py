@@ -178,6 +178,7 @@ def classifier_train(
     canary_copies: opt.CanaryCopies = None,
     arch: Annotated[str, typer.Option(help=f"Architecture: auto (resnet20 for RGB data of at least 32 px, else digitnet), {', '.join(TRAINABLE_NAMES)}.")] = "auto",
     epochs: Annotated[int, typer.Option(help="Training epochs.")] = 30,
+    batch_size: Annotated[int, typer.Option(help="Images per training step.")] = 128,
     force: Annotated[bool, typer.Option("--force", help="Retrain even when a cached classifier exists (replaces it).")] = False,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Also write the classifier to this .safetensors file.", rich_help_panel=opt.OUTPUT_PANEL)] = None,
     classifier_cache: Annotated[Optional[Path], typer.Option(help="Folder of cached classifiers (default $UNLEARNCTL_CACHE or ~/.cache/unlearnctl).")] = None,
@@ -197,6 +198,7 @@ def classifier_train(
 
     require(not (model and data), "give --model or --data, not both")
     require(epochs >= 1, f"epochs must be at least 1, got {epochs}")
+    require(batch_size >= 1, f"batch size must be at least 1, got {batch_size}")
     trainable_arch(arch, 1, 8)  # an unknown name fails before the data is read
     torch_device = resolve_device(device)
     if out:
@@ -213,7 +215,8 @@ def classifier_train(
         classifier = load_classifier(path)
     else:
         with ProgressBars(quiet) as progress:
-            classifier = train_classifier(split, arch=arch, epochs=epochs, seed=seed, progress=progress, device=torch_device)
+            classifier = train_classifier(split, arch=arch, epochs=epochs, batch_size=batch_size, seed=seed, progress=progress,
+                                          device=torch_device)
         save_classifier(classifier, path)
     if out:
         import shutil

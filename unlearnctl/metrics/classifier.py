@@ -107,9 +107,10 @@ class DomainClassifier:
         (not forgotten, not retained). The identity order leaves ``class_map`` unset.
         """
         missing = [name for name in data_class_names if name not in self.class_names]
-        require(not missing, f"the classifier has no class {missing[0]!r} of the data (its classes: "
-                f"{', '.join(self.class_names[:20])}{', ...' if len(self.class_names) > 20 else ''}); "
-                "give a classifier trained on every data class, named as the data names them")
+        if missing:
+            raise BadInputError(f"the classifier has no class {missing[0]!r} of the data (its classes: "
+                                f"{', '.join(self.class_names[:20])}{', ...' if len(self.class_names) > 20 else ''}); "
+                                "give a classifier trained on every data class, named as the data names them")
         self.data_class_names = list(data_class_names)
         if self.class_names == list(data_class_names):
             self.class_map = None
@@ -359,6 +360,7 @@ def load_user_classifier(path: str | Path, split: DataSplit) -> DomainClassifier
     data_channels = split.description["channels"]
     require(data_channels == classifier.channels or (data_channels == 1 and classifier.channels == 3),
             f"the classifier reads {classifier.channels}-channel images, the data has {data_channels} channels")
+    classifier.source = "user"  # given with --classifier, even when the tool trained it
     classifier.map_to(split.class_names)
     classifier.heldout_accuracy = heldout_accuracy(classifier, split.heldout)
     return classifier

@@ -154,7 +154,8 @@ def build_net(arch: str, channels: int, num_classes: int, stem: str | None = Non
 def load_weights(net: nn.Module, arch: str, state: dict[str, torch.Tensor], num_classes: int) -> nn.Module:
     """Fill ``net`` from ``state`` (strict: every key and shape must match) and split torchvision models."""
     nonfinite = [key for key, value in state.items() if value.is_floating_point() and not bool(torch.isfinite(value).all())]
-    require(not nonfinite, f"classifier weight {nonfinite[0]} holds NaN or Inf values; the file is broken")
+    if nonfinite:
+        raise BadInputError(f"classifier weight {nonfinite[0]} holds NaN or Inf values; the file is broken")
     try:
         net.load_state_dict(state, strict=True)
     except RuntimeError as exc:
