@@ -104,6 +104,7 @@ def test_permuted_user_classifier_scores_as_the_identity_order(shapes_classifier
     assert torch.equal(permuted.predict(images), identity.predict(images))
     assert torch.equal(identity.predict(images), shapes_classifier.predict(images))
     assert permuted.heldout_accuracy == identity.heldout_accuracy == shapes_classifier.heldout_accuracy
+    assert permuted.heldout_n == len(shapes_split.heldout)
 
 
 def test_evaluate_with_user_classifier_maps_classes_and_records_sha256(cli, tiny_conditional, shapes_classifier, tmp_path):

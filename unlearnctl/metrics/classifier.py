@@ -61,6 +61,7 @@ class DomainClassifier:
     source: str = "trained"  # trained (by the tool) or user (--classifier)
     class_map: torch.Tensor | None = None  # classifier output index -> data class index (-1: not a data class)
     data_class_names: list[str] | None = None  # the data's classes, once mapped
+    heldout_n: int | None = None  # held-out images behind a user classifier's heldout_accuracy
 
     @property
     def feature_dim(self) -> int:
@@ -223,6 +224,7 @@ def save_classifier(classifier: DomainClassifier, path: str | Path) -> Path:
 
 
 CLASSIFIER_KIND = "unlearnctl-classifier"
+USER_HELDOUT_CAP = 2000  # a user classifier's held-out accuracy is measured on at most this many images
 PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".bin", ".ckpt", ".tar")
 CONVERT_HINT = ("save the state dict with safetensors.torch.save_file(model.state_dict(), 'W.safetensors') and add the "
                 "metadata with `unlearnctl classifier import`")
@@ -362,7 +364,8 @@ def load_user_classifier(path: str | Path, split: DataSplit) -> DomainClassifier
             f"the classifier reads {classifier.channels}-channel images, the data has {data_channels} channels")
     classifier.source = "user"  # given with --classifier, even when the tool trained it
     classifier.map_to(split.class_names)
-    classifier.heldout_accuracy = heldout_accuracy(classifier, split.heldout)
+    heldout = split.heldout.subset(torch.arange(min(len(split.heldout), USER_HELDOUT_CAP)))  # the split is already shuffled
+    classifier.heldout_accuracy, classifier.heldout_n = heldout_accuracy(classifier, heldout), len(heldout)
     return classifier
 
 
@@ -383,7 +386,7 @@ def describe(classifier: DomainClassifier) -> dict[str, Any]:
     if classifier.source == "user":
         info.update(class_names=classifier.class_names, resolution=classifier.resolution, channels=classifier.channels,
                     mean=list(classifier.mean) if classifier.mean else None,
-                    std=list(classifier.std) if classifier.std else None)
+                    std=list(classifier.std) if classifier.std else None, heldout_n=classifier.heldout_n)
         if classifier.data_class_names is not None:
             info["class_map"] = {name: classifier.class_names.index(name) for name in classifier.data_class_names}
     return info
