@@ -215,3 +215,22 @@ def test_saved_resnet_round_trips(rgb_npz, tmp_path):
     loaded = load_classifier(save_classifier(classifier, tmp_path / "r.safetensors"))
     assert loaded.arch == "resnet8" and loaded.resolution == 16 and loaded.mean is None and loaded.source == "trained"
     assert torch.equal(loaded.logits(split.heldout.images), classifier.logits(split.heldout.images))
+
+
+def test_cifar_stem_resnet18_needs_stem_cifar(cli, shapes_split, tmp_path):
+    import torchvision
+
+    model = torchvision.models.resnet18(num_classes=4)
+    model.conv1, model.maxpool = torch.nn.Conv2d(3, 64, 3, padding=1, bias=False), torch.nn.Identity()
+    weights = tmp_path / "w.safetensors"
+    save_file(model.eval().state_dict(), str(weights))
+    args = ("classifier", "import", "--arch", "resnet18", "--weights", weights, "--resolution", "32", "--mean", "0.5",
+            "--std", "0.5", "--classes", "bar,column,box,cross", "-q", "--out")
+    assert cli(*args, tmp_path / "plain.safetensors").code == 2
+    assert cli(*args, tmp_path / "c.safetensors", "--stem", "cifar").code == 0
+    classifier = load_user_classifier(tmp_path / "c.safetensors", shapes_split)
+    images = shapes_split.heldout.images[:4]
+    x = torch.nn.functional.interpolate(images.expand(-1, 3, -1, -1), size=(32, 32), mode="bilinear",
+                                        align_corners=False, antialias=True)
+    with torch.no_grad():
+        assert torch.allclose(classifier.logits(images), model(x), atol=1e-4)  # mean = std = 0.5: [-1, 1] as is
