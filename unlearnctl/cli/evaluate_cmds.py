@@ -98,6 +98,8 @@ def evaluate(
     with ProgressBars(quiet) as progress:
         evaluation = run_evaluation(checkpoint, spec, config, progress, split=split, gates=gate, baseline=base)
     result = evaluation.result
+    if classifier and result["provenance"]["classifier"] is None:
+        note(f"--classifier {classifier} was not used: no metric run here needs a classifier", quiet)
     _print_result(result)
     if json_out:
         import json
