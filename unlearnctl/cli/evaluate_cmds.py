@@ -1,4 +1,4 @@
-"""Commands: ``evaluate`` and ``classifier train`` — score checkpoints (DESIGN §5, docs/metrics.md)."""
+"""Commands: ``evaluate``, ``classifier train`` and ``classifier import`` — score checkpoints (DESIGN §5, docs/metrics.md)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from unlearnctl.cli.app import app
 from unlearnctl.cli.ui import ProgressBars, key_value_table, note, stdout
 
 EVAL_PANEL = "Metrics"
+TRAINABLE_NAMES = ("digitnet", "resnet8", "resnet20", "resnet (= resnet20)")  # classifier_archs.TRAINABLE (torch-free for --help)
 GATE_PANEL = "Gates (CI)"
 
 classifier_app = typer.Typer(help="The domain classifier behind forget rate, retain accuracy and FID features.",
@@ -47,6 +48,7 @@ def evaluate(
     resolution: opt.Resolution = None,
     channels: opt.Channels = None,
     classifier_cache: Annotated[Optional[Path], typer.Option(help="Folder of cached domain classifiers (default $UNLEARNCTL_CACHE or ~/.cache/unlearnctl).", rich_help_panel=EVAL_PANEL)] = None,
+    classifier: Annotated[Optional[Path], typer.Option("--classifier", help="Your own classifier for forget rate, retain accuracy and FID features: a .safetensors file of a named architecture with its class names (docs/metrics.md; `classifier import` writes one). Pickles are refused. Its sha256 is recorded.", rich_help_panel=EVAL_PANEL)] = None,
     seed: opt.Seed = 0,
     device: opt.Device = "auto",
     precision: opt.Precision = "fp32",
@@ -63,6 +65,10 @@ def evaluate(
     from unlearnctl.metrics.gates import check_gates, load_baseline, parse_gate
     from unlearnctl.metrics.membership import AuditConfig
 
+    if classifier:
+        from unlearnctl.metrics.classifier import check_safetensors_file
+
+        check_safetensors_file(classifier)  # a pickle or a missing file fails before anything is loaded
     for text in gate or []:
         parse_gate(text)  # syntax first: a typo costs nothing
     opt.check_precision(precision, device)
@@ -86,6 +92,7 @@ def evaluate(
         audit=AuditConfig(timesteps=timesteps, repeats=audit_repeats, confidence=audit_confidence, seed=seed),
         audit_reference=str(audit_reference) if audit_reference else None,
         classifier_cache=str(classifier_cache) if classifier_cache else None, device=device, precision=precision,
+        classifier=str(classifier) if classifier else None,
     )
     checkpoint = opt.load_model(model)
     split = opt.load_model_data(data, resolution, channels, checkpoint) if data else None
@@ -93,6 +100,8 @@ def evaluate(
     with ProgressBars(quiet) as progress:
         evaluation = run_evaluation(checkpoint, spec, config, progress, split=split, gates=gate, baseline=base)
     result = evaluation.result
+    if classifier and result["provenance"]["classifier"] is None:
+        note(f"--classifier {classifier} was not used: no metric run here needs a classifier", quiet)
     _print_result(result)
     if json_out:
         import json
@@ -163,12 +172,15 @@ def classifier_train(
     channels: opt.Channels = None,
     split_seed: opt.SplitSeed = 0,
     canary_copies: opt.CanaryCopies = None,
+    arch: Annotated[str, typer.Option(help=f"Architecture: auto (resnet20 for RGB data of at least 32 px, else digitnet), {', '.join(TRAINABLE_NAMES)}.")] = "auto",
     epochs: Annotated[int, typer.Option(help="Training epochs.")] = 30,
+    batch_size: Annotated[int, typer.Option(help="Images per training step.")] = 128,
     force: Annotated[bool, typer.Option("--force", help="Retrain even when a cached classifier exists (replaces it).")] = False,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Also write the classifier to this .safetensors file.", rich_help_panel=opt.OUTPUT_PANEL)] = None,
     classifier_cache: Annotated[Optional[Path], typer.Option(help="Folder of cached classifiers (default $UNLEARNCTL_CACHE or ~/.cache/unlearnctl).")] = None,
     json_: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.", rich_help_panel=opt.OUTPUT_PANEL)] = False,
     seed: opt.Seed = 0,
+    device: Annotated[str, typer.Option(help="torch device to train on: cpu (default), cuda, cuda:1, auto; the saved classifier is the same kind of file.")] = "cpu",
     quiet: opt.Quiet = False,
 ):
     """Train (or show) the cached domain classifier of a data set and record its held-out accuracy."""
@@ -177,9 +189,14 @@ def classifier_train(
     from unlearnctl.data import load_data, load_recorded_data
     from unlearnctl.errors import require
     from unlearnctl.metrics.classifier import cache_path, describe, load_classifier, save_classifier, train_classifier
+    from unlearnctl.metrics.classifier_archs import trainable_arch
+    from unlearnctl.training import resolve_device
 
     require(not (model and data), "give --model or --data, not both")
     require(epochs >= 1, f"epochs must be at least 1, got {epochs}")
+    require(batch_size >= 1, f"batch size must be at least 1, got {batch_size}")
+    trainable_arch(arch, 1, 8)  # an unknown name fails before the data is read
+    torch_device = resolve_device(device)
     if out:
         check_output_path(out)
     if model:
@@ -187,22 +204,80 @@ def classifier_train(
     else:
         split = load_data(data or "digits", resolution=resolution, channels=channels, split_seed=split_seed,
                           canary_copies=canary_copies)
-    path = cache_path(split, classifier_cache)
+    arch = trainable_arch(arch, split.description["channels"], split.description["resolution"])
+    path = cache_path(split, classifier_cache, arch)
     cached = path.is_file() and not force
     if cached:
         classifier = load_classifier(path)
     else:
         with ProgressBars(quiet) as progress:
-            classifier = train_classifier(split, epochs=epochs, seed=seed, progress=progress)
+            classifier = train_classifier(split, arch=arch, epochs=epochs, batch_size=batch_size, seed=seed, progress=progress,
+                                          device=torch_device)
         save_classifier(classifier, path)
     if out:
         import shutil
 
         shutil.copyfile(path, out)
-    info = {**describe(classifier), "cached": cached, "path": str(path), "classes": classifier.class_names}
+    info = {**describe(classifier), "cached": cached, "path": str(path), "classes": classifier.class_names,
+            "num_heldout": split.description["num_heldout"]}
     if out:
         info["copy"] = str(out)
     if json_:
         print_json(info)
     else:
         stdout.print(key_value_table("domain classifier", info))
+        stdout.print(f"held-out accuracy ({arch}): {classifier.heldout_accuracy:.4f} on {info['num_heldout']} images")
+
+
+@classifier_app.command("import")
+def classifier_import(
+    arch: Annotated[str, typer.Option(help="Architecture of the weights: a torchvision classification model name (resnet18, resnet50, vgg11, mobilenet_v2, ...) or one of the tool's (digitnet, resnet8, resnet20).")],
+    weights: Annotated[Path, typer.Option(help="The state dict as .safetensors (safetensors.torch.save_file(model.state_dict(), PATH)); pickles are refused.")],
+    classes: Annotated[str, typer.Option(help='Class names in the order of the classifier\'s outputs: "a,b,c" or a JSON list. They are matched to the data\'s class names.')],
+    out: Annotated[Path, typer.Option("--out", "-o", help="The classifier file to write (.safetensors): the weights plus metadata.", rich_help_panel=opt.OUTPUT_PANEL)],
+    resolution: Annotated[int, typer.Option(help="Input size the classifier expects (square); data of another size is resized to it.")],
+    mean: Annotated[str, typer.Option(help="Per-channel normalisation mean of pixels in [0, 1], e.g. 0.485,0.456,0.406 (ImageNet) or 0.5 (inputs in [-1, 1]).")],
+    std: Annotated[str, typer.Option(help="Per-channel normalisation std, e.g. 0.229,0.224,0.225 (ImageNet) or 0.5.")],
+    channels: Annotated[int, typer.Option(help="Input channels (torchvision models: 3; grey data is repeated to RGB).")] = 3,
+    stem: Annotated[Optional[str], typer.Option(help="torchvision ResNets only: cifar = 3×3 stride-1 conv1 and no max-pool (the usual 32-px variant).")] = None,
+    quiet: opt.Quiet = False,
+):
+    """Attach the metadata --classifier needs to a plain state dict saved with safetensors (nothing is executed)."""
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import save
+
+    from unlearnctl.checkpoint import atomic_write_bytes, check_output_path
+    from unlearnctl.errors import BadInputError, require
+    from unlearnctl.metrics.classifier import CLASSIFIER_KIND, check_safetensors_file, classifier_from_metadata
+
+    check_output_path(out)
+    weights = check_safetensors_file(weights, "weights")
+    require(out.resolve() != weights.resolve(), f"--out {out} is the --weights file; write the classifier to a new file")
+    try:
+        names = json.loads(classes) if classes.strip().startswith("[") else [name.strip() for name in classes.split(",")]
+    except ValueError:
+        raise BadInputError(f"--classes {classes[:60]!r} is not a JSON list; use a,b,c or [\"a\", \"b\"]") from None
+    require(isinstance(names, list) and len(names) >= 2 and all(str(n) for n in names),
+            "--classes needs at least 2 non-empty class names")
+
+    def floats(text: str, option: str) -> list[float]:
+        try:
+            return [float(v) for v in text.split(",")]
+        except ValueError:
+            raise BadInputError(f"{option} {text!r} must be comma-separated numbers, e.g. 0.5 or 0.485,0.456,0.406") from None
+
+    metadata = {"kind": CLASSIFIER_KIND, "arch": arch, "num_classes": str(len(names)),
+                "class_names": json.dumps([str(n) for n in names]), "resolution": str(resolution),
+                "channels": str(channels), "mean": json.dumps(floats(mean, "--mean")), "std": json.dumps(floats(std, "--std"))}
+    if stem:
+        metadata["stem"] = stem
+    try:
+        with safe_open(str(weights), framework="pt") as handle:
+            state = {key: handle.get_tensor(key) for key in handle.keys()}
+    except Exception as exc:
+        raise BadInputError(f"{weights} is not a readable safetensors file ({' '.join(str(exc).split())[:120]})") from None
+    classifier_from_metadata(dict(state), metadata, out)  # the weights must fit: strict load, finite values
+    atomic_write_bytes(out, save({k: v.contiguous() for k, v in state.items()}, metadata=metadata))
+    note(f"wrote {out} ({arch}, {len(names)} classes, {resolution} px)", quiet)

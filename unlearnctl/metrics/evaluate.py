@@ -59,6 +59,7 @@ class EvalConfig:
     audit: AuditConfig = field(default_factory=AuditConfig)  # membership audit parameters
     audit_reference: str | None = None  # checkpoint that calibrates the audit (never saw forget or held-out images)
     classifier_cache: str | None = None  # folder of cached classifiers (default ~/.cache/unlearnctl)
+    classifier: str | None = None  # the user's classifier .safetensors (docs/metrics.md); None = the tool's own
     device: str = "auto"  # torch device
     precision: str = "fp32"  # UNet forward passes while sampling: fp32, bf16 (autocast) or fp16 (CUDA)
 
@@ -387,7 +388,7 @@ def run_evaluation(
 ) -> Evaluation:
     """:func:`evaluate`, also returning the samples. ``gates`` are validated (not checked) before sampling."""
     from unlearnctl.data import check_compatible, load_recorded_data
-    from unlearnctl.metrics.classifier import describe, load_or_train_classifier
+    from unlearnctl.metrics.classifier import describe, resolve_classifier
     from unlearnctl.metrics.fidelity import classifier_space, inception_space
     from unlearnctl.training import resolve_device
 
@@ -425,7 +426,7 @@ def run_evaluation(
         require(context.labelled, "the domain classifier needs labelled data (class sub-folders or npz labels); "
                 "for quality metrics use --feature-extractor inception-v3-compat --inception-weights PATH")
         tick = time.perf_counter()
-        context.classifier = load_or_train_classifier(split, config.classifier_cache, progress)
+        context.classifier = resolve_classifier(split, config.classifier, config.classifier_cache, progress)
         timing["classifier_s"] = time.perf_counter() - tick
     if "quality" in run:
         context.feature_space = (classifier_space(context.classifier) if config.feature_extractor == "domain-classifier"

@@ -52,12 +52,13 @@ FIDELITY_KEYS = {
 
 
 class DomainClassifierFeatures(FeatureExtractorBase):
-    """torch-fidelity feature extractor over the domain classifier (:class:`~.classifier.DigitNet`).
+    """torch-fidelity feature extractor over the domain classifier (:class:`~.classifier.DomainClassifier`).
 
-    Input: ``uint8`` ``N×C×H×W`` with the classifier's channel count, or 3 channels for a grey classifier
-    (torch-fidelity's folder loader always yields RGB; equal channels are averaged exactly in integers).
+    Input: ``uint8`` ``N×C×H×W`` with 1 or 3 channels: RGB for a grey classifier is averaged (torch-fidelity's
+    folder loader always yields RGB; equal channels are averaged exactly in integers), grey for an RGB
+    classifier is repeated; then the classifier's own input preparation (resize, normalisation) applies.
 
-    Features: ``penultimate`` (the 128-d layer before the head; FID, KID, precision/recall) and
+    Features: ``penultimate`` (the layer before the head, e.g. 128-d for digitnet; FID, KID, precision/recall) and
     ``logits`` (Inception Score).
 
     Args:
@@ -74,6 +75,7 @@ class DomainClassifierFeatures(FeatureExtractorBase):
         classifier = load_classifier(feature_extractor_weights_path)
         self.net = classifier.net
         self.channels = classifier.channels
+        self.prepare = classifier.prepare
         self.requires_grad_(False)
         self.eval()
 
@@ -95,12 +97,12 @@ class DomainClassifierFeatures(FeatureExtractorBase):
 
     def forward(self, x):
         vassert(torch.is_tensor(x) and x.dtype == torch.uint8, "Expecting image as torch.Tensor with dtype=torch.uint8")
-        vassert(x.dim() == 4 and x.shape[1] in (self.channels, 3), f"Input is not Bx{self.channels}xHxW: {tuple(x.shape)}")
+        vassert(x.dim() == 4 and x.shape[1] in (self.channels, 1, 3), f"Input is not Bx{self.channels}xHxW: {tuple(x.shape)}")
         x = x.float()  # N×C×H×W in [0, 255]
-        if x.shape[1] != self.channels:
+        if x.shape[1] == 3 and self.channels == 1:
             x = x.mean(dim=1, keepdim=True)  # RGB of a grey image: three equal integers, mean exact
-        x = x / 127.5 - 1.0  # the classifier's input range [-1, 1] (same as data.from_uint8)
-        features = {"penultimate": self.net.body(x)}  # N×128
+        x = x / 127.5 - 1.0  # the data's range [-1, 1] (same as data.from_uint8)
+        features = {"penultimate": self.net.body(self.prepare(x))}  # N×feature_dim
         if "logits" in self.features_list:
             features["logits"] = self.net.head(features["penultimate"])  # N×classes
         return tuple(features[name] for name in self.features_list)
@@ -163,7 +165,8 @@ def classifier_space(classifier: "DomainClassifier") -> FeatureSpace:
         atexit.register(lambda: __import__("shutil").rmtree(folder, ignore_errors=True))
         save_classifier(classifier, Path(folder) / "classifier.safetensors")
     return FeatureSpace("domain-classifier", CLASSIFIER_EXTRACTOR, classifier.sha256, rgb=False,
-                        provenance={**describe(classifier), "feature_layer": "penultimate", "feature_dim": 128},
+                        provenance={**describe(classifier), "feature_layer": "penultimate",
+                                    "feature_dim": classifier.feature_dim},
                         _weights_path=str(classifier.path))
 
 
