@@ -280,6 +280,26 @@ def fidelity_metrics(
     return out
 
 
+class FrechetToReal:
+    """FID of feature rows against fixed real features, ``Σ_r^½`` computed once (the bootstrap's statistic).
+
+    ``‖μ_g − μ_r‖² + tr Σ_g + tr Σ_r − 2 Σ_i sqrt(λ_i(Σ_r^½ Σ_g Σ_r^½))``: ``Σ_r^½ Σ_g Σ_r^½`` is symmetric
+    and similar to ``Σ_g Σ_r``, so the trace of its square root is torch-fidelity's ``tr((Σ_g Σ_r)^½)``.
+    """
+
+    def __init__(self, real: np.ndarray):
+        self.mu_r, sigma_r = real.mean(0), np.cov(real, rowvar=False)
+        eigenvalues, vectors = np.linalg.eigh(sigma_r)
+        self.root_r = (vectors * np.sqrt(np.clip(eigenvalues, 0, None))) @ vectors.T  # Σ_r^½, D×D
+        self.trace_r = float(np.trace(sigma_r))
+
+    def __call__(self, generated: np.ndarray) -> float:
+        mu_g, sigma_g = generated.mean(0), np.cov(generated, rowvar=False)
+        middle = np.linalg.eigvalsh(self.root_r @ sigma_g @ self.root_r)
+        diff = mu_g - self.mu_r
+        return float(diff @ diff + np.trace(sigma_g) + self.trace_r - 2 * np.sqrt(np.clip(middle, 0, None)).sum())
+
+
 KID_BOOTSTRAP_ROWS = 2000  # the KID bootstrap's kernel matrix holds at most this many generated rows
 
 
@@ -303,17 +323,7 @@ def fid_kid_intervals(generated: np.ndarray | None, real: np.ndarray | None, fid
     if generated is None:
         return out
     if fid is not None:
-        mu_r, sigma_r = real.mean(0), np.cov(real, rowvar=False)
-        eigenvalues, vectors = np.linalg.eigh(sigma_r)
-        root_r = (vectors * np.sqrt(np.clip(eigenvalues, 0, None))) @ vectors.T  # Σ_r^½
-        trace_r = float(np.trace(sigma_r))
-
-        def frechet(g: np.ndarray) -> float:
-            mu_g, sigma_g = g.mean(0), np.cov(g, rowvar=False)
-            middle = np.linalg.eigvalsh(root_r @ sigma_g @ root_r)
-            diff = mu_g - mu_r
-            return float(diff @ diff + np.trace(sigma_g) + trace_r - 2 * np.sqrt(np.clip(middle, 0, None)).sum())
-
+        frechet = FrechetToReal(real)
         low, high = centred_interval(fid, bootstrap(frechet, (generated,), rounds, seed))
         out.update(fid_ci95_low=max(0.0, low), fid_ci95_high=high)
     if kid is not None:
