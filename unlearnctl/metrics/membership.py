@@ -233,7 +233,7 @@ def epsilon_lower_bound(member_scores: np.ndarray, nonmember_scores: np.ndarray,
     m_half, n_half = len(members) // 2, len(nonmembers) // 2
     if min(m_half, n_half) < 1:
         return {"epsilon": 0.0, "threshold": None, "direction": None, "n_members": len(members) - m_half,
-                "n_nonmembers": len(nonmembers) - n_half}
+                "n_nonmembers": len(nonmembers) - n_half, "ceiling": 0.0, "capped": False}
     choose_m, test_m = members[:m_half], members[m_half:]
     choose_n, test_n = nonmembers[:n_half], nonmembers[n_half:]
     # 1) choose threshold and direction on the first half (point estimate, +0.5 smoothing against log 0)
