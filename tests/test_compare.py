@@ -295,6 +295,7 @@ def test_runs_differing_only_in_seed_are_aggregated(tmp_path, cli):
     assert siss.intervals["forget_rate"] == pytest.approx(expected)
     assert siss.deltas["forget_rate"] == pytest.approx(0.04)  # to the retrain aggregate's mean 0.03
     assert siss.overlaps["forget_rate"] is True  # two seeds: wide t-intervals
+    assert comparison.warnings == [] and scenario.reference_label == "retrain ×2 seeds"  # seeds of one reference
     shown = [getattr(r, "label") for r in scenario.display_rows()]
     assert shown == ["retrain ×2 seeds", "siss ×2 seeds", "siss-lr"]
     assert len(comparison.to_json_dict()["rows"]) == 5 and len(comparison.to_json_dict()["aggregates"]) == 2

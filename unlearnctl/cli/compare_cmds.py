@@ -53,7 +53,7 @@ def comparison_table(comparison):
 
     tables = []
     for scenario in comparison.scenarios:
-        reference = f"reference: {scenario.reference}" if scenario.reference else "no reference run"
+        reference = f"reference: {scenario.reference_label}" if scenario.reference else "no reference run"
         table = Table(title=f"{scenario.label} ({reference}; 95% intervals in brackets, Δ to the reference in parentheses, "
                             f"{SIMILAR} = intervals overlap; ×N seeds = mean and t-interval over seeds)", title_justify="left")
         table.add_column("run", style="bold")

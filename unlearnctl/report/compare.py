@@ -145,6 +145,12 @@ class Scenario:
     reference: str | None  # name of the reference run
     aggregates: list[Aggregate] = field(default_factory=list)
 
+    @property
+    def reference_label(self) -> str | None:
+        """The reference as the tables show it: its seed aggregate's label when it has one."""
+        aggregate = next((a for a in self.aggregates if self.reference in a.runs), None)
+        return aggregate.label if aggregate is not None else self.reference
+
     def find(self, name: str) -> Row | None:
         return next((row for row in self.rows if row.run.name == name), None)
 
@@ -210,7 +216,7 @@ class Comparison:
         parts = []
         for scenario in self.scenarios:
             header = ["run", "method", *[TITLES[k] for k in keys], "relearn gap"]
-            lines = [f"**{scenario.label}**" + (f" — reference: `{scenario.reference}`" if scenario.reference else " — no reference (retrain) run"),
+            lines = [f"**{scenario.label}**" + (f" — reference: `{scenario.reference_label}`" if scenario.reference else " — no reference (retrain) run"),
                      "", "| " + " | ".join(header) + " |", "|" + "|".join(["---", "---"] + ["---:"] * (len(keys) + 1)) + "|"]
             for row in scenario.display_rows():
                 reference = row.is_reference and (row.label == scenario.reference or scenario.reference in getattr(row, "runs", ()))
@@ -297,8 +303,6 @@ def compare(runs: list[Run]) -> Comparison:
         label = members[0].scenario_label
         references = [r for r in members if r.role == "reference"]
         reference = references[0] if references else None
-        if len(references) > 1:
-            warnings.append(f"{label}: several reference runs ({', '.join(r.name for r in references)}); differences use {reference.name}")
         if reference is None and any(r.role in ("unlearned", "attacked") for r in members):
             warnings.append(f"{label}: no reference run (unlearn --method retrain); differences to the reference are not shown")
         samplers = {json.dumps(r.provenance.get("sampler"), sort_keys=True) for r in members}
@@ -317,6 +321,9 @@ def compare(runs: list[Run]) -> Comparison:
             rows.append(Row(run, scenario_id, values, deltas, gap, parent.name if parent else None, intervals, overlaps))
         scenario = Scenario(scenario_id, label, rows, reference.name if reference else None)
         scenario.aggregates = aggregate_seeds(scenario)
+        seeds_of_reference = [a for a in scenario.aggregates if {r.name for r in references} <= set(a.runs)]
+        if len(references) > 1 and not seeds_of_reference:
+            warnings.append(f"{label}: several reference runs ({', '.join(r.name for r in references)}); differences use {reference.name}")
         scenarios.append(scenario)
     return Comparison(scenarios, warnings)
 
