@@ -233,3 +233,82 @@ def test_cli_evaluates_checkpoints_on_the_fly(cli, tiny_conditional, tmp_path, t
     assert row["role"] == "base" and row["num_samples"] == 8 and row["forget_rate"] is not None
     html = report.read_text()
     assert "forget condition" in html and "retained conditions" in html
+
+
+# --------------------------------------------------------------------------------------------- intervals and seeds
+
+
+def with_interval(result: dict, key: str, low: float, high: float) -> dict:
+    result[f"{key}_ci95_low"], result[f"{key}_ci95_high"] = low, high
+    return result
+
+
+def seeded(lineage: list[dict], seed: int, digest: str = "d1") -> list[dict]:
+    """The lineage with every entry's seed set and a params digest (what evaluate records)."""
+    return [{**entry, "seed": seed, "params_digest": digest} for entry in lineage]
+
+
+def test_intervals_are_shown_and_overlaps_marked(tmp_path):
+    retrain = with_interval(evaluation("r", RETRAIN, forget_rate=0.02, fid=9.0), "forget_rate", 0.01, 0.05)
+    close = with_interval(evaluation("s", unlearned("siss", "b"), forget_rate=0.04, fid=9.5), "forget_rate", 0.02, 0.08)
+    apart = with_interval(evaluation("n", unlearned("naive", "b"), forget_rate=0.30, fid=9.5), "forget_rate", 0.25, 0.36)
+    old = evaluation("a", unlearned("salun", "b"), forget_rate=0.05, fid=9.0)  # an old file: no interval keys
+    paths = []
+    for name, result in (("retrain", retrain), ("siss", close), ("naive", apart), ("salun", old)):
+        paths.append(tmp_path / f"{name}.json")
+        paths[-1].write_text(json.dumps(result))
+    comparison = compare(load_runs(paths))
+    rows = {r.run.name: r for r in comparison.rows}
+    assert rows["siss"].intervals["forget_rate"] == (0.02, 0.08) and rows["siss"].overlaps["forget_rate"] is True
+    assert rows["naive"].overlaps["forget_rate"] is False
+    assert rows["salun"].intervals["forget_rate"] is None and rows["salun"].overlaps["forget_rate"] is None
+    markdown = comparison.to_markdown()
+    assert "0.040 [0.020, 0.080] (≈ +0.020)" in markdown
+    assert "0.300 [0.250, 0.360] (+0.280)" in markdown
+    assert "| salun | salun | 0.050 (+0.030) |" in markdown  # the old file compares as before
+    flat = {r["run"]: r for r in comparison.to_json_dict()["rows"]}
+    assert flat["siss"]["forget_rate_ci95_high"] == 0.08 and flat["siss"]["similar_forget_rate"] is True
+
+
+def test_runs_differing_only_in_seed_are_aggregated(tmp_path, cli):
+    from scipy import stats
+
+    results = {
+        "retrain-s0": evaluation("r0", seeded(RETRAIN, 0), forget_rate=0.02, fid=9.0),
+        "retrain-s1": evaluation("r1", seeded(RETRAIN, 1), forget_rate=0.04, fid=9.4),
+        "siss-s0": evaluation("s0", seeded(unlearned("siss", "b0"), 0), forget_rate=0.05, fid=11.0),
+        "siss-s1": evaluation("s1", seeded(unlearned("siss", "b1"), 1), forget_rate=0.09, fid=12.0),
+        "siss-lr": evaluation("s2", seeded(unlearned("siss", "b0"), 2, digest="d2"), forget_rate=0.50, fid=30.0),
+    }
+    paths = []
+    for name, result in results.items():
+        paths.append(tmp_path / f"{name}.json")
+        paths[-1].write_text(json.dumps(result))
+    comparison = compare(load_runs(paths))
+    scenario = comparison.scenarios[0]
+    aggregates = {a.group: a for a in scenario.aggregates}
+    assert set(aggregates) == {"retrain", "siss"}  # siss-lr has other parameters: a run of its own
+    siss = aggregates["siss"]
+    assert siss.runs == ["siss-s0", "siss-s1"] and siss.label == "siss ×2 seeds"
+    assert siss.values["forget_rate"] == pytest.approx(0.07)
+    expected = stats.t.interval(0.95, 1, loc=0.07, scale=stats.sem([0.05, 0.09]))
+    assert siss.intervals["forget_rate"] == pytest.approx(expected)
+    assert siss.deltas["forget_rate"] == pytest.approx(0.04)  # to the retrain aggregate's mean 0.03
+    assert siss.overlaps["forget_rate"] is True  # two seeds: wide t-intervals
+    assert comparison.warnings == [] and scenario.reference_label == "retrain ×2 seeds"  # seeds of one reference
+    shown = [getattr(r, "label") for r in scenario.display_rows()]
+    assert shown == ["retrain ×2 seeds", "siss ×2 seeds", "siss-lr"]
+    assert len(comparison.to_json_dict()["rows"]) == 5 and len(comparison.to_json_dict()["aggregates"]) == 2
+    assert "siss ×2 seeds" in comparison.to_markdown()
+    rows = list(csv.DictReader(io.StringIO(comparison.to_csv())))
+    assert rows[-1]["num_seeds"] == "2" and rows[-1]["runs"] in ("retrain-s0 retrain-s1", "siss-s0 siss-s1")
+    result = cli("compare", *paths)
+    assert result.code == 0 and "siss ×2 seeds" in result.out, result
+
+
+def test_the_same_seeds_twice_are_not_aggregated(tmp_path):
+    paths = []
+    for name in ("a", "b"):
+        paths.append(tmp_path / f"{name}.json")
+        paths[-1].write_text(json.dumps(evaluation(name, seeded(unlearned("siss", "b0"), 0), forget_rate=0.05, fid=11.0)))
+    assert compare(load_runs(paths)).scenarios[0].aggregates == []

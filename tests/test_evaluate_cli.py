@@ -56,6 +56,9 @@ def test_relative_gate_against_baseline(cli, tiny_conditional, tmp_path):
     (("--metric", "membership"), "'membership' cannot be computed here: no forget set"),
     (("--forget-class", "9"), "class '9' is not in the data"),
     (("--audit-timesteps", "50,x"), "comma-separated integers"),
+    (("--audit-samples", "0"), "audit samples must be at least 1"),
+    (("--bootstrap-rounds", "0"), "bootstrap rounds must be at least 1"),
+    (("--sample-batch-size", "0"), "sample batch size must be at least 1"),
     (("--json", "out.txt"), "must end in .json"),
 ])
 def test_bad_input_exits_2_with_one_line(cli, tiny_conditional, args, message):

@@ -135,3 +135,50 @@ def test_membership_only_generates_nothing(tiny_conditional, monkeypatch):
     monkeypatch.setattr(diffusion, "sample_images", lambda *a, **k: pytest.fail("the audit alone needs no samples"))
     result = evaluate(tiny_conditional, ForgetSpec(classes=("2",)), fast(metrics=("membership",), num_samples=1))
     assert result["num_samples"] == 0 and isinstance(result["membership_auc"], float)
+
+
+RATES = ("forget_rate", "forget_confident_rate", "retain_accuracy")
+
+
+def test_every_figure_carries_its_interval(tiny_conditional):
+    result = evaluate(tiny_conditional, ForgetSpec(classes=("3",)), fast())
+    for key in RATES:
+        count, n = result[f"{key}_count"], result[f"{key}_n"]
+        assert isinstance(count, int) and isinstance(n, int) and result[key] == count / n, key
+        assert result[f"{key}_ci95_low"] <= result[key] <= result[f"{key}_ci95_high"], key
+    assert result["forget_rate_n"] == result["num_forget_samples"] == 20
+    assert result["retain_accuracy_n"] == result["num_retain_samples"] == 60
+    assert result["forget_confident_rate_count"] <= result["forget_rate_count"]
+    assert 0 <= result["forget_mean_probability"] <= 1
+    for key in ("fid", "kid", "membership_auc", "membership_balanced_accuracy"):
+        assert result[f"{key}_ci95_low"] <= result[key] <= result[f"{key}_ci95_high"], key
+    assert result["fid_n"] == result["kid_n"] == 60
+    # the shapes data hold a dozen held-out crosses: TPR at 1% FPR is unsupported, not a number
+    assert result["membership_nonmembers"] < 100
+    assert result["membership_tpr_at_1pct_fpr"] is None and "non-members" in result["membership_tpr_at_1pct_fpr_unsupported_reason"]
+    assert result["membership_epsilon_lb_max"] >= (result["membership_epsilon_lb"] or 0)
+    size = result["provenance"]["details"]["membership"]["size"]
+    assert size["members"] == result["membership_members"] and size["repeats"] == 1 and size["timesteps"] == 2
+    assert size["unet_image_passes"] == (size["members"] + size["nonmembers"]) * 2
+
+
+def test_the_audit_honours_the_evaluation_budget(tiny_conditional):
+    small = evaluate(tiny_conditional, ForgetSpec(classes=("2",)), fast(metrics=("membership",), num_samples=6))
+    assert small["membership_members"] == 6 and small["membership_nonmembers"] <= 6
+    assert small["provenance"]["details"]["membership"]["size"]["max_images"] == 6
+    capped = evaluate(tiny_conditional, ForgetSpec(classes=("2",)),
+                      fast(metrics=("membership",), audit=AuditConfig(repeats=1, timesteps=(50,), max_images=4)))
+    assert capped["membership_members"] == 4 and capped["provenance"]["details"]["membership"]["size"]["max_images"] == 4
+
+
+def test_sample_batch_comes_from_the_model_size():
+    from unlearnctl.sampling import auto_batch_size
+
+    class Sized(torch.nn.Module):
+        def __init__(self, parameters: int):
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.empty(parameters, device="meta"))
+
+    assert auto_batch_size(Sized(35_700_000), 32) == 273  # the CIFAR-10 DDPM: 1000 peaked at 8.9 GB RSS
+    assert auto_batch_size(Sized(700_000), 28) == 1000  # the small preset keeps the old default
+    assert auto_batch_size(Sized(10 ** 12), 64) == 1

@@ -116,3 +116,26 @@ def test_inception_from_local_weights_file(tmp_path, monkeypatch):
     pixels = torch.randint(0, 256, (6, 1, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     result = fidelity_metrics(pixels[:3], pixels[3:], space, kid=False, prc=False, batch_size=3)
     assert set(result) == {"fid"} and result["fid"] == result["fid"]  # finite, not NaN
+
+
+def test_bootstrap_fid_statistic_is_torch_fidelity_fid_and_intervals_contain_the_figures():
+    import numpy as np
+    from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
+    from torch_fidelity.metric_kid import kid_features_to_metric
+
+    from unlearnctl.metrics.fidelity import FrechetToReal, fid_kid_intervals
+
+    rng = np.random.default_rng(0)
+    real = rng.normal(size=(300, 16))
+    generated = rng.normal(0.3, 1.2, size=(200, 16))
+    stats = [fid_features_to_statistics(torch.from_numpy(f)) for f in (generated, real)]
+    fid = fid_statistics_to_metric(stats[0], stats[1], False)["frechet_inception_distance"]
+    assert FrechetToReal(real)(generated) == pytest.approx(fid, rel=1e-9)
+    kid = kid_features_to_metric(torch.from_numpy(generated), torch.from_numpy(real), kid_subsets=20,
+                                 kid_subset_size=200, rng_seed=0, verbose=False)["kernel_inception_distance_mean"]
+    out = fid_kid_intervals(generated, real, fid, kid, rounds=100, seed=0)
+    assert out["fid_ci95_low"] <= fid <= out["fid_ci95_high"] and out["kid_ci95_low"] <= kid <= out["kid_ci95_high"]
+    assert out["fid_ci95_high"] - out["fid_ci95_low"] > 0
+    # fewer generated rows, wider interval
+    few = fid_kid_intervals(generated[:50], real, FrechetToReal(real)(generated[:50]), None, rounds=100, seed=0)
+    assert few["fid_ci95_high"] - few["fid_ci95_low"] > out["fid_ci95_high"] - out["fid_ci95_low"]

@@ -61,6 +61,9 @@ def test_absolute_and_relative_checks():
 def test_unmeasured_metric_fails_the_gate():
     (failure,) = check_gates([parse_gate("fid<=12")], {"fid": None})
     assert "not measured" in failure
+    unsupported = {"membership_tpr_at_1pct_fpr": None, "membership_tpr_at_1pct_fpr_unsupported_reason": "21 non-members ..."}
+    (failure,) = check_gates([parse_gate("membership_tpr_at_1pct_fpr<=0.1")], unsupported)
+    assert "not measured (21 non-members ...)" in failure  # an unsupported figure never passes a gate
 
 
 def test_load_baseline(tmp_path):

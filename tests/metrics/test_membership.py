@@ -115,3 +115,41 @@ def test_reference_must_match_and_must_not_have_seen_the_data(tiny_unconditional
         check_reference(tiny_unconditional, other)
     with pytest.raises(BadInputError, match="trained on the full training set"):
         _check_reference_data(tiny_conditional, shapes_split)
+
+
+def test_rank_auc_equals_sklearn():
+    from sklearn.metrics import roc_auc_score
+
+    from unlearnctl.metrics.membership import rank_auc
+
+    rng = np.random.default_rng(4)
+    m, n = rng.normal(0.3, 1, 57).round(1), rng.normal(0, 1, 91).round(1)  # rounded: ties
+    expected = roc_auc_score(np.r_[np.ones(57), np.zeros(91)], np.r_[m, n])
+    assert rank_auc(m, n) == pytest.approx(expected, abs=1e-12)
+
+
+def test_tpr_at_1pct_fpr_needs_100_nonmembers():
+    from unlearnctl.metrics.membership import tpr_at_fpr
+
+    rng = np.random.default_rng(5)
+    small = tpr_at_fpr(rng.normal(3, 1, 40), rng.normal(0, 1, 99))
+    assert small["membership_tpr_at_1pct_fpr"] is None and small["membership_tpr_at_1pct_fpr_count"] is None
+    assert "99 non-members" in small["membership_tpr_at_1pct_fpr_unsupported_reason"]
+    members = rng.normal(3, 1, 40)
+    enough = tpr_at_fpr(members, rng.normal(0, 1, 100))
+    assert enough["membership_tpr_at_1pct_fpr_unsupported_reason"] is None
+    assert enough["membership_tpr_at_1pct_fpr_n"] == 40
+    assert enough["membership_tpr_at_1pct_fpr"] == enough["membership_tpr_at_1pct_fpr_count"] / 40
+    assert enough["membership_tpr_at_1pct_fpr_ci95_low"] <= enough["membership_tpr_at_1pct_fpr"] <= enough["membership_tpr_at_1pct_fpr_ci95_high"]
+
+
+def test_epsilon_bound_reports_its_ceiling():
+    from unlearnctl.metrics.membership import epsilon_ceiling
+
+    rng = np.random.default_rng(1)
+    leak = epsilon_lower_bound(rng.normal(10, 1, 400), rng.normal(0, 1, 400), confidence=0.95)
+    expected = math.log(0.025 ** (1 / 200) / (1 - 0.025 ** (1 / 200)))  # perfect separation of 200 + 200
+    assert leak["ceiling"] == pytest.approx(expected, rel=1e-6) and leak["capped"]
+    assert not epsilon_lower_bound(rng.normal(0.5, 1, 400), rng.normal(0, 1, 400))["capped"]
+    assert epsilon_ceiling(1, 10) == 0.0  # one test member: no bound above 0 is possible
+    assert epsilon_ceiling(100, 100) == pytest.approx(3.29, abs=0.01)

@@ -49,25 +49,27 @@ def comparison_table(comparison):
     from rich.console import Group
     from rich.table import Table
 
-    from unlearnctl.report.compare import TABLE_KEYS, TITLES, cell_text, format_value
+    from unlearnctl.report.compare import SIMILAR, TABLE_KEYS, TITLES, Aggregate, cell_text, format_value
 
     tables = []
     for scenario in comparison.scenarios:
-        reference = f"reference: {scenario.reference}" if scenario.reference else "no reference run"
-        table = Table(title=f"{scenario.label} ({reference}; Δ to it in parentheses)", title_justify="left")
+        reference = f"reference: {scenario.reference_label}" if scenario.reference else "no reference run"
+        table = Table(title=f"{scenario.label} ({reference}; 95% intervals in brackets, Δ to the reference in parentheses, "
+                            f"{SIMILAR} = intervals overlap; ×N seeds = mean and t-interval over seeds)", title_justify="left")
         table.add_column("run", style="bold")
         table.add_column("method")
         for key in TABLE_KEYS:
             table.add_column(TITLES[key], justify="right")
         table.add_column("relearn gap", justify="right")
         previous = None
-        for row in scenario.rows:
-            name = f"  ↺ {row.run.name}" if row.run.attacked else row.run.name
-            style = "green" if row.is_reference else ("dim" if row.run.attacked else None)
-            table.add_row(name, row.run.group if row.run.group != previous else "",
+        for row in scenario.display_rows():
+            group, attacked = (row.group, row.attacked) if isinstance(row, Aggregate) else (row.run.group, row.run.attacked)
+            name = f"  ↺ {row.label}" if attacked else row.label
+            style = "green" if row.is_reference else ("dim" if attacked else None)
+            table.add_row(name, group if group != previous else "",
                           *[cell_text(row, key) for key in TABLE_KEYS], format_value("relearn_gap", row.relearn_gap, signed=True),
                           style=style, end_section=False)
-            previous = row.run.group
+            previous = group
         tables.append(table)
     return Group(*tables)
 

@@ -31,13 +31,15 @@ def evaluate(
     steps: opt.Steps = 50,
     sampler: opt.Sampler = "ddim",
     guidance: opt.Guidance = 1.0,
-    sample_batch_size: opt.SampleBatch = 1000,
+    sample_batch_size: Annotated[Optional[int], typer.Option("--sample-batch-size", help="Images per UNet call when sampling and auditing (default: from the model's size, 1e13 / (parameters × pixels), at most 1000; docs/metrics.md).", rich_help_panel=opt.SAMPLE_PANEL, show_default=False)] = None,
     metric: Annotated[Optional[list[str]], typer.Option("--metric", help="Metric group to run: quality, forget, retain, membership; repeatable (default: every one that applies).", rich_help_panel=EVAL_PANEL)] = None,
     feature_extractor: Annotated[str, typer.Option(help="FID/KID/precision/recall features: domain-classifier (trained per data set, cached) or inception-v3-compat (needs --inception-weights).", rich_help_panel=EVAL_PANEL)] = "domain-classifier",
     inception_weights: Annotated[Optional[Path], typer.Option(help="Local torch-fidelity InceptionV3 weights (.pth weights-only or .safetensors); sha256 recorded. Nothing is downloaded.", rich_help_panel=EVAL_PANEL)] = None,
+    audit_samples: Annotated[Optional[int], typer.Option(help="Membership audit: cap on members and on non-members (seeded subsets; default min(1000, --num-samples)).", rich_help_panel=EVAL_PANEL, show_default=False)] = None,
     audit_repeats: Annotated[int, typer.Option(help="Membership audit: shared-noise repeats (the AUC's spread is over these).", rich_help_panel=EVAL_PANEL)] = 4,
     audit_timesteps: Annotated[str, typer.Option(help="Membership audit: comma-separated fixed timesteps of the denoising loss.", rich_help_panel=EVAL_PANEL)] = "25,50,100,150,200,300,400",
     audit_confidence: Annotated[float, typer.Option(help="Confidence level of the empirical ε lower bound.", rich_help_panel=EVAL_PANEL)] = 0.95,
+    bootstrap_rounds: Annotated[int, typer.Option(help="Rounds of the bootstrap intervals of FID, KID, membership AUC and balanced accuracy.", rich_help_panel=EVAL_PANEL)] = 200,
     audit_reference: Annotated[Optional[Path], typer.Option(help="Calibrate the membership audit with a model that saw neither the forget nor the held-out images (needed for out-of-distribution forget data such as a canary).", rich_help_panel=EVAL_PANEL)] = None,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the results (schema: docs/metrics.md) to this .json file.", rich_help_panel=opt.OUTPUT_PANEL)] = None,
     gate: Annotated[Optional[list[str]], typer.Option("--gate", help='Condition to hold, e.g. "forget_rate<=0.05", "fid<=12", "fid<=+10%" (with --baseline); repeatable; exit 3 if one fails.', rich_help_panel=GATE_PANEL)] = None,
@@ -87,9 +89,10 @@ def evaluate(
         raise BadInputError(f"--audit-timesteps {audit_timesteps!r} must be comma-separated integers, e.g. 25,50,100") from None
     config = EvalConfig(
         num_samples=num_samples, steps=steps, sampler=sampler, guidance=guidance, seed=seed,
-        sample_batch_size=sample_batch_size, metrics=tuple(metric) if metric else None,
+        sample_batch_size=sample_batch_size, metrics=tuple(metric) if metric else None, bootstrap_rounds=bootstrap_rounds,
         feature_extractor=feature_extractor, inception_weights=str(inception_weights) if inception_weights else None,
-        audit=AuditConfig(timesteps=timesteps, repeats=audit_repeats, confidence=audit_confidence, seed=seed),
+        audit=AuditConfig(timesteps=timesteps, repeats=audit_repeats, confidence=audit_confidence, seed=seed,
+                          max_images=audit_samples),
         audit_reference=str(audit_reference) if audit_reference else None,
         classifier_cache=str(classifier_cache) if classifier_cache else None, device=device, precision=precision,
         classifier=str(classifier) if classifier else None,
@@ -127,6 +130,9 @@ def opt_folder(path: Path) -> None:
     require(parent.is_dir(), f"folder {parent} does not exist; create it first")
 
 
+INTERVAL_SUFFIXES = ("_count", "_n", "_ci95_low", "_ci95_high", "_unsupported_reason")
+
+
 def _fmt(value) -> str:
     if value is None:
         return "—"
@@ -150,7 +156,16 @@ def _print_result(result: dict) -> None:
             table.add_row(name, f"[dim]skipped: {prov['skipped'].get(name, '')}[/dim]", "")
             continue
         for key in group.keys:
-            table.add_row(name, key, _fmt(result.get(key)))
+            if key.endswith(INTERVAL_SUFFIXES):
+                continue  # shown beside their figure
+            text = _fmt(result.get(key))
+            if result.get(f"{key}_ci95_low") is not None:
+                text += f" [{_fmt(result[f'{key}_ci95_low'])}, {_fmt(result[f'{key}_ci95_high'])}]"
+            if result.get(f"{key}_count") is not None:
+                text += f" ({result[f'{key}_count']}/{result[f'{key}_n']})"
+            elif result.get(f"{key}_unsupported_reason"):
+                text += f" ({result[f'{key}_unsupported_reason']})"
+            table.add_row(name, key, text)
     stdout.print(table)
     extractor = prov["extractor"] or {}
     timing = prov["timing_s"] or {}
@@ -161,6 +176,10 @@ def _print_result(result: dict) -> None:
         "forget set": f"{prov['forget']['mode']} {prov['forget']['spec']} (from {prov['forget']['source']})" if prov["forget"] else "—",
         "time": ", ".join(f"{k[:-2]} {v:.1f}s" for k, v in timing.items()) if timing else "—",
     }
+    audit = (prov["details"].get("membership") or {}).get("size")
+    if audit:
+        summary["audit"] = (f"{audit['members']} members + {audit['nonmembers']} non-members × {audit['repeats']} repeats × "
+                            f"{audit['timesteps']} timesteps = {audit['unet_image_passes']:,} image passes (--audit-samples caps both sides)")
     stdout.print(key_value_table("provenance", summary))
 
 

@@ -28,6 +28,7 @@ import torch
 from unlearnctl.data import ForgetSet, ForgetSpec, ImageSet, resolve_forget
 from unlearnctl.errors import BadInputError, require
 from unlearnctl.metrics import METRICS, register_metric
+from unlearnctl.metrics.intervals import BOOTSTRAP_ROUNDS, interval_keys, rate_keys, rate_fields
 from unlearnctl.metrics.membership import AuditConfig
 from unlearnctl.progress import ProgressFn
 
@@ -49,14 +50,15 @@ class EvalConfig:
     sampler: str = "ddim"  # ddim (deterministic) or ddpm
     guidance: float = 1.0  # classifier-free guidance scale (1 = none)
     seed: int = 0  # seeds sampling, KID subsets and the audit
-    sample_batch_size: int = 1000  # images per UNet call
+    sample_batch_size: int | None = None  # images per UNet call; None = sampling.auto_batch_size (from the model's size)
     metrics: tuple[str, ...] | None = None  # metric groups to run; None = every one that applies
     feature_extractor: str = "domain-classifier"  # FID/KID/PR feature space (fidelity.FEATURE_SPACES)
     inception_weights: str | None = None  # local weights for inception-v3-compat
     kid_subsets: int = 100  # torch-fidelity kid_subsets
     kid_subset_size: int = 1000  # torch-fidelity kid_subset_size (capped at the smaller set)
     prc_neighborhood: int = 3  # torch-fidelity prc_neighborhood (k of the k-NN balls)
-    audit: AuditConfig = field(default_factory=AuditConfig)  # membership audit parameters
+    bootstrap_rounds: int = BOOTSTRAP_ROUNDS  # rounds of every bootstrap interval (FID, KID, AUC, balanced accuracy)
+    audit: AuditConfig = field(default_factory=AuditConfig)  # membership audit parameters (max_images None = min(1000, num_samples))
     audit_reference: str | None = None  # checkpoint that calibrates the audit (never saw forget or held-out images)
     classifier_cache: str | None = None  # folder of cached classifiers (default ~/.cache/unlearnctl)
     classifier: str | None = None  # the user's classifier .safetensors (docs/metrics.md); None = the tool's own
@@ -74,7 +76,9 @@ class EvalConfig:
         require(self.steps >= 1, f"sampler steps must be at least 1, got {self.steps}")
         require(self.sampler in SAMPLERS, f"unknown sampler {self.sampler!r}; choose {' or '.join(SAMPLERS)}")
         require(self.guidance > 0, f"guidance must be positive, got {self.guidance}")
-        require(self.sample_batch_size >= 1, f"sample batch size must be at least 1, got {self.sample_batch_size}")
+        require(self.sample_batch_size is None or self.sample_batch_size >= 1,
+                f"sample batch size must be at least 1, got {self.sample_batch_size}")
+        require(self.bootstrap_rounds >= 1, f"bootstrap rounds must be at least 1, got {self.bootstrap_rounds}")
         require(self.feature_extractor in FEATURE_SPACES,
                 f"unknown feature extractor {self.feature_extractor!r}; choose {' or '.join(FEATURE_SPACES)}")
         require(self.kid_subsets >= 1 and self.kid_subset_size >= 2, "KID needs at least 1 subset of at least 2 images")
@@ -125,6 +129,8 @@ class EvalContext:
     reference: "Checkpoint | None" = None  # membership audit calibration model
     feature_space: "FeatureSpace | None" = None
     samples: Samples | None = None
+    audit: AuditConfig | None = None  # the audit's parameters with the evaluation's budget applied
+    sample_batch_size: int = 1000  # resolved images per UNet call
     progress: ProgressFn = None
     details: dict[str, Any] = field(default_factory=dict)  # per-group provenance
 
@@ -147,7 +153,11 @@ def _no_forget_set(context: EvalContext) -> str | None:
 
 @register_metric("quality", keys={
     "fid": "Fréchet distance (torch-fidelity) between generated retained-condition samples and real retain images",
+    **interval_keys("fid", "bootstrap (generated feature rows resampled, centred on fid)"),
+    "fid_n": "generated samples behind fid and kid",
     "kid": "kernel (polynomial) MMD² mean over torch-fidelity's random subsets",
+    **interval_keys("kid", "bootstrap (generated feature rows resampled, centred on kid)"),
+    "kid_n": "generated samples behind kid",
     "kid_std": "standard deviation of KID over the subsets",
     "precision": "share of generated samples inside the k-NN ball of some real image (Kynkäänniemi et al.)",
     "recall": "share of real images inside the k-NN ball of some generated sample",
@@ -162,33 +172,39 @@ def quality(context: EvalContext) -> dict[str, Any]:
     context.details["quality"] = {"num_generated": len(generated), "num_real": len(real),
                                   "real_fingerprint": context.real_retain.fingerprint,
                                   "real": "retain set of the train split" if context.forget_set else "train split"}
-    return fidelity_metrics(to_pixels(generated), to_pixels(real), context.feature_space,
-                            kid_subsets=config.kid_subsets, kid_subset_size=config.kid_subset_size,
-                            prc_neighborhood=config.prc_neighborhood, batch_size=max(64, config.sample_batch_size),
-                            seed=config.seed, device=context.device)
+    values = fidelity_metrics(to_pixels(generated), to_pixels(real), context.feature_space,
+                              kid_subsets=config.kid_subsets, kid_subset_size=config.kid_subset_size,
+                              prc_neighborhood=config.prc_neighborhood, batch_size=max(64, context.sample_batch_size),
+                              seed=config.seed, device=context.device, bootstrap_rounds=config.bootstrap_rounds)
+    return {**values, "fid_n": len(generated), "kid_n": len(generated)}
 
 
 @register_metric("forget", keys={
     "forget_rate": "class mode: share of forget-condition samples classified as a forgotten class; "
                    "data mode: share within forget_threshold of a forget image",
+    **rate_keys("forget_rate", "forget-condition samples scored"),
+    "forget_confident_rate": "class mode: share of forget-condition samples given a forgotten class with probability > 0.9",
+    **rate_keys("forget_confident_rate", "forget-condition samples scored"),
+    "forget_mean_probability": "class mode: mean classifier probability of the forgotten class(es) over forget-condition samples",
     "forget_mode": "class or data",
     "forget_threshold": "data mode: calibrated pixel-L2 distance (0.5 × min retain-to-forget distance, images in [-1, 1])",
     "forget_nearest_distance": "data mode: median distance of forget-condition samples to their nearest forget image",
 }, applies=_no_forget_set)
 def forget(context: EvalContext) -> dict[str, Any]:
-    from unlearnctl.metrics.forget import (
-        class_forget_rate, data_forget_rate, data_forget_threshold, nearest_distance,
-    )
+    from unlearnctl.metrics.forget import class_forget_counts, data_forget_hits, data_forget_threshold, nearest_distance
 
     forget_set, samples = context.forget_set, context.samples
     images = samples.images[samples.forget]
     if forget_set.mode == "class":
-        return {"forget_rate": class_forget_rate(images, forget_set.class_ids, context.classifier), "forget_mode": "class",
+        counts = class_forget_counts(images, forget_set.class_ids, context.classifier)
+        return {**rate_fields("forget_rate", counts["hits"], counts["n"]),
+                **rate_fields("forget_confident_rate", counts["confident"], counts["n"]),
+                "forget_mean_probability": counts["mean_probability"], "forget_mode": "class",
                 "forget_threshold": None, "forget_nearest_distance": None}
     threshold = data_forget_threshold(forget_set.forget.images, forget_set.retain.images)
-    return {"forget_rate": data_forget_rate(images, forget_set.forget.images, threshold), "forget_mode": "data",
-            "forget_threshold": threshold,
-            "forget_nearest_distance": float(nearest_distance(images, forget_set.forget.images).median())}
+    distances = nearest_distance(images, forget_set.forget.images)
+    return {**rate_fields("forget_rate", data_forget_hits(distances, threshold), len(images)), "forget_mode": "data",
+            "forget_threshold": threshold, "forget_nearest_distance": float(distances.median())}
 
 
 def _retain_applies(context: EvalContext) -> str | None:
@@ -201,20 +217,30 @@ def _retain_applies(context: EvalContext) -> str | None:
 
 @register_metric("retain", keys={
     "retain_accuracy": "share of retained-condition samples the domain classifier assigns to their condition",
+    **rate_keys("retain_accuracy", "retained-condition samples scored"),
 }, applies=_retain_applies)
 def retain(context: EvalContext) -> dict[str, Any]:
-    from unlearnctl.metrics.forget import retain_accuracy
+    from unlearnctl.metrics.forget import retain_hits
 
     samples = context.samples
-    return {"retain_accuracy": retain_accuracy(samples.images[samples.retain], samples.labels[samples.retain], context.classifier)}
+    images = samples.images[samples.retain]
+    return rate_fields("retain_accuracy", retain_hits(images, samples.labels[samples.retain], context.classifier), len(images))
 
 
 @register_metric("membership", keys={
     "membership_auc": "ROC AUC of the loss-based membership attack, forget images vs matched held-out images (0.5 = no leakage)",
+    **interval_keys("membership_auc", "percentile bootstrap (members and non-members resampled separately)"),
     "membership_auc_std": "standard deviation of the AUC over the audit's noise repeats",
     "membership_balanced_accuracy": "best balanced accuracy (TPR + TNR)/2 of the attack over thresholds",
-    "membership_tpr_at_1pct_fpr": "attack TPR at 1% FPR",
-    "membership_epsilon_lb": "empirical ε lower bound (Clopper–Pearson, threshold chosen on a separate half)",
+    **interval_keys("membership_balanced_accuracy", "percentile bootstrap"),
+    "membership_tpr_at_1pct_fpr": "attack TPR at 1% FPR (null below 100 non-members)",
+    **rate_keys("membership_tpr_at_1pct_fpr", "members audited"),
+    "membership_tpr_at_1pct_fpr_unsupported_reason": "why membership_tpr_at_1pct_fpr is null (too few non-members)",
+    "membership_epsilon_lb": "empirical ε lower bound (Clopper–Pearson, threshold chosen on a separate half); "
+                             "null when the test sizes cannot give a bound above 0",
+    "membership_epsilon_lb_unsupported_reason": "why membership_epsilon_lb is null",
+    "membership_epsilon_lb_max": "the largest ε bound the audit's test sizes can give (perfect separation)",
+    "membership_epsilon_lb_capped": "whether membership_epsilon_lb reached membership_epsilon_lb_max (the sample size set it)",
     "membership_epsilon_confidence": "confidence level of membership_epsilon_lb",
     "membership_loss_ratio": "SISS membership loss ratio: mean denoising loss of forget images / of non-members",
     "membership_members": "distinct forget images audited",
@@ -223,7 +249,7 @@ def retain(context: EvalContext) -> dict[str, Any]:
 def membership(context: EvalContext) -> dict[str, Any]:
     from unlearnctl.metrics.membership import membership_audit
 
-    result = membership_audit(context.unet, context.checkpoint, context.forget_set, context.split, context.config.audit,
+    result = membership_audit(context.unet, context.checkpoint, context.forget_set, context.split, context.audit,
                               progress=context.progress, reference=context.reference)
     context.details["membership"] = result.pop("details")
     return result
@@ -281,6 +307,26 @@ def _check_reference_data(reference: "Checkpoint", split: "DataSplit") -> None:
     require(trained_on not in (None, split.description["fingerprint"]),
             "the audit reference was trained on the full training set (forget images included) or records no training "
             "data; use a model trained without the forget set, e.g. `unlearnctl unlearn --method retrain`")
+
+
+def _budget(context: EvalContext) -> tuple[int, AuditConfig]:
+    """The images per UNet call and the audit's parameters, scaled to this evaluation.
+
+    * batch: ``--sample-batch-size``, else :func:`unlearnctl.sampling.auto_batch_size` (from the model's
+      parameter count and resolution, at most 1,000);
+    * audit: ``--audit-samples``, else ``min(1000, --num-samples)`` members and non-members, so a small
+      evaluation gets a small audit; its bootstrap uses ``--bootstrap-rounds``.
+    """
+    from dataclasses import replace
+
+    from unlearnctl.metrics.membership import MAX_IMAGES
+    from unlearnctl.sampling import auto_batch_size
+
+    config = context.config
+    batch = config.sample_batch_size or auto_batch_size(context.unet, context.checkpoint.unet_config["sample_size"])
+    audit = replace(config.audit, max_images=config.audit.max_images or min(MAX_IMAGES, config.num_samples),
+                    batch_size=config.audit.batch_size or batch, bootstrap_rounds=config.bootstrap_rounds)
+    return batch, audit
 
 
 def _needs_classifier(context: EvalContext, run: list[str]) -> bool:
@@ -407,6 +453,7 @@ def run_evaluation(
     forget_set = resolve_forget(forget_spec, split) if forget_source else None
     device = resolve_device(config.device)
     context = EvalContext(checkpoint, checkpoint.build_unet(device).eval(), split, forget_set, config, device, progress=progress)
+    context.sample_batch_size, context.audit = _budget(context)
     run, skipped = _plan(context)
     require(run, "no metric can be computed for this model: " + "; ".join(f"{k}: {v}" for k, v in skipped.items()))
     sampling = any(METRICS[name].uses_samples for name in run)
@@ -439,7 +486,7 @@ def run_evaluation(
     if sampling:  # under accelerate launch: each process generates a share, every process gets all
         images = sample_images(context.unet, checkpoint.scheduler_config, num_images=None if labels is not None else config.num_samples,
                                labels=labels, null_class=checkpoint.null_class, steps=config.steps, sampler=config.sampler,
-                               guidance=config.guidance, seed=config.seed, batch_size=config.sample_batch_size, progress=progress,
+                               guidance=config.guidance, seed=config.seed, batch_size=context.sample_batch_size, progress=progress,
                                precision=config.precision)
     else:  # nothing scores samples (e.g. --metric membership): generate none
         size = checkpoint.unet_config["sample_size"]
@@ -496,6 +543,22 @@ def evaluate(
     return run_evaluation(checkpoint, forget_spec, config, progress, split=split).result
 
 
+def params_digest(params: Any) -> str:
+    """sha256 (16 hex digits) of a lineage entry's parameters without any ``seed`` key: runs that differ
+    only in seeds share it (``compare`` aggregates them)."""
+    import hashlib
+    import json
+
+    def seedless(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: seedless(v) for k, v in value.items() if k != "seed"}
+        if isinstance(value, list):
+            return [seedless(v) for v in value]
+        return value
+
+    return hashlib.sha256(json.dumps(seedless(params), sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
 def _provenance(context: EvalContext, run, skipped, forget_source, timing, classifier) -> dict[str, Any]:
     import diffusers
     import torch_fidelity
@@ -506,7 +569,8 @@ def _provenance(context: EvalContext, run, skipped, forget_source, timing, class
     checkpoint, config, space = context.checkpoint, context.config, context.feature_space
     lineage = [{"command": e.get("command"), "method": e.get("method"), "seed": e.get("seed"),
                 "forget": (e.get("forget") or {}).get("spec") if isinstance(e.get("forget"), dict) else None,
-                "parent_sha256": e.get("parent_sha256"), "created": e.get("created")}
+                "parent_sha256": e.get("parent_sha256"), "created": e.get("created"),
+                "params_digest": params_digest(e.get("params"))}
                for e in checkpoint.lineage if isinstance(e, dict)]
     extractor = None
     if space is not None:
@@ -519,7 +583,7 @@ def _provenance(context: EvalContext, run, skipped, forget_source, timing, class
         "data": {k: context.split.description.get(k) for k in ("source", "fingerprint", "num_train", "num_heldout", "resolution", "channels")},
         "forget": None if context.forget_set is None else {**context.forget_set.describe(), "source": forget_source},
         "sampler": {"name": config.sampler, "steps": config.steps, "guidance": config.guidance, "seed": config.seed,
-                    "batch_size": config.sample_batch_size, "num_samples": config.num_samples},
+                    "batch_size": context.sample_batch_size, "num_samples": config.num_samples},
         "extractor": extractor,
         "classifier": classifier,
         "metrics_run": run,

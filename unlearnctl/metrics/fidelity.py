@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 from torch_fidelity.helpers import vassert
@@ -209,6 +210,24 @@ def _check_inception(space: FeatureSpace, path: Path) -> None:
         raise BadInputError(f"{path} is not torch-fidelity InceptionV3 weights: {cause_of(exc)}") from None
 
 
+def extract_features(pixels: torch.Tensor, space: FeatureSpace, metrics: tuple[str, ...] = ("fid", "kid", "prc"), *,
+                     batch_size: int = 1000, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+    """torch-fidelity's features of ``uint8`` ``N×C×H×W`` pixels: ``{layer: N×D}`` for the layers ``metrics`` use.
+
+    The same calls as ``torch_fidelity.calculate_metrics`` makes (``create_feature_extractor``,
+    ``get_featuresdict_from_dataset``), done once so the bootstrap can reuse the features.
+    """
+    from torch_fidelity.utils import create_feature_extractor, get_featuresdict_from_dataset, resolve_feature_layer_for_metric
+
+    cuda = torch.device(device).type == "cuda"
+    layers = sorted({resolve_feature_layer_for_metric(m, feature_extractor=space.fidelity_name) for m in metrics})
+    extractor = create_feature_extractor(space.fidelity_name, layers, cuda=cuda,
+                                         feature_extractor_weights_path=space.weights_argument(), verbose=False)
+    with torch.inference_mode(False), torch.no_grad():
+        return get_featuresdict_from_dataset(UInt8Images(pixels, space.rgb), extractor, batch_size, cuda,
+                                             save_cpu_ram=True, verbose=False)
+
+
 def fidelity_metrics(
     generated: torch.Tensor,
     real: torch.Tensor,
@@ -223,27 +242,106 @@ def fidelity_metrics(
     batch_size: int = 1000,
     seed: int = 0,
     device: torch.device | str = "cpu",
+    bootstrap_rounds: int = 0,
 ) -> dict[str, float]:
     """FID/KID/precision/recall of ``generated`` against ``real`` (``uint8`` ``N×C×H×W`` pixels).
 
     ``generated`` is torch-fidelity's ``input1`` and ``real`` its ``input2`` (its precision/recall
-    convention). KID's subset size is capped at the smaller set. Returns our keys (:data:`FIDELITY_KEYS`).
+    convention). Features are extracted once (:func:`extract_features`) and handed to torch-fidelity's own
+    metric functions, so the figures are those of ``torch_fidelity.calculate_metrics``. KID's subset size
+    is capped at the smaller set. Returns our keys (:data:`FIDELITY_KEYS`) and, with ``bootstrap_rounds``,
+    ``fid_ci95_low/high``, ``kid_ci95_low/high`` (:func:`fid_kid_intervals`) and ``fid_n``/``kid_n``.
     """
-    import torch_fidelity
+    from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
+    from torch_fidelity.metric_kid import kid_features_to_metric
+    from torch_fidelity.metric_prc import prc_features_to_metric
+    from torch_fidelity.utils import resolve_feature_layer_for_metric
 
     require(fid or kid or prc, "no quality metric requested")
     smallest = min(len(generated), len(real))
     require(smallest >= max(2, prc_neighborhood + 1 if prc else 2),
             f"quality metrics need at least {max(2, prc_neighborhood + 1)} generated and real images, got {smallest}")
-    cuda = torch.device(device).type == "cuda"
-    kwargs = dict(
-        input1=UInt8Images(generated, space.rgb), input2=UInt8Images(real, space.rgb),
-        fid=fid, kid=kid, prc=prc, feature_extractor=space.fidelity_name,
-        feature_extractor_weights_path=space.weights_argument(),
-        kid_subsets=kid_subsets, kid_subset_size=min(kid_subset_size, smallest), prc_neighborhood=prc_neighborhood,
-        batch_size=batch_size, rng_seed=seed, cuda=cuda,
-        cache=False, datasets_download=False, save_cpu_ram=True, verbose=False,
-    )
-    with torch.inference_mode(False), torch.no_grad():
-        result = torch_fidelity.calculate_metrics(**kwargs)
-    return {FIDELITY_KEYS[key]: float(value) for key, value in result.items() if key in FIDELITY_KEYS}
+    metrics = tuple(m for m, on in (("fid", fid), ("kid", kid), ("prc", prc)) if on)
+    features_g = extract_features(generated, space, metrics, batch_size=batch_size, device=device)
+    features_r = extract_features(real, space, metrics, batch_size=batch_size, device=device)
+    layer = {m: resolve_feature_layer_for_metric(m, feature_extractor=space.fidelity_name) for m in metrics}
+    result: dict[str, float] = {}
+    if fid:
+        stats = [fid_features_to_statistics(f[layer["fid"]]) for f in (features_g, features_r)]
+        result.update(fid_statistics_to_metric(stats[0], stats[1], False))
+    if kid:
+        result.update(kid_features_to_metric(features_g[layer["kid"]], features_r[layer["kid"]], kid_subsets=kid_subsets,
+                                              kid_subset_size=min(kid_subset_size, smallest), rng_seed=seed, verbose=False))
+    if prc:
+        result.update(prc_features_to_metric(features_g[layer["prc"]], features_r[layer["prc"]],
+                                             prc_neighborhood=prc_neighborhood, save_cpu_ram=True, verbose=False))
+    out = {FIDELITY_KEYS[key]: float(value) for key, value in result.items() if key in FIDELITY_KEYS}
+    if bootstrap_rounds:
+        out.update(fid_kid_intervals(features_g[layer["fid" if fid else "kid"]].double().numpy() if (fid or kid) else None,
+                                     features_r[layer["fid" if fid else "kid"]].double().numpy() if (fid or kid) else None,
+                                     out.get("fid"), out.get("kid"), rounds=bootstrap_rounds, seed=seed))
+    return out
+
+
+class FrechetToReal:
+    """FID of feature rows against fixed real features, ``Σ_r^½`` computed once (the bootstrap's statistic).
+
+    ``‖μ_g − μ_r‖² + tr Σ_g + tr Σ_r − 2 Σ_i sqrt(λ_i(Σ_r^½ Σ_g Σ_r^½))``: ``Σ_r^½ Σ_g Σ_r^½`` is symmetric
+    and similar to ``Σ_g Σ_r``, so the trace of its square root is torch-fidelity's ``tr((Σ_g Σ_r)^½)``.
+    """
+
+    def __init__(self, real: np.ndarray):
+        self.mu_r, sigma_r = real.mean(0), np.cov(real, rowvar=False)
+        eigenvalues, vectors = np.linalg.eigh(sigma_r)
+        self.root_r = (vectors * np.sqrt(np.clip(eigenvalues, 0, None))) @ vectors.T  # Σ_r^½, D×D
+        self.trace_r = float(np.trace(sigma_r))
+
+    def __call__(self, generated: np.ndarray) -> float:
+        mu_g, sigma_g = generated.mean(0), np.cov(generated, rowvar=False)
+        middle = np.linalg.eigvalsh(self.root_r @ sigma_g @ self.root_r)
+        diff = mu_g - self.mu_r
+        return float(diff @ diff + np.trace(sigma_g) + self.trace_r - 2 * np.sqrt(np.clip(middle, 0, None)).sum())
+
+
+KID_BOOTSTRAP_ROWS = 2000  # the KID bootstrap's kernel matrix holds at most this many generated rows
+
+
+def fid_kid_intervals(generated: np.ndarray | None, real: np.ndarray | None, fid: float | None, kid: float | None, *,
+                      rounds: int, seed: int = 0) -> dict[str, Any]:
+    """Bootstrap intervals of FID and KID over the generated feature rows (the real rows stay fixed).
+
+    * FID: each round resamples the ``n`` generated rows with replacement and recomputes
+      ``‖μ_g − μ_r‖² + tr Σ_g + tr Σ_r − 2 tr((Σ_r^½ Σ_g Σ_r^½)^½)`` (the same value as torch-fidelity's
+      ``tr((Σ_g Σ_r)^½)`` form, with one symmetric eigen-decomposition per round).
+    * KID: each round recomputes the unbiased MMD² (polynomial kernel ``(xᵀy/d + 1)³``, torch-fidelity's)
+      of the resampled rows against all real rows from the kernel matrix of at most
+      :data:`KID_BOOTSTRAP_ROWS` generated rows (a seeded subset beyond; the interval is then conservative).
+      The real-real term is constant and cancels in the centred interval.
+
+    Both intervals are :func:`~.intervals.centred_interval` (bootstrap quantiles moved onto the estimate).
+    """
+    from unlearnctl.metrics.intervals import bootstrap, bootstrap_indices, centred_interval
+
+    out: dict[str, Any] = {}
+    if generated is None:
+        return out
+    if fid is not None:
+        frechet = FrechetToReal(real)
+        low, high = centred_interval(fid, bootstrap(frechet, (generated,), rounds, seed))
+        out.update(fid_ci95_low=max(0.0, low), fid_ci95_high=high)
+    if kid is not None:
+        rows = generated
+        if len(rows) > KID_BOOTSTRAP_ROWS:
+            rows = rows[np.sort(np.random.default_rng(seed).permutation(len(rows))[:KID_BOOTSTRAP_ROWS])]
+        d = rows.shape[1]
+        k_gg = (rows @ rows.T / d + 1) ** 3  # n×n
+        k_gr = np.concatenate([((rows[i:i + 500] @ real.T / d + 1) ** 3).mean(1) for i in range(0, len(rows), 500)])  # n
+        diagonal, n = np.diag(k_gg), len(rows)
+        values = []
+        for (index,) in bootstrap_indices([n], rounds, seed):
+            w = np.bincount(index, minlength=n).astype(float)  # how often each row was drawn
+            within = (w @ k_gg @ w - w @ diagonal) / (n * (n - 1))
+            values.append(within - 2 * (w @ k_gr) / n)
+        low, high = centred_interval(kid, np.array(values))
+        out.update(kid_ci95_low=low, kid_ci95_high=high)
+    return out

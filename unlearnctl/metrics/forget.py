@@ -22,19 +22,42 @@ if TYPE_CHECKING:
     from unlearnctl.metrics.classifier import DomainClassifier
 
 THRESHOLD_FRACTION = 0.5  # threshold = this × min distance(retain image, forget image)
+CONFIDENT_PROBABILITY = 0.9  # forget_confident_rate: a forgotten class with probability above this
 
 
 def class_forget_rate(images: torch.Tensor, class_ids: list[int], classifier: "DomainClassifier") -> float:
     """Share of ``images`` the classifier assigns to one of ``class_ids``."""
+    counts = class_forget_counts(images, class_ids, classifier)
+    return counts["hits"] / counts["n"]
+
+
+def class_forget_counts(images: torch.Tensor, class_ids: list[int], classifier: "DomainClassifier") -> dict[str, Any]:
+    """Counts behind the class-mode forget figures of ``images`` (``N×C×H×W``).
+
+    Returns ``n`` (images), ``hits`` (argmax is a forgotten class), ``confident`` (some forgotten class has
+    softmax probability > :data:`CONFIDENT_PROBABILITY`, so it is also the argmax) and ``mean_probability``
+    (mean over images of the total probability of the forgotten classes). A model whose forget samples got
+    worse rather than forgotten keeps some argmax hits but few confident ones and a low mean probability.
+    """
     require(len(images) > 0, "no images to score")
-    predicted = classifier.predict(images)
-    return float(torch.isin(predicted, torch.tensor(class_ids)).float().mean())
+    probabilities = classifier.logits(images).softmax(dim=1)  # N×classes
+    ids = torch.tensor(class_ids)
+    hits = torch.isin(probabilities.argmax(dim=1), ids)
+    forgotten = probabilities[:, ids]  # N×len(class_ids)
+    confident = forgotten.max(dim=1).values > CONFIDENT_PROBABILITY
+    return {"n": len(images), "hits": int(hits.sum()), "confident": int(confident.sum()),
+            "mean_probability": float(forgotten.sum(dim=1).mean())}
 
 
 def retain_accuracy(images: torch.Tensor, labels: torch.Tensor, classifier: "DomainClassifier") -> float:
     """Share of ``images`` classified as the condition they were generated for."""
+    return retain_hits(images, labels, classifier) / len(images)
+
+
+def retain_hits(images: torch.Tensor, labels: torch.Tensor, classifier: "DomainClassifier") -> int:
+    """How many ``images`` are classified as the condition they were generated for."""
     require(len(images) > 0, "no images to score")
-    return float((classifier.predict(images) == labels).float().mean())
+    return int((classifier.predict(images) == labels).sum())
 
 
 def _unique(images: torch.Tensor) -> torch.Tensor:
@@ -58,6 +81,11 @@ def data_forget_rate(images: torch.Tensor, forget_images: torch.Tensor, threshol
     """Share of ``images`` within ``threshold`` of a forget image (memorised copies)."""
     require(len(images) > 0, "no images to score")
     return float((nearest_distance(images, forget_images) <= threshold).float().mean())
+
+
+def data_forget_hits(distances: torch.Tensor, threshold: float) -> int:
+    """How many nearest-forget ``distances`` are within ``threshold`` (the data-mode forget rate's count)."""
+    return int((distances <= threshold).sum())
 
 
 def forget_conditions(checkpoint: "Checkpoint", forget_set: "ForgetSet") -> list[int] | None:

@@ -53,7 +53,8 @@ class Gate:
         """``None`` if the gate holds, else a one-line reason."""
         value = result.get(self.name)
         if not isinstance(value, (int, float)) or isinstance(value, bool) or math.isnan(value):
-            return f"{self.text}: {self.name} was not measured ({value})"
+            reason = result.get(f"{self.name}_unsupported_reason")
+            return f"{self.text}: {self.name} was not measured ({reason or value})"
         limit = self.threshold(baseline)
         if OPERATORS[self.op](float(value), limit):
             return None

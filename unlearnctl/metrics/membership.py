@@ -15,13 +15,18 @@ standard one for diffusion models: a training image is denoised better than an u
    ``−L(x)`` with ``L = mean_r L_r``: lower loss → "member".
 3. **Attack figures** on ``−L``: ROC AUC, balanced accuracy (best threshold: max over τ of
    ``(TPR + TNR)/2``), TPR at 1% FPR, and the AUC's standard deviation over the ``R`` repeats (each
-   repeat scored alone) — VFLGAN's "spread over repeats".
+   repeat scored alone) — VFLGAN's "spread over repeats". AUC and balanced accuracy carry percentile
+   bootstrap intervals (members and non-members resampled separately, :mod:`.intervals`); the TPR its
+   member count and a Wilson interval, and ``null`` with a reason below 100 non-members (where 1% FPR
+   allows no false positive).
 4. **Empirical ε lower bound** (Jagielski et al. 2020, Nasr et al. 2021): ε-DP forces every test to
    satisfy ``TPR ≤ e^ε FPR`` and ``TNR ≤ e^ε FNR``. Members and non-members are split in half (seeded);
    the threshold and direction maximising the point estimate are chosen on the first half; on the
    second half one-sided Clopper–Pearson bounds at level ``α/2`` each (``α = 1 − confidence``) give
    ``ε ≥ max(0, log(TPR_lo / FPR_hi), log(TNR_lo / FNR_hi))`` — valid with probability ≥ ``confidence``.
-   The bound is per forget *image*; a canary inserted ``K`` times is audited as one group.
+   The bound is per forget *image*; a canary inserted ``K`` times is audited as one group. The largest
+   bound the test sizes allow (perfect separation) is reported beside it; a bound at that ceiling is
+   marked capped, and when the ceiling is 0 the bound is ``null`` with a reason.
 5. **SISS membership loss ratio**: ``mean L(members) / mean L(non-members)``; ≈ 1 when the forget images
    look unseen, < 1 while they are still fitted better than unseen images.
 """
@@ -38,6 +43,7 @@ import torch
 from unlearnctl.data import ImageSet
 from unlearnctl.diffusion import NoiseSchedule, per_sample_mse
 from unlearnctl.errors import require
+from unlearnctl.metrics.intervals import BOOTSTRAP_ROUNDS, bootstrap, percentile_interval, rate_fields
 from unlearnctl.progress import ProgressFn, report
 
 if TYPE_CHECKING:
@@ -46,6 +52,8 @@ if TYPE_CHECKING:
 
 AUDIT_TIMESTEPS = (25, 50, 100, 150, 200, 300, 400)  # of 1000: where train/unseen losses differ most
 TARGET_FPR = 0.01  # the false-positive rate of membership_tpr_at_1pct_fpr
+MIN_NONMEMBERS_TPR = 100  # below this, "TPR at 1% FPR" allows no false positive at all: not reported
+MAX_IMAGES = 1000  # default cap on members and on non-members
 
 
 @dataclass
@@ -55,17 +63,20 @@ class AuditConfig:
     timesteps: tuple[int, ...] = AUDIT_TIMESTEPS  # fixed timesteps t_k of the loss
     repeats: int = 4  # shared-noise draws ε_rk; the AUC's spread is over these
     confidence: float = 0.95  # confidence level of the ε lower bound
-    max_images: int = 1000  # cap on members and on non-members (seeded subset)
-    batch_size: int = 1000  # images per UNet call
-    seed: int = 0  # seeds the noise, subsets and the ε split
+    max_images: int | None = None  # cap on members and on non-members (seeded subset); None = MAX_IMAGES
+    # (evaluate: min(MAX_IMAGES, --num-samples), so a small evaluation gets a small audit)
+    batch_size: int | None = None  # images per UNet call; None = sampling.auto_batch_size (from the model's size)
+    seed: int = 0  # seeds the noise, subsets, the ε split and the bootstrap
+    bootstrap_rounds: int = BOOTSTRAP_ROUNDS  # rounds of the AUC / balanced-accuracy bootstrap intervals
 
     def __post_init__(self):
         self.timesteps = tuple(int(t) for t in self.timesteps)
         require(len(self.timesteps) >= 1 and all(t >= 0 for t in self.timesteps), f"audit timesteps must be non-negative, got {self.timesteps}")
         require(self.repeats >= 1, f"audit repeats must be at least 1, got {self.repeats}")
         require(0.5 <= self.confidence < 1, f"audit confidence must be in [0.5, 1), got {self.confidence}")
-        require(self.max_images >= 1, f"audit max images must be at least 1, got {self.max_images}")
-        require(self.batch_size >= 1, f"audit batch size must be at least 1, got {self.batch_size}")
+        require(self.max_images is None or self.max_images >= 1, f"audit samples must be at least 1, got {self.max_images}")
+        require(self.batch_size is None or self.batch_size >= 1, f"audit batch size must be at least 1, got {self.batch_size}")
+        require(self.bootstrap_rounds >= 1, f"bootstrap rounds must be at least 1, got {self.bootstrap_rounds}")
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "timesteps": list(self.timesteps)}
@@ -182,6 +193,33 @@ def attack_figures(member_scores: np.ndarray, nonmember_scores: np.ndarray, targ
     }
 
 
+def rank_auc(member_scores: np.ndarray, nonmember_scores: np.ndarray) -> float:
+    """ROC AUC by the Mann–Whitney rank sum (ties count ½): ``(R_m − m(m+1)/2) / (m·n)``; equals
+    ``sklearn.metrics.roc_auc_score`` and costs one sort (the bootstrap calls it ``B`` times)."""
+    from scipy.stats import rankdata
+
+    m, n = len(member_scores), len(nonmember_scores)
+    ranks = rankdata(np.r_[member_scores, nonmember_scores])
+    return float((ranks[:m].sum() - m * (m + 1) / 2) / (m * n))
+
+
+def tpr_at_fpr(member_scores: np.ndarray, nonmember_scores: np.ndarray, target_fpr: float = TARGET_FPR) -> dict[str, Any]:
+    """TPR at FPR ≤ ``target_fpr`` with its count and Wilson interval, or ``None`` with a reason.
+
+    With ``n`` non-members the test may make ⌊target_fpr·n⌋ false positives; below
+    :data:`MIN_NONMEMBERS_TPR` that is zero, and the figure would be "TPR at zero false positives".
+    The Wilson interval treats the chosen threshold as fixed (the members are its trials).
+    """
+    key = "membership_tpr_at_1pct_fpr"
+    n = len(nonmember_scores)
+    if n < MIN_NONMEMBERS_TPR:
+        return {key: None, f"{key}_count": None, f"{key}_n": None, f"{key}_ci95_low": None, f"{key}_ci95_high": None,
+                f"{key}_unsupported_reason": f"{n} non-members allow no false positive at 1% FPR (needs at least "
+                                             f"{MIN_NONMEMBERS_TPR}); raise --audit-samples or use more held-out data"}
+    tpr = attack_figures(member_scores, nonmember_scores, target_fpr)["tpr_at_fpr"]
+    return {**rate_fields(key, round(tpr * len(member_scores)), len(member_scores)), f"{key}_unsupported_reason": None}
+
+
 def clopper_pearson(successes: int, trials: int, alpha: float) -> tuple[float, float]:
     """One-sided Clopper–Pearson bounds ``(lower, upper)`` of a binomial rate, each at level ``alpha``."""
     from scipy.stats import beta
@@ -199,7 +237,7 @@ def epsilon_lower_bound(member_scores: np.ndarray, nonmember_scores: np.ndarray,
     m_half, n_half = len(members) // 2, len(nonmembers) // 2
     if min(m_half, n_half) < 1:
         return {"epsilon": 0.0, "threshold": None, "direction": None, "n_members": len(members) - m_half,
-                "n_nonmembers": len(nonmembers) - n_half}
+                "n_nonmembers": len(nonmembers) - n_half, "ceiling": 0.0, "capped": False}
     choose_m, test_m = members[:m_half], members[m_half:]
     choose_n, test_n = nonmembers[:n_half], nonmembers[n_half:]
     # 1) choose threshold and direction on the first half (point estimate, +0.5 smoothing against log 0)
@@ -223,8 +261,27 @@ def epsilon_lower_bound(member_scores: np.ndarray, nonmember_scores: np.ndarray,
         hit_lo, _ = clopper_pearson(len(test_n) - above_n, len(test_n), alpha)  # TNR lower bound
         _, false_hi = clopper_pearson(len(test_m) - above_m, len(test_m), alpha)  # FNR upper bound
     epsilon = math.log(hit_lo / false_hi) if hit_lo > 0 else 0.0
+    ceiling = epsilon_ceiling(len(test_m), len(test_n), confidence)
     return {"epsilon": max(0.0, epsilon), "threshold": tau, "direction": direction,
-            "n_members": len(test_m), "n_nonmembers": len(test_n)}
+            "n_members": len(test_m), "n_nonmembers": len(test_n), "ceiling": ceiling,
+            "capped": ceiling > 0 and max(0.0, epsilon) >= ceiling - 1e-9}
+
+
+def epsilon_ceiling(test_members: int, test_nonmembers: int, confidence: float = 0.95) -> float:
+    """The largest ε lower bound ``m`` + ``n`` test images can give: perfect separation in either direction.
+
+    ``max(log(TPR_lo(m/m) / FPR_hi(0/n)), log(TNR_lo(n/n) / FNR_hi(0/m)), 0)`` with the one-sided
+    Clopper–Pearson bounds of :func:`epsilon_lower_bound`; e.g. 3.29 for 100 + 100 at 95%. A bound at this
+    value says the sample size, not the model, set the figure.
+    """
+    if min(test_members, test_nonmembers) < 1:
+        return 0.0
+    alpha = (1 - confidence) / 2
+    tpr_lo, _ = clopper_pearson(test_members, test_members, alpha)
+    _, fpr_hi = clopper_pearson(0, test_nonmembers, alpha)
+    tnr_lo, _ = clopper_pearson(test_nonmembers, test_nonmembers, alpha)
+    _, fnr_hi = clopper_pearson(0, test_members, alpha)
+    return max(0.0, math.log(tpr_lo / fpr_hi), math.log(tnr_lo / fnr_hi))
 
 
 # --------------------------------------------------------------------------------------------- the audit
@@ -288,8 +345,12 @@ def membership_audit(
     config = config or AuditConfig()
     members, nonmembers, source = audit_sets(forget_set, split)
     generator = torch.Generator().manual_seed(config.seed)
-    members, nonmembers = _cap(members, config.max_images, generator), _cap(nonmembers, config.max_images, generator)
-    common = dict(timesteps=config.timesteps, repeats=config.repeats, seed=config.seed, batch_size=config.batch_size)
+    cap = config.max_images or MAX_IMAGES
+    members, nonmembers = _cap(members, cap, generator), _cap(nonmembers, cap, generator)
+    from unlearnctl.sampling import auto_batch_size
+
+    batch_size = config.batch_size or auto_batch_size(unet, checkpoint.unet_config["sample_size"])
+    common = dict(timesteps=config.timesteps, repeats=config.repeats, seed=config.seed, batch_size=batch_size)
     schedule = NoiseSchedule(checkpoint.scheduler_config)
     was_training = unet.training
     unet.eval()
@@ -318,17 +379,39 @@ def membership_audit(
     per_repeat = [attack_figures(score_m[r].double().numpy(), score_n[r].double().numpy())["auc"] for r in range(config.repeats)]
     bound = epsilon_lower_bound(final_m, final_n, config.confidence, config.seed)
     mean_m, mean_n = float(loss_m.mean()), float(loss_n.mean())
+    # stratified bootstrap: members and non-members resampled separately (same draws for both statistics)
+    rounds, seed = config.bootstrap_rounds, config.seed
+    auc_lo, auc_hi = percentile_interval(bootstrap(rank_auc, (final_m, final_n), rounds, seed))
+    balanced = bootstrap(lambda m, n: attack_figures(m, n)["balanced_accuracy"], (final_m, final_n), rounds, seed)
+    bal_lo, bal_hi = percentile_interval(balanced)
+    epsilon, epsilon_reason = bound["epsilon"], None
+    if bound["ceiling"] <= 0:
+        epsilon = None
+        epsilon_reason = (f"{bound['n_members']} + {bound['n_nonmembers']} test images cannot give a bound above 0 even "
+                          "when perfectly separated (the audit needs more members and non-members)")
+    timesteps = len(config.timesteps)
+    size = {"members": len(members), "nonmembers": len(nonmembers), "max_images": cap,
+            "repeats": config.repeats, "timesteps": timesteps,
+            "unet_image_passes": (len(members) + len(nonmembers)) * config.repeats * timesteps * (2 if reference else 1),
+            "batch_size": batch_size, "bootstrap_rounds": rounds}
     return {
         "membership_auc": figures["auc"],
+        "membership_auc_ci95_low": auc_lo,
+        "membership_auc_ci95_high": auc_hi,
         "membership_auc_std": float(np.std(per_repeat)),
         "membership_balanced_accuracy": figures["balanced_accuracy"],
-        "membership_tpr_at_1pct_fpr": figures["tpr_at_fpr"],
-        "membership_epsilon_lb": bound["epsilon"],
+        "membership_balanced_accuracy_ci95_low": bal_lo,
+        "membership_balanced_accuracy_ci95_high": bal_hi,
+        **tpr_at_fpr(final_m, final_n, TARGET_FPR),
+        "membership_epsilon_lb": epsilon,
+        "membership_epsilon_lb_unsupported_reason": epsilon_reason,
+        "membership_epsilon_lb_max": bound["ceiling"],
+        "membership_epsilon_lb_capped": bool(bound["capped"]) if epsilon is not None else None,
         "membership_epsilon_confidence": config.confidence,
         "membership_loss_ratio": mean_m / mean_n if mean_n > 0 else None,
         "membership_members": len(members),
         "membership_nonmembers": len(nonmembers),
         "details": {"nonmember_source": source, "member_loss_mean": mean_m, "nonmember_loss_mean": mean_n,
                     "calibration": calibration, "auc_per_repeat": per_repeat, "epsilon_test": bound,
-                    "config": config.to_dict()},
+                    "size": size, "config": config.to_dict()},
     }

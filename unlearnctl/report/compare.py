@@ -18,6 +18,16 @@ Rules (docs/report.md):
   attacked). Every row shows ``Δ`` = its value − the reference's for the headline metrics.
 * The **relearn gap** of an attacked row is its forget rate − the forget rate of the model it attacked
   (DESIGN §5), both from the evaluations given.
+* **Intervals**: a figure whose evaluation carries ``X_ci95_low``/``X_ci95_high`` (Wilson for rates,
+  bootstrap for AUC/FID/KID; docs/metrics.md) is shown as ``0.040 [0.020, 0.080]``. A difference to the
+  reference whose interval overlaps the reference's is marked ``≈`` — the data do not separate the two
+  (overlap is the conservative reading: non-overlapping 95% intervals always differ significantly,
+  overlapping ones may still). Files without interval keys compare as before.
+* **Seeds**: runs of one scenario that differ only in seeds (every lineage entry has the same command,
+  method, forget set and parameters — ``params_digest`` — and the evaluations the same sampler settings,
+  but the seeds differ) form an :class:`Aggregate`: the mean of each figure over the seeds and a Student-t
+  95% interval over them (``intervals.t_interval``); the tables show it in place of its runs
+  (``×N seeds``), the JSON and CSV keep every run and add the aggregates.
 """
 
 from __future__ import annotations
@@ -29,6 +39,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from unlearnctl.report.runs import Run
+
+SIMILAR = "≈"  # marks a difference whose 95% interval overlaps the reference's
 
 SCHEMA = "unlearnctl.compare/1"
 
@@ -59,10 +71,16 @@ class Row:
     deltas: dict[str, float | None]  # metric key -> value − reference value
     relearn_gap: float | None = None  # attacked rows: forget rate − forget rate of the attacked model
     attacked_from: str | None = None  # attacked rows: name of the run it attacked, if compared
+    intervals: dict[str, tuple[float, float] | None] = field(default_factory=dict)  # key -> 95% interval
+    overlaps: dict[str, bool | None] = field(default_factory=dict)  # key -> interval overlaps the reference's
 
     @property
     def is_reference(self) -> bool:
         return self.run.role == "reference"
+
+    @property
+    def label(self) -> str:
+        return self.run.name
 
     def flat(self) -> dict[str, Any]:
         """One flat dict (CSV row, JSON row)."""
@@ -76,6 +94,46 @@ class Row:
         for key in DELTA_KEYS:
             row[f"delta_{key}"] = self.deltas.get(key)
         row["relearn_gap"] = self.relearn_gap
+        for key, *_ in METRICS:
+            low, high = self.intervals.get(key) or (None, None)
+            row[f"{key}_ci95_low"], row[f"{key}_ci95_high"] = low, high
+            row[f"similar_{key}"] = self.overlaps.get(key)
+        return row
+
+
+@dataclass
+class Aggregate:
+    """Runs of one scenario that differ only in seeds: per figure the mean and a t-interval over the seeds."""
+
+    scenario: str
+    group: str  # method (as Row.run.group)
+    role: str
+    attacked: bool
+    runs: list[str]  # names of the runs aggregated
+    values: dict[str, float | None]  # key -> mean over the seeds that measured it
+    intervals: dict[str, tuple[float, float] | None]  # key -> Student-t 95% interval over seeds
+    counts: dict[str, int]  # key -> number of seeds that measured it
+    deltas: dict[str, float | None] = field(default_factory=dict)
+    overlaps: dict[str, bool | None] = field(default_factory=dict)
+    relearn_gap: float | None = None
+
+    @property
+    def is_reference(self) -> bool:
+        return self.role == "reference"
+
+    @property
+    def label(self) -> str:
+        return f"{self.group}{' ↺' if self.attacked else ''} ×{len(self.runs)} seeds"
+
+    def flat(self) -> dict[str, Any]:
+        row = {"label": self.label, "scenario": self.scenario, "method": self.group, "role": self.role,
+               "attacked": self.attacked, "runs": list(self.runs), "num_seeds": len(self.runs)}
+        for key, *_ in METRICS:
+            low, high = self.intervals.get(key) or (None, None)
+            row[key], row[f"{key}_ci95_low"], row[f"{key}_ci95_high"] = self.values.get(key), low, high
+            row[f"{key}_num_seeds"] = self.counts.get(key, 0)
+            if key in DELTA_KEYS:
+                row[f"delta_{key}"], row[f"similar_{key}"] = self.deltas.get(key), self.overlaps.get(key)
         return row
 
 
@@ -85,9 +143,28 @@ class Scenario:
     label: str
     rows: list[Row]
     reference: str | None  # name of the reference run
+    aggregates: list[Aggregate] = field(default_factory=list)
+
+    @property
+    def reference_label(self) -> str | None:
+        """The reference as the tables show it: its seed aggregate's label when it has one."""
+        aggregate = next((a for a in self.aggregates if self.reference in a.runs), None)
+        return aggregate.label if aggregate is not None else self.reference
 
     def find(self, name: str) -> Row | None:
         return next((row for row in self.rows if row.run.name == name), None)
+
+    def display_rows(self) -> list["Row | Aggregate"]:
+        """The table's rows: every run, except that the runs of an aggregate give way to it (at the first one's place)."""
+        members = {name: aggregate for aggregate in self.aggregates for name in aggregate.runs}
+        shown: list[Row | Aggregate] = []
+        for row in self.rows:
+            aggregate = members.get(row.run.name)
+            if aggregate is None:
+                shown.append(row)
+            elif aggregate not in shown:
+                shown.append(aggregate)
+        return shown
 
 
 @dataclass
@@ -113,6 +190,7 @@ class Comparison:
             "scenarios": [{"id": s.id, "label": s.label, "reference": s.reference, "runs": [r.run.name for r in s.rows]}
                           for s in self.scenarios],
             "rows": [row.flat() for row in self.rows],
+            "aggregates": [a.flat() for s in self.scenarios for a in s.aggregates],
             "warnings": self.warnings,
         }
 
@@ -120,9 +198,14 @@ class Comparison:
         return json.dumps(self.to_json_dict(), indent=2) + "\n"
 
     def to_csv(self) -> str:
+        """One row per run, then one per seed aggregate (``run`` = its label, ``runs`` its runs, ``num_seeds`` set)."""
         buffer = io.StringIO()
-        rows = [row.flat() for row in self.rows]
-        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
+        rows = [{**row.flat(), "num_seeds": 1, "runs": row.run.name} for row in self.rows]
+        for scenario in self.scenarios:
+            for aggregate in scenario.aggregates:
+                flat = aggregate.flat()
+                rows.append({**flat, "run": flat.pop("label"), "runs": " ".join(flat["runs"])})
+        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n", extrasaction="ignore", restval="")
         writer.writeheader()
         for row in rows:
             writer.writerow({k: _csv_value(v) for k, v in row.items()})
@@ -133,11 +216,13 @@ class Comparison:
         parts = []
         for scenario in self.scenarios:
             header = ["run", "method", *[TITLES[k] for k in keys], "relearn gap"]
-            lines = [f"**{scenario.label}**" + (f" — reference: `{scenario.reference}`" if scenario.reference else " — no reference (retrain) run"),
+            lines = [f"**{scenario.label}**" + (f" — reference: `{scenario.reference_label}`" if scenario.reference else " — no reference (retrain) run"),
                      "", "| " + " | ".join(header) + " |", "|" + "|".join(["---", "---"] + ["---:"] * (len(keys) + 1)) + "|"]
-            for row in scenario.rows:
-                name = f"**{row.run.name}** (reference)" if row.is_reference and row.run.name == scenario.reference else row.run.name
-                cells = [name, row.run.group, *[cell_text(row, k) for k in keys], format_value("relearn_gap", row.relearn_gap, signed=True)]
+            for row in scenario.display_rows():
+                reference = row.is_reference and (row.label == scenario.reference or scenario.reference in getattr(row, "runs", ()))
+                name = f"**{row.label}** (reference)" if reference else row.label
+                cells = [name, row.group if isinstance(row, Aggregate) else row.run.group, *[cell_text(row, k) for k in keys],
+                         format_value("relearn_gap", row.relearn_gap, signed=True)]
                 lines.append("| " + " | ".join(cells) + " |")
             parts.append("\n".join(lines))
         return "\n\n".join(parts) + "\n"
@@ -158,13 +243,37 @@ def format_value(key: str, value: Any, signed: bool = False) -> str:
     return f"{value:+.{decimals}f}" if signed else f"{value:.{decimals}f}"
 
 
-def cell_text(row: Row, key: str) -> str:
-    """``0.412 (+0.401)``: the value and, unless this is the reference, its difference to the reference."""
+def cell_text(row: "Row | Aggregate", key: str) -> str:
+    """``0.412 [0.380, 0.445] (+0.401)``: the value, its 95% interval when known and, unless this is the
+    reference, its difference to the reference — ``≈`` before it when the two intervals overlap."""
     text = format_value(key, row.values.get(key))
+    interval = row.intervals.get(key)
+    if interval is not None:
+        text += f" [{format_value(key, interval[0])}, {format_value(key, interval[1])}]"
     delta = row.deltas.get(key)
     if delta is not None and not row.is_reference:
-        text += f" ({format_value(key, delta, signed=True)})"
+        marker = f"{SIMILAR} " if row.overlaps.get(key) else ""
+        text += f" ({marker}{format_value(key, delta, signed=True)})"
     return text
+
+
+def row_intervals(result: dict[str, Any]) -> dict[str, tuple[float, float] | None]:
+    """``key -> (low, high)`` from an evaluation's ``X_ci95_low``/``X_ci95_high`` keys (``None`` when absent)."""
+    out = {}
+    for key, *_ in METRICS:
+        low, high = result.get(f"{key}_ci95_low"), result.get(f"{key}_ci95_high")
+        out[key] = (float(low), float(high)) if _number(low) and _number(high) else None
+    return out
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _overlap(a: tuple[float, float] | None, b: tuple[float, float] | None) -> bool | None:
+    if a is None or b is None:
+        return None
+    return a[0] <= b[1] and b[0] <= a[1]
 
 
 # --------------------------------------------------------------------------------------------- building
@@ -194,8 +303,6 @@ def compare(runs: list[Run]) -> Comparison:
         label = members[0].scenario_label
         references = [r for r in members if r.role == "reference"]
         reference = references[0] if references else None
-        if len(references) > 1:
-            warnings.append(f"{label}: several reference runs ({', '.join(r.name for r in references)}); differences use {reference.name}")
         if reference is None and any(r.role in ("unlearned", "attacked") for r in members):
             warnings.append(f"{label}: no reference run (unlearn --method retrain); differences to the reference are not shown")
         samplers = {json.dumps(r.provenance.get("sampler"), sort_keys=True) for r in members}
@@ -209,9 +316,68 @@ def compare(runs: list[Run]) -> Comparison:
             deltas = {key: _difference(values.get(key), reference.result.get(key)) if reference else None for key in DELTA_KEYS}
             parent = by_sha.get(run.parent_sha256) if run.attacked else None
             gap = _difference(values.get("forget_rate"), parent.result.get("forget_rate")) if parent else None
-            rows.append(Row(run, scenario_id, values, deltas, gap, parent.name if parent else None))
-        scenarios.append(Scenario(scenario_id, label, rows, reference.name if reference else None))
+            intervals = row_intervals(run.result)
+            overlaps = {key: _overlap(intervals[key], row_intervals(reference.result)[key]) if reference else None for key in DELTA_KEYS}
+            rows.append(Row(run, scenario_id, values, deltas, gap, parent.name if parent else None, intervals, overlaps))
+        scenario = Scenario(scenario_id, label, rows, reference.name if reference else None)
+        scenario.aggregates = aggregate_seeds(scenario)
+        seeds_of_reference = [a for a in scenario.aggregates if {r.name for r in references} <= set(a.runs)]
+        if len(references) > 1 and not seeds_of_reference:
+            warnings.append(f"{label}: several reference runs ({', '.join(r.name for r in references)}); differences use {reference.name}")
+        scenarios.append(scenario)
     return Comparison(scenarios, warnings)
+
+
+def seed_free_key(run: Run) -> str | None:
+    """What runs differing only in seeds share (``None`` when the evaluation records no ``params_digest``)."""
+    lineage = run.lineage
+    if not lineage or any("params_digest" not in entry for entry in lineage):
+        return None
+    entries = [(e.get("command"), e.get("method"), e.get("forget"), e.get("params_digest")) for e in lineage]
+    sampler = {k: v for k, v in (run.provenance.get("sampler") or {}).items() if k not in ("seed", "batch_size")}
+    return json.dumps([run.role, run.group, entries, sampler], sort_keys=True, default=str)
+
+
+def _seeds(run: Run) -> tuple:
+    return (*[entry.get("seed") for entry in run.lineage], (run.provenance.get("sampler") or {}).get("seed"))
+
+
+def aggregate_seeds(scenario: Scenario) -> list[Aggregate]:
+    """Group the scenario's runs that differ only in seeds; per figure the mean and a t-interval over seeds."""
+    from unlearnctl.metrics.intervals import t_interval
+
+    groups: dict[str, list[Row]] = {}
+    for row in scenario.rows:
+        key = seed_free_key(row.run)
+        if key is not None:
+            groups.setdefault(key, []).append(row)
+    aggregates = []
+    for rows in groups.values():
+        if len(rows) < 2 or len({_seeds(r.run) for r in rows}) < len(rows):  # the same seeds twice: not seeds
+            continue
+        values, intervals, counts = {}, {}, {}
+        for key, *_ in METRICS:
+            measured = [float(r.values[key]) for r in rows if _number(r.values.get(key))]
+            counts[key] = len(measured)
+            if len(measured) >= 2:
+                values[key], low, high = t_interval(measured)
+                intervals[key] = (low, high)
+            else:
+                values[key], intervals[key] = (measured[0] if measured else None), None
+        gaps = [r.relearn_gap for r in rows if r.relearn_gap is not None]
+        first = rows[0].run
+        aggregates.append(Aggregate(scenario.id, first.group, first.role, first.attacked, [r.run.name for r in rows],
+                                    values, intervals, counts, relearn_gap=sum(gaps) / len(gaps) if gaps else None))
+    # differences: to the reference aggregate when the reference run is in one, else to the reference run
+    reference_row = scenario.find(scenario.reference) if scenario.reference else None
+    reference = next((a for a in aggregates if scenario.reference in a.runs), reference_row)
+    for aggregate in aggregates:
+        for key in DELTA_KEYS:
+            ref_value = reference.values.get(key) if reference is not None else None
+            ref_interval = reference.intervals.get(key) if reference is not None else None
+            aggregate.deltas[key] = _difference(aggregate.values.get(key), ref_value)
+            aggregate.overlaps[key] = _overlap(aggregate.intervals.get(key), ref_interval)
+    return aggregates
 
 
 def _difference(value: Any, reference: Any) -> float | None:
