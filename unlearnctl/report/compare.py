@@ -17,7 +17,7 @@ Rules (docs/report.md):
 * The **reference** is the scenario's exact-unlearning model (``retrain`` or ``train --exclude-*``, not
   attacked). Every row shows ``Δ`` = its value − the reference's for the headline metrics.
 * The **relearn gap** of an attacked row is its forget rate − the forget rate of the model it attacked
-  (DESIGN §5), both from the evaluations given.
+  (positive = forgetting came back), both from the evaluations given.
 """
 
 from __future__ import annotations
