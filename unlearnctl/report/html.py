@@ -222,6 +222,8 @@ def conclusion(scenario, reference: Row | None) -> str:
     if not unlearned:
         return ""
     keys = [k for k in ("forget_rate", "retain_accuracy", "fid") if reference.values.get(k) is not None]
+    if not keys:
+        return ""
     verdicts = {r.run.name: {k: agreement(k, r, reference) for k in keys} for r in unlearned}
     by_interval = all(v[1] for per_row in verdicts.values() for v in per_row.values() if v[0] is not None)
     matching = [r for r in unlearned if all(verdicts[r.run.name][k][0] == "matches" for k in keys)]
