@@ -110,3 +110,17 @@ def cli(capsys):
         return CliResult(code, captured.out, captured.err)
 
     return invoke
+
+
+@pytest.fixture(scope="session")
+def classifier_cache(tmp_path_factory):
+    """A fresh ``$UNLEARNCTL_CACHE`` seeded with 2-epoch domain classifiers of the digits and digits+canary (the
+    evaluation's own would take a minute each to train)."""
+    from unlearnctl.data import load_data
+    from unlearnctl.metrics.classifier import cache_path, save_classifier, train_classifier
+
+    root = tmp_path_factory.mktemp("cache")
+    for source in ("digits", "digits+canary"):
+        split = load_data(source)
+        save_classifier(train_classifier(split, epochs=2), cache_path(split, root / "classifiers"))
+    return root

@@ -96,3 +96,25 @@ def test_help_is_fast_and_does_not_import_torch():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0
     assert result.stdout.strip().splitlines()[-1] == "False"
+
+
+def test_version_prints_the_package_version(cli):
+    import unlearnctl
+
+    result = cli("--version")
+    assert result.code == 0 and result.out.strip() == f"unlearnctl {unlearnctl.__version__}", result
+
+
+def test_an_option_from_the_environment_is_announced_and_the_command_line_wins(cli, tmp_path, monkeypatch):
+    from unlearnctl.checkpoint import load_checkpoint
+
+    monkeypatch.setenv("UNLEARNCTL_TRAIN_STEPS", "2")
+    monkeypatch.setenv("UNLEARNCTL_TRAIN_SIZE", "tiny")
+    monkeypatch.setenv("UNLEARNCTL_VERSION", "1")  # not an option: must not print the version and exit
+    result = cli("train", "--batch-size", "8", "--out", tmp_path / "a.safetensors")
+    assert result.code == 0, result
+    assert "note: --steps 2 (from $UNLEARNCTL_TRAIN_STEPS)" in result.err and "note: --size tiny" in result.err
+    assert load_checkpoint(tmp_path / "a.safetensors").lineage[-1]["params"]["train"]["steps"] == 2
+    result = cli("train", "--steps", "1", "--batch-size", "8", "--out", tmp_path / "b.safetensors")
+    assert result.code == 0 and "UNLEARNCTL_TRAIN_STEPS" not in result.err, result
+    assert load_checkpoint(tmp_path / "b.safetensors").lineage[-1]["params"]["train"]["steps"] == 1

@@ -15,19 +15,6 @@ SMALL = dict(methods=("siss", "naive"), canary_methods=("siss",))
 
 
 @pytest.fixture(scope="module")
-def classifier_cache(tmp_path_factory):
-    """A fresh classifier cache seeded with 2-epoch classifiers (the demo's own would take a minute to train)."""
-    from unlearnctl.data import load_data
-    from unlearnctl.metrics.classifier import cache_path, save_classifier, train_classifier
-
-    root = tmp_path_factory.mktemp("cache")
-    for source in ("digits", "digits+canary"):
-        split = load_data(source)
-        save_classifier(train_classifier(split, epochs=2), cache_path(split, root / "classifiers"))
-    return root
-
-
-@pytest.fixture(scope="module")
 def demo_run(classifier_cache, tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("UNLEARNCTL_CACHE", str(classifier_cache))

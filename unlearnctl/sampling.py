@@ -68,8 +68,14 @@ def generate(
     return images, labels
 
 
-def grid_png(images: torch.Tensor, nrow: int | None = None, scale: int | None = None, pad: int = 1) -> bytes:
-    """A PNG grid of ``[N, C, H, W]`` images in ``[-1, 1]``; small images are enlarged (nearest)."""
+GRID_MIN_WIDTH = 640  # px: grids are enlarged (nearest neighbour) to at least this width, so 8×8 digits are legible
+
+
+def grid_png(images: torch.Tensor, nrow: int | None = None, scale: int | None = None, pad: int = 1, *,
+             title: str | None = None, row_labels: list[str] | None = None, min_width: int = GRID_MIN_WIDTH) -> bytes:
+    """A PNG grid of ``[N, C, H, W]`` images in ``[-1, 1]``, ``nrow`` per row, enlarged (nearest neighbour) by
+    ``scale`` (default: the smallest factor reaching ``min_width`` pixels), with an optional ``title`` above and
+    ``row_labels`` (one per row: the class the row was generated for) on the left."""
     from PIL import Image
 
     pixels = to_uint8(images).transpose(0, 2, 3, 1)  # N×H×W×C
@@ -80,16 +86,54 @@ def grid_png(images: torch.Tensor, nrow: int | None = None, scale: int | None = 
     for i in range(n):
         r, col = divmod(i, nrow)
         canvas[pad + r * (h + pad): pad + r * (h + pad) + h, pad + col * (w + pad): pad + col * (w + pad) + w] = pixels[i]
-    scale = scale or max(1, 64 // h)
+    scale = scale or max(1, math.ceil(min_width / canvas.shape[1]))
     image = Image.fromarray(canvas.squeeze(-1) if c == 1 else canvas)
     image = image.resize((image.width * scale, image.height * scale), Image.NEAREST)
+    if title or row_labels:
+        image = _annotate(image, title, row_labels, rows, cell=(h + pad) * scale, top_pad=pad * scale)
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return buffer.getvalue()
 
 
-def save_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None) -> Path:
-    atomic_write_bytes(path, grid_png(images, nrow))
+def _font(size: int):
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=size)  # a scalable font (Pillow >= 10.1 with FreeType)
+    except (TypeError, OSError):
+        return ImageFont.load_default()
+
+
+def _annotate(grid, title: str | None, row_labels: list[str] | None, rows: int, cell: int, top_pad: int):
+    """``grid`` on a white canvas with ``title`` above it and ``row_labels`` left of its rows."""
+    from PIL import Image, ImageDraw
+
+    font = _font(max(14, min(22, cell // 3)))
+    measure = ImageDraw.Draw(Image.new("L", (1, 1)))
+
+    def size(text: str) -> tuple[int, int]:
+        left, top, right, bottom = measure.textbbox((0, 0), text, font=font)
+        return right - left, bottom - top
+
+    labels = [str(label) for label in (row_labels or [])][:rows]
+    margin = (max(size(label)[0] for label in labels) + 12) if labels else 0
+    title_height = size(title)[1] + 14 if title else 0
+    mode = "RGB" if grid.mode == "RGB" else "L"
+    out = Image.new(mode, (grid.width + margin, grid.height + title_height), "white")
+    out.paste(grid, (margin, title_height))
+    draw = ImageDraw.Draw(out)
+    if title:
+        draw.text((4, 5), title, fill="black", font=font)
+    for r, label in enumerate(labels):
+        width, height = size(label)
+        draw.text((margin - width - 6, title_height + top_pad + r * cell + (cell - height) // 2 - 2), label, fill="black", font=font)
+    return out
+
+
+def save_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None, *, title: str | None = None,
+              row_labels: list[str] | None = None) -> Path:
+    atomic_write_bytes(path, grid_png(images, nrow, title=title, row_labels=row_labels))
     return Path(path)
 
 

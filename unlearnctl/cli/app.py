@@ -2,12 +2,18 @@
 
 Exit codes: 0 ok, 1 runtime failure, 2 bad input or usage, 3 a ``--gate`` failed, 130 interrupted.
 Errors print one red line on stderr; ``UNLEARNCTL_DEBUG=1`` shows the full traceback instead.
+
+Every option of a command can also come from an environment variable ``UNLEARNCTL_<COMMAND>_<OPTION>``
+(``UNLEARNCTL_TRAIN_STEPS=30``, ``UNLEARNCTL_RELEARN_ATTACK_STEPS=5``); the command line wins, and each value
+taken from the environment is announced on stderr, so a run is never changed silently (the tests use this to
+run the README's pipeline with tiny sizes).
 """
 
 from __future__ import annotations
 
 import os
 import sys
+from typing import Annotated
 
 import typer
 
@@ -24,6 +30,44 @@ app = typer.Typer(
 )
 
 EXIT_INTERRUPTED = 130
+ENV_PREFIX = "UNLEARNCTL"  # UNLEARNCTL_<COMMAND>_<OPTION> sets an option (see the module docstring)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        import unlearnctl
+
+        typer.echo(f"unlearnctl {unlearnctl.__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+) -> None:
+    """Make diffusion models forget: train, unlearn, attack, evaluate and compare."""
+
+
+def _announce_environment(group) -> None:
+    """Wrap every command so that options taken from ``UNLEARNCTL_<COMMAND>_<OPTION>`` are named on stderr."""
+    for param in group.params:
+        param.allow_from_autoenv = False  # UNLEARNCTL_VERSION and the like are not options
+    for command in group.commands.values():
+
+        def invoke(ctx, __original=command.invoke):
+            from unlearnctl.cli.ui import stderr
+
+            for param in ctx.command.params:
+                source = ctx.get_parameter_source(param.name) if param.name else None
+                if source is not None and source.name == "ENVIRONMENT":
+                    value = ctx.params.get(param.name)
+                    shown = " ".join(map(str, value)) if isinstance(value, (list, tuple)) else value
+                    stderr.print(f"note: {param.opts[0]} {shown} (from ${ctx.auto_envvar_prefix}_{param.name.upper()})",
+                                 highlight=False, soft_wrap=True)
+            return __original(ctx)
+
+        command.invoke = invoke
 
 
 def _fail(message: str, code: int) -> int:
@@ -53,7 +97,9 @@ def run(args: list[str] | None = None) -> int:
     debug = bool(os.environ.get("UNLEARNCTL_DEBUG"))
     try:
         _join_processes()
-        result = app(args=args, standalone_mode=False, prog_name="unlearnctl")
+        command = typer.main.get_command(app)
+        _announce_environment(command)
+        result = command.main(args=args, standalone_mode=False, prog_name="unlearnctl", auto_envvar_prefix=ENV_PREFIX)
         if result == EXIT_INTERRUPTED:  # typer turns Ctrl-C into a silent 130; say what happened
             return _fail("interrupted; no output was written", EXIT_INTERRUPTED)
         return result if isinstance(result, int) else 0

@@ -10,7 +10,7 @@ import typer
 
 from unlearnctl.cli import options as opt
 from unlearnctl.cli.app import app
-from unlearnctl.cli.ui import ProgressBars, note, stderr, stdout
+from unlearnctl.cli.ui import ProgressBars, ProgressLines, note, stderr, stdout
 
 REPORT_PANEL = "Report"
 EVAL_PANEL = "Evaluating checkpoints on the fly"
@@ -188,6 +188,9 @@ class _StageProgress:
         self.bars = Progress(TextColumn("  {task.description:<16}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                              console=stderr, transient=True, disable=not self.live)
         self.tasks: dict[str, int] = {}
+        # not a terminal: periodic lines of the running stage's loops (a stage can take minutes)
+        self.lines = None if quiet or self.live else ProgressLines(
+            lambda line: stderr.print(f"  {line}", highlight=False, soft_wrap=True))
 
     def __enter__(self) -> "_StageProgress":
         self.bars.__enter__()
@@ -197,6 +200,8 @@ class _StageProgress:
         self.bars.__exit__(*exc)
 
     def progress(self, event) -> None:
+        if self.lines is not None:
+            self.lines(event)
         if not self.live:
             return
         if event.task not in self.tasks:

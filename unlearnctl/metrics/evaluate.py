@@ -406,18 +406,42 @@ class Evaluation:
             grids["forget"] = samples.images[samples.forget][: per_condition * per_condition]
         return grids
 
+    def grid_pngs(self, per_condition: int = 10) -> dict[str, bytes]:
+        """The sample grids as PNG bytes, titled with the model and the condition, each row labelled with its class."""
+        from unlearnctl.sampling import grid_png
+
+        model = Path(str((self.result["provenance"].get("model") or {}).get("path") or "model")).stem
+        forget = (self.result["provenance"].get("forget") or {}).get("spec") or {}
+        samples, names = self.samples, list(self.real_retain.class_names or [])
+        pngs = {}
+        for kind, images in self.grid_images(per_condition).items():
+            if not len(images):
+                continue
+            row_labels = None
+            if kind == "retained" and samples.labels is not None:
+                retained = samples.labels[samples.retain].unique().tolist()
+                row_labels = [names[i] if i < len(names) else str(i) for i in retained]
+                title = f"{model}: retained classes, one row each"
+            elif kind == "retained":
+                title = f"{model}: samples (unconditional)"
+            else:
+                what = f"class {', '.join(map(str, forget['classes']))}" if forget.get("classes") else "the forget set"
+                title = f"{model}: forget condition ({what})"
+            pngs[kind] = grid_png(images, nrow=per_condition, title=title, row_labels=row_labels)
+        return pngs
+
     def grids(self, path: str | Path, per_condition: int = 10) -> list[Path]:
         """PNG grids: ``path`` = retained conditions (a row per class), ``<stem>-forget.png`` = forget condition."""
-        from unlearnctl.sampling import save_grid
+        from unlearnctl.checkpoint import atomic_write_bytes
 
         require(len(self.samples.images) > 0, "no samples were generated (the membership audit alone needs none)")
         path = Path(path)
-        images = self.grid_images(per_condition)
-        save_grid(images["retained"], path, nrow=per_condition)
+        pngs = self.grid_pngs(per_condition)
+        atomic_write_bytes(path, pngs["retained"])
         written = [path]
-        if "forget" in images:
+        if "forget" in pngs:
             forget_path = path.with_name(f"{path.stem}-forget{path.suffix}")
-            save_grid(images["forget"], forget_path, nrow=per_condition)
+            atomic_write_bytes(forget_path, pngs["forget"])
             written.append(forget_path)
         return written
 

@@ -17,7 +17,7 @@ Rules (docs/report.md):
 * The **reference** is the scenario's exact-unlearning model (``retrain`` or ``train --exclude-*``, not
   attacked). Every row shows ``Δ`` = its value − the reference's for the headline metrics.
 * The **relearn gap** of an attacked row is its forget rate − the forget rate of the model it attacked
-  (DESIGN §5), both from the evaluations given.
+  (positive = forgetting came back), both from the evaluations given.
 * **Intervals**: a figure whose evaluation carries ``X_ci95_low``/``X_ci95_high`` (Wilson for rates,
   bootstrap for AUC/FID/KID; docs/metrics.md) is shown as ``0.040 [0.020, 0.080]``. A difference to the
   reference whose interval overlaps the reference's is marked ``≈`` — the data do not separate the two

@@ -14,25 +14,62 @@ import json
 from pathlib import Path
 from typing import Any
 
-from unlearnctl.report.compare import METRICS, Comparison, Row, format_value
+from unlearnctl.report.compare import METRICS, TITLES as TITLES_BY_KEY, Comparison, Row, format_value
 
 FIGURE_TITLES = {
     "pareto": ("Quality vs forget rate",
-               "Each point is one model: left = forgot more, down = better samples. Filled markers are unlearned "
-               "models, the star the exact-retraining reference, hollow markers the same models after the DiMRA "
-               "relearning attack (arrows). The dashed line is the Pareto front of the non-attacked models."),
+               "Each point is one model: down = better samples; across, the target is the star, the exact-retraining "
+               "reference (a forget rate far left of it is over-unlearning, far right of it forgetting that did not "
+               "happen). Filled markers are unlearned models, hollow markers the same models after the DiMRA relearning "
+               "attack (arrows). A model whose quality is far off the others' scale is drawn at the top as a triangle, its "
+               "value in its label. The dashed line is the Pareto front of the non-attacked models."),
     "attack": ("Before and after the relearning attack",
                "Forget rate of each model and of the same model fine-tuned by DiMRA on auxiliary data that holds "
                "none of the forget set. Forgetting that comes back was superficial; the reference shows what a "
                "model that never saw the data does under the same attack."),
-    "curves": ("Relearning curves", "Forget rate measured along the attack (same sampling seed at every point)."),
+    "curves": ("Relearning curves", "Forget rate measured along the attack (same sampling seed at every point). The "
+               "hollow diamond at step 0 is the table's forget rate of the same model: it comes from the evaluation's own "
+               "forget-condition samples, the curve from the attack's (fewer, other seeds), so the two can differ by "
+               "sampling noise."),
 }
 
-# differences to the reference beyond these are flagged as worse (red) or better (green)
+# A value "matches" the reference when their 95% intervals overlap (when the evaluations carry ``X_ci95_low`` /
+# ``X_ci95_high``), else when it lies within these tolerances of it. The reference is the target in both
+# directions: a forget rate below retrain's is over-unlearning, not "better".
 TOLERANCE = {"forget_rate": 0.03, "retain_accuracy": 0.03, "precision": 0.03, "recall": 0.03, "membership_auc": 0.05}
 RELATIVE_TOLERANCE = {"fid": 0.10, "kid": 0.10}
 DIRECTION = {key: direction for key, _, _, direction in METRICS}
+RELEARN_GAP_LIMIT = 0.05  # an attack that brings back more than this much forget rate: the forgetting was superficial
 
+COLUMN_HELP = {
+    "forget rate": "share of the forget-condition samples that still show the forgotten data (class scenario: samples "
+                   "generated for the forgotten class that the domain classifier assigns to it; canary or images: samples "
+                   "within the calibrated distance of a forget image). The target is retrain's value: a model that never saw "
+                   "the data still draws some look-alikes, and a rate below retrain's means the method draws something such "
+                   "a model would not (over-unlearning) — the forget-condition grids below show what.",
+    "retain acc": "share of the samples generated for the retained classes that the domain classifier assigns to the class "
+                  "they were generated for (higher is better; compare with retrain's).",
+    "FID": "Fréchet distance between the retained-class samples and real retain images, in the feature space of the "
+           "evaluation's feature extractor (by default the domain classifier, not Inception). Lower means closer to the data; "
+           "its scale depends on the feature space, so compare it only within one table.",
+    "KID": "kernel distance between the same feature sets: an unbiased estimate of the squared maximum mean discrepancy with "
+           "a cubic polynomial kernel, averaged over random subsets. 0 means the same distribution (small negative values "
+           "are noise); there is no upper bound, and on the domain classifier's 128-d features values around 1–3 are "
+           "typical of good models (Inception-feature KIDs, often quoted ×1000, are on another scale). Compare within one table.",
+    "precision": "share of generated samples that fall inside the real data's feature manifold (k nearest neighbours): fidelity.",
+    "recall": "share of real samples that fall inside the generated samples' feature manifold: diversity.",
+    "MIA AUC": "membership-inference audit: how well an attacker who thresholds the model's loss tells the forget images from "
+               "comparable images the model never saw; 0.5 = cannot tell. Retrain's value is the target: far above it the model "
+               "still remembers the forget set, far below it the forget images stand out by their unusually high loss "
+               "(over-unlearning is visible to an auditor too).",
+    "loss ratio": "mean diffusion loss of the forget images ÷ mean loss of unseen images (raw losses): below 1 while the model "
+                  "still fits the forget images better than unseen ones (memorised), about 1 once they look unseen, far above "
+                  "1 when unlearning pushed their loss past that of unseen images — 40 means 40 times the loss of an unseen image.",
+    "relearn gap": "for a model after the DiMRA relearning attack (↺): its forget rate − the forget rate of the model it "
+                   "attacked. A gap above 0.05 (red) means the forgetting came back under fine-tuning on data without the forget set.",
+    "samples": "the images behind the figures of the row: forget-condition samples (forget rate) / retained-class samples "
+               "(retain accuracy, FID, KID, precision, recall).",
+}
 CSS = """
 body { font-family: -apple-system, 'Segoe UI', Helvetica, Arial, sans-serif; margin: 24px 32px; color: #222; max-width: 1500px; }
 h1 { font-size: 22px; margin-bottom: 4px; } h2 { font-size: 18px; margin-top: 32px; border-bottom: 1px solid #ddd; padding-bottom: 4px; }
@@ -42,12 +79,16 @@ th, td { border: 1px solid #ddd; padding: 4px 8px; text-align: right; white-spac
 th { background: #f4f4f4; } td.name, th.name, td.text { text-align: left; }
 tr.reference td { background: #eef7ee; font-weight: 600; } tr.attacked td { color: #555; font-style: italic; }
 tr.attacked td.name { padding-left: 22px; } tr.groupstart td { border-top: 2px solid #bbb; }
-span.worse { color: #b30000; } span.better { color: #1a7f1a; } .delta { font-size: 11px; }
+span.differs { color: #b30000; font-weight: 600; } span.matches { color: #1a7f1a; } .delta { font-size: 11px; }
+span.worse { color: #b30000; font-weight: 600; } .conclusion { background: #f3f7fb; border: 1px solid #c9d9ea; padding: 6px 12px; margin: 6px 0 10px; font-size: 13px; max-width: 1100px; } .conclusion li { margin: 2px 0; }
+dl.columns { font-size: 13px; max-width: 1100px; } dl.columns dt { font-weight: 600; margin-top: 6px; } dl.columns dd { margin: 2px 0 0 18px; color: #333; }
+.look { background: #fff6e0; border: 1px solid #f0c36d; padding: 6px 10px; margin: 6px 0; font-size: 13px; max-width: 1100px; }
+table.nested th, table.nested td { border: 1px solid #e4e4e4; padding: 2px 6px; }
 .warn { background: #fff6e0; border: 1px solid #f0c36d; padding: 6px 10px; margin: 6px 0; font-size: 13px; }
 figure { margin: 10px 0 24px; } figure img { max-width: 100%; border: 1px solid #eee; }
 figcaption { font-size: 13px; color: #555; max-width: 1000px; }
 .grids { display: flex; flex-wrap: wrap; gap: 14px; } .card { border: 1px solid #ddd; padding: 8px; border-radius: 4px; }
-.card h4 { margin: 0 0 6px; font-size: 13px; } .card img { image-rendering: pixelated; display: block; margin-bottom: 4px; }
+.card h4 { margin: 0 0 6px; font-size: 13px; } .card img { image-rendering: pixelated; display: block; margin-bottom: 4px; width: 360px; }
 .card .label { font-size: 11px; color: #666; }
 details { margin: 6px 0; font-size: 13px; } summary { cursor: pointer; font-weight: 600; }
 pre { background: #f7f7f7; padding: 8px; overflow-x: auto; font-size: 12px; }
@@ -63,16 +104,35 @@ def _e(value: Any) -> str:
     return html.escape(str(value), quote=True)
 
 
-def _delta_class(key: str, delta: float | None, reference_value: Any) -> str:
-    direction = DIRECTION.get(key, 0)
-    if delta is None or direction == 0:
-        return ""
-    tolerance = TOLERANCE.get(key)
-    if tolerance is None and key in RELATIVE_TOLERANCE and isinstance(reference_value, (int, float)):
-        tolerance = RELATIVE_TOLERANCE[key] * abs(reference_value)
-    if tolerance is None or abs(delta) <= tolerance:
-        return ""
-    return "better" if direction * delta > 0 else "worse"
+def _interval(result: dict[str, Any], key: str) -> tuple[float, float] | None:
+    low, high = result.get(f"{key}_ci95_low"), result.get(f"{key}_ci95_high")
+    if isinstance(low, (int, float)) and isinstance(high, (int, float)) and not isinstance(low, bool):
+        return float(low), float(high)
+    return None
+
+
+def tolerance(key: str, reference_value: Any) -> float | None:
+    if key in TOLERANCE:
+        return TOLERANCE[key]
+    if key in RELATIVE_TOLERANCE and isinstance(reference_value, (int, float)):
+        return RELATIVE_TOLERANCE[key] * abs(reference_value)
+    return None
+
+
+def agreement(key: str, row: Row, reference: Row | None) -> tuple[str | None, bool]:
+    """``("matches" | "differs" | None, judged by intervals)`` of ``row`` against the reference on ``key``."""
+    if reference is None or row.is_reference:
+        return None, False
+    value, target = row.values.get(key), reference.values.get(key)
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (value, target)):
+        return None, False
+    mine, theirs = _interval(row.run.result, key), _interval(reference.run.result, key)
+    if mine and theirs:
+        return ("matches" if mine[0] <= theirs[1] and theirs[0] <= mine[1] else "differs"), True
+    limit = tolerance(key, target)
+    if limit is None:
+        return None, False
+    return ("matches" if abs(value - target) <= limit else "differs"), False
 
 
 def _metric_cell(row: Row, key: str, reference: Row | None) -> str:
@@ -80,14 +140,23 @@ def _metric_cell(row: Row, key: str, reference: Row | None) -> str:
     delta = row.deltas.get(key)
     if delta is None or row.is_reference:
         return f"<td>{_e(value)}</td>"
-    css = _delta_class(key, delta, reference.values.get(key) if reference else None)
-    return f"<td>{_e(value)} <span class='delta {css}'>({_e(format_value(key, delta, signed=True))})</span></td>"
+    verdict, _ = agreement(key, row, reference) if key in TOLERANCE or key in RELATIVE_TOLERANCE else (None, False)
+    return f"<td>{_e(value)} <span class='delta {verdict or ''}'>({_e(format_value(key, delta, signed=True))})</span></td>"
+
+
+def _samples_cell(row: Row) -> str:
+    result = row.run.result
+    forget = result.get("forget_rate_n", result.get("num_forget_samples"))
+    retained = result.get("retain_accuracy_n", result.get("num_retain_samples"))
+    if forget is None and retained is None:
+        return f"<td>{_e(result.get('num_samples', '—'))}</td>"
+    return f"<td>{_e('—' if forget is None else forget)} / {_e('—' if retained is None else retained)}</td>"
 
 
 def _gap_cell(row: Row) -> str:
     if row.relearn_gap is None:
         return "<td>—</td>"
-    css = "worse" if row.relearn_gap > 0.05 else ""
+    css = "worse" if row.relearn_gap > RELEARN_GAP_LIMIT else ""
     return f"<td><span class='{css}'>{_e(format_value('relearn_gap', row.relearn_gap, signed=True))}</span></td>"
 
 
@@ -102,7 +171,7 @@ def summary_tables(comparison: Comparison) -> str:
         head = "".join(f"<th>{_e(title)}</th>" for key, title, _, _ in METRICS if key in present)
         lines = [f"<h3>{_e(scenario.label)}</h3><p class='meta'>{note}</p>",
                  f"<table><tr><th class='name'>run</th><th class='name'>method</th><th class='name'>role</th>{head}"
-                 "<th>relearn gap</th><th>samples</th></tr>"]
+                 "<th>relearn gap</th><th>samples<br>forget / retained</th></tr>"]
         previous_group = None
         for row in scenario.rows:
             classes = []
@@ -117,13 +186,81 @@ def summary_tables(comparison: Comparison) -> str:
             name = row.run.name + (" ↺" if row.run.attacked else "")
             lines.append(f"<tr class='{' '.join(classes)}'><td class='name'>{_e(name)}</td><td class='text'>{_e(row.run.group)}</td>"
                          f"<td class='text'>{_e(row.run.role)}</td>{cells}{_gap_cell(row)}"
-                         f"<td>{_e(row.run.result.get('num_samples', '—'))}</td></tr>")
+                         f"{_samples_cell(row)}</tr>")
         lines.append("</table>")
+        lines.append(conclusion(scenario, reference))
         parts.append("\n".join(lines))
-    legend = ("<p class='meta'>↺ = after the DiMRA relearning attack. Relearn gap = its forget rate − the forget rate of the "
-              "model it attacked. Colours flag differences to the reference beyond "
-              + ", ".join(f"{k} ±{v}" for k, v in TOLERANCE.items()) + ", FID/KID ±10% (green better, red worse).</p>")
-    return "\n".join(parts) + legend
+    return "\n".join(parts) + legend(comparison)
+
+
+def legend(comparison: Comparison) -> str:
+    """How to read the colours, and what every column shown means."""
+    any_interval = any(_interval(row.run.result, key) for row in comparison.rows for key in TOLERANCE)
+    rule = ("where both evaluations carry 95% intervals, green when the intervals overlap and red when they do not; "
+            "elsewhere " if any_interval else "")
+    colours = (f"<p class='meta'>↺ = after the DiMRA relearning attack. Values in parentheses: difference to the reference "
+               f"(retrain). The reference is the target in both directions, so the colours show distance to it, not "
+               f"\"higher\" or \"lower\": {rule}green within "
+               + ", ".join(f"{TITLES_BY_KEY.get(k, k)} ±{v}" for k, v in TOLERANCE.items())
+               + ", FID/KID ±10% of the reference's value, red beyond.</p>")
+    shown = {title for key, title, _, _ in METRICS if any(row.values.get(key) is not None for row in comparison.rows)}
+    items = "".join(f"<dt>{_e(title)}</dt><dd>{_e(text)}</dd>" for title, text in COLUMN_HELP.items()
+                    if title in shown or title in ("relearn gap", "samples"))
+    return colours + f"<details open><summary>What the columns mean</summary><dl class='columns'>{items}</dl></details>"
+
+
+def _names(rows: list[Row]) -> str:
+    return ", ".join(f"<b>{_e(r.run.name)}</b>" for r in rows)
+
+
+def conclusion(scenario, reference: Row | None) -> str:
+    """A short, data-driven reading of one scenario: which methods match the reference, which do not and how."""
+    if reference is None:
+        return ("<div class='conclusion'>No exact-retraining run in this scenario, so no method can be judged against "
+                "what forgetting should look like; add <code>unlearn --method retrain</code>.</div>")
+    unlearned = [r for r in scenario.rows if r.run.role == "unlearned"]
+    if not unlearned:
+        return ""
+    keys = [k for k in ("forget_rate", "retain_accuracy", "fid") if reference.values.get(k) is not None]
+    if not keys:
+        return ""
+    verdicts = {r.run.name: {k: agreement(k, r, reference) for k in keys} for r in unlearned}
+    by_interval = all(v[1] for per_row in verdicts.values() for v in per_row.values() if v[0] is not None)
+    matching = [r for r in unlearned if all(verdicts[r.run.name][k][0] == "matches" for k in keys)]
+    items = []
+    titles = ", ".join(TITLES_BY_KEY[k] for k in keys)
+    how = "95% intervals overlap" if by_interval else "within the tolerances below"
+    items.append(f"Match retrain on {titles} ({how}): {_names(matching) if matching else 'none'}.")
+    ref_rate = reference.values.get("forget_rate")
+    over = [r for r in unlearned if verdicts[r.run.name].get("forget_rate", (None,))[0] == "differs"
+            and r.values["forget_rate"] < ref_rate]
+    under = [r for r in unlearned if verdicts[r.run.name].get("forget_rate", (None,))[0] == "differs"
+             and r.values["forget_rate"] > ref_rate]
+    if over:
+        items.append(f"Forget rate below retrain's {ref_rate:.3f} (over-unlearning: they draw something a model that never "
+                     f"saw the data would not): {_names(over)} — look at their forget-condition grids below.")
+    if under:
+        items.append(f"Still draw the forgotten data more often than retrain ({ref_rate:.3f}): "
+                     + ", ".join(f"<b>{_e(r.run.name)}</b> {r.values['forget_rate']:.3f}" for r in under) + ".")
+    for key, word in (("retain_accuracy", "retain accuracy"), ("fid", "FID")):
+        if key not in keys:
+            continue
+        worse = [r for r in unlearned if verdicts[r.run.name][key][0] == "differs"
+                 and DIRECTION[key] * (r.values[key] - reference.values[key]) < 0]
+        if worse:
+            items.append(f"Worse {word} than retrain ({format_value(key, reference.values[key])}): "
+                         + ", ".join(f"<b>{_e(r.run.name)}</b> {format_value(key, r.values[key])}" for r in worse) + ".")
+    relearned = [r for r in scenario.rows if r.relearn_gap is not None and r.relearn_gap > RELEARN_GAP_LIMIT]
+    if relearned:
+        items.append("Forgetting came back under the relearning attack (gap > 0.05): "
+                     + ", ".join(f"<b>{_e(r.attacked_from or r.run.name)}</b> {r.relearn_gap:+.3f}" for r in relearned) + ".")
+    elif any(r.relearn_gap is not None for r in scenario.rows):
+        items.append("The relearning attack brought back at most 0.05 of forget rate for every model attacked.")
+    if not by_interval:
+        items.append("95% intervals are unavailable in these evaluations (no <code>*_ci95_low</code>/<code>*_ci95_high</code> "
+                     "keys), so small differences may be sampling noise: with 100 forget-condition samples a forget rate "
+                     "of 0.15 is uncertain by about ±0.07.")
+    return "<div class='conclusion'><b>Reading:</b><ul>" + "".join(f"<li>{i}</li>" for i in items) + "</ul></div>"
 
 
 def figures_section(figures: dict[str, bytes]) -> str:
@@ -145,12 +282,13 @@ def grids_section(comparison: Comparison) -> str:
                 continue
             images = []
             conditional = (row.run.provenance.get("model") or {}).get("conditional", True)
-            kinds = (("forget", "forget condition"), ("retained", "retained conditions")) if conditional else \
-                (("retained", "samples (unconditional: every sample counts for the forget rate)"),)
+            # unconditional models: every sample counts for the forget rate, so the two grids are the same samples
+            kinds = (("forget", "forget condition: what should be gone"), ("retained", "retained classes, one row each")) \
+                if conditional else (("retained", "samples (unconditional: every sample counts for the forget rate)"),)
             for kind, label in kinds:
                 if kind in grids:
-                    images.append(f"<div class='label'>{label}</div><img alt='{_e(row.run.name)} {label}' "
-                                  f"width='224' src='{data_uri(grids[kind])}'>")
+                    images.append(f"<div class='label'>{label}</div><img alt='{_e(row.run.name)}: {label}' "
+                                  f"src='{data_uri(grids[kind])}'>")
             rate = format_value("forget_rate", row.values.get("forget_rate"))
             cards.append(f"<div class='card'><h4>{_e(row.run.name)} <span class='label'>forget rate {_e(rate)}</span></h4>"
                          + "".join(images) + "</div>")
@@ -160,9 +298,29 @@ def grids_section(comparison: Comparison) -> str:
                                 "X.json with <code>unlearnctl evaluate --json X.json --grid X.png</code>.</p>")
 
 
-def _kv_table(rows: dict[str, Any]) -> str:
-    cells = "".join(f"<tr><th class='name'>{_e(k)}</th><td class='text'>{_e(_compact(v))}</td></tr>" for k, v in rows.items())
-    return f"<table class='kv'>{cells}</table>"
+LOOK_AT_THE_GRIDS = ("<div class='look'><b>Look at the forget-condition grids.</b> The forget rate only counts how many "
+                     "samples the classifier still takes for the forgotten data; it cannot tell whether the rest are "
+                     "plausible other digits (what a model that never saw the data draws, like retrain), noise, grey blobs "
+                     "or one repeated digit. Two methods with the same forget rate can draw very different things.</div>")
+
+
+def _kv_table(rows: dict[str, Any], nested: bool = False) -> str:
+    cells = "".join(f"<tr><th class='name'>{_e(k)}</th><td class='text'>{_value_html(k, v)}</td></tr>" for k, v in rows.items())
+    return f"<table class='kv{' nested' if nested else ''}'>{cells}</table>"
+
+
+def _value_html(key: str, value: Any) -> str:
+    """Dicts become tables (seconds per stage with their total), lists of plain values a comma list."""
+    if isinstance(value, dict) and value:
+        if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value.values()) and "second" in key:
+            rows = "".join(f"<tr><td class='text'>{_e(k)}</td><td>{v:.1f}</td></tr>" for k, v in value.items())
+            total = sum(value.values())
+            return (f"<table class='nested'><tr><th class='name'>stage</th><th>seconds</th></tr>{rows}"
+                    f"<tr><th class='name'>total</th><th>{total:.1f}</th></tr></table>")
+        return _kv_table(value, nested=True)
+    if isinstance(value, list) and all(not isinstance(v, (dict, list)) for v in value):
+        return _e(", ".join(_compact(v) for v in value)) or "—"
+    return _e(_compact(value))
 
 
 def _compact(value: Any) -> str:
@@ -236,7 +394,8 @@ by unlearnctl {_e(unlearnctl.__version__)}</p>
 <h2>Figures</h2>
 {figures_section(figures)}
 <h2>Samples</h2>
-<p class="meta">Samples of each model from its evaluation: for conditional models the forget condition (what should be gone) and the retained conditions (one row per class); for unconditional models the samples themselves.</p>
+<p class="meta">Samples of each model from its evaluation: for conditional models the forget condition (what should be gone) and the retained classes (one row per class); for unconditional models the samples themselves, shown once.</p>
+{LOOK_AT_THE_GRIDS}
 {grids_section(comparison)}
 <h2>Provenance and lineage</h2>
 {provenance_section(comparison)}

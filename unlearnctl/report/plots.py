@@ -65,47 +65,112 @@ def _quality_key(scenario: "Scenario") -> str | None:
     return None
 
 
+def robust_limit(values: list[float], factor: float = 3.0) -> float | None:
+    """An upper axis limit that leaves out outliers (values above ``factor`` × the median, like a collapsed model's
+    FID of 450 among FIDs of 10), or ``None`` when nothing needs clipping."""
+    ordered = sorted(v for v in values if v == v)
+    if len(ordered) < 3:
+        return None
+    median = ordered[len(ordered) // 2]
+    kept = [v for v in ordered if v <= factor * max(median, 1e-12)]
+    if len(kept) == len(ordered) or not kept:
+        return None
+    low = min(kept)
+    return max(kept) + 0.15 * max(max(kept) - low, 1e-9)
+
+
+def place_labels(ax, labels: list[tuple[str, float, float]], markers: list[tuple[float, float]], fontsize: int = 8) -> None:
+    """Annotate points with ``(text, x, y)`` without overlaps: each label tries offsets around its point (right,
+    left, above, below, then further out) and takes the first whose box stays inside the axes and hits no other
+    label and none of the ``markers``."""
+    figure = ax.figure
+    renderer = figure.canvas.get_renderer()
+    frame = ax.get_window_extent(renderer)
+    taken = []  # display-space boxes (x0, y0, x1, y1) of placed labels and of every marker
+    for x, y in markers:
+        px, py = ax.transData.transform((x, y))
+        taken.append((px - 5, py - 5, px + 5, py + 5))
+    offsets = [(6, 4), (6, -12), (-6, 4), (-6, -12), (6, 14), (-6, 14), (6, -22), (-6, -22), (14, 24), (14, -32), (-14, 24),
+               (-14, -32), (20, 36), (20, -44)]
+    for text, x, y in labels:
+        best = None
+        for dx, dy in offsets:
+            note = ax.annotate(text, (x, y), textcoords="offset points", xytext=(dx, dy), fontsize=fontsize,
+                               ha="left" if dx > 0 else "right", va="bottom",
+                               arrowprops={"arrowstyle": "-", "color": "#999999", "linewidth": 0.6} if abs(dy) > 14 else None)
+            box = note.get_window_extent(renderer)
+            rect = (box.x0, box.y0, box.x1, box.y1)
+            outside = rect[0] < frame.x0 or rect[2] > frame.x1 or rect[1] < frame.y0 or rect[3] > frame.y1
+            clash = outside or any(rect[0] < t[2] and t[0] < rect[2] and rect[1] < t[3] and t[1] < rect[3] for t in taken)
+            if not clash:
+                best = rect
+                break
+            note.remove()
+        if best is None:  # crowded everywhere: keep the first position
+            note = ax.annotate(text, (x, y), textcoords="offset points", xytext=offsets[0], fontsize=fontsize)
+            box = note.get_window_extent(renderer)
+            best = (box.x0, box.y0, box.x1, box.y1)
+        taken.append(best)
+
+
 def pareto_plot(comparison: "Comparison") -> bytes | None:
     scenarios = [s for s in comparison.scenarios if _quality_key(s)]
     if not scenarios:
         return None
     colours = _colours(comparison)
-    figure, axes = _panels(len(scenarios))
+    figure, axes = _panels(len(scenarios), width=6.4, height=5.0)
     for ax, scenario in zip(axes, scenarios):
         key = _quality_key(scenario)
         rows = [r for r in scenario.rows if r.values.get(key) is not None and r.values.get("forget_rate") is not None]
         position = {r.run.name: (r.values["forget_rate"], r.values[key]) for r in rows}
+        top = robust_limit([y for _, y in position.values()])
+        shown = {name: (x, min(y, top) if top is not None else y) for name, (x, y) in position.items()}
         plain = [r for r in rows if not r.run.attacked]
         front = [plain[i] for i in pareto_front([position[r.run.name] for r in plain])]
-        if len(front) >= 2:
-            xs, ys = zip(*[position[r.run.name] for r in front])
+        front_points = [shown[r.run.name] for r in front if top is None or position[r.run.name][1] <= top]
+        if len(front_points) >= 2:
+            xs, ys = zip(*front_points)
             ax.step(xs, ys, where="post", color="#999999", linestyle="--", linewidth=1, zorder=1, label="Pareto front")
+        labels = []
         for row in rows:
-            x, y = position[row.run.name]
+            x, y = shown[row.run.name]
+            clipped = top is not None and position[row.run.name][1] > top
             colour = colours[row.run.group]
             if row.run.attacked:
-                ax.scatter([x], [y], s=60, facecolors="white", edgecolors=colour, linewidths=1.8, zorder=3)
-                if row.attacked_from in position:
-                    px, py = position[row.attacked_from]
+                ax.scatter([x], [y], s=60, marker="^" if clipped else "o", facecolors="white", edgecolors=colour,
+                           linewidths=1.8, zorder=3)
+                if row.attacked_from in shown:
+                    px, py = shown[row.attacked_from]
                     ax.annotate("", xy=(x, y), xytext=(px, py),
                                 arrowprops={"arrowstyle": "->", "color": colour, "alpha": 0.7, "linewidth": 1.2}, zorder=2)
-            else:
-                marker = "*" if row.is_reference else ("s" if row.run.role == "base" else "o")
-                ax.scatter([x], [y], s=180 if marker == "*" else 60, marker=marker, color=colour, zorder=4,
-                           edgecolors="black" if row.is_reference else "none")
-                ax.annotate(row.run.name, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
+                continue
+            if row.is_reference:
+                continue  # drawn last, on top of everything
+            marker = "^" if clipped else ("s" if row.run.role == "base" else "o")
+            ax.scatter([x], [y], s=70 if clipped else 60, marker=marker, color=colour, zorder=4)
+            value = position[row.run.name][1]
+            labels.append((f"{row.run.name} ({key.upper()} {value:.0f}, off the scale)" if clipped else row.run.name, x, y))
+        for row in rows:
+            if row.is_reference and not row.run.attacked:
+                x, y = shown[row.run.name]
+                ax.scatter([x], [y], s=320, marker="*", color=colours[row.run.group], edgecolors="black", linewidths=1.0,
+                           zorder=6)
+                labels.insert(0, (f"{row.run.name} (reference)", x, y))
         ax.scatter([], [], s=60, facecolors="white", edgecolors="#555555", label="after relearning attack")
-        ax.scatter([], [], s=120, marker="*", color="#555555", label="reference (retrain)")
-        values = [v for _, v in position.values() if v > 0]
-        log = bool(values) and max(values) / min(values) > 8  # one collapsed model must not flatten the others
-        if log:
-            ax.set_yscale("log")
-        ax.set_xlabel("forget rate (lower = forgot more)")
-        ax.set_ylabel(f"{key.upper()} to the retain set (lower = better{', log scale' if log else ''})")
+        ax.scatter([], [], s=160, marker="*", color="#555555", edgecolors="black", label="reference (retrain)")
+        if top is not None:
+            ax.scatter([], [], s=60, marker="^", color="#555555", label=f"{key.upper()} above {top:.3g}: drawn at the top")
+        ys = [y for _, y in shown.values()]
+        span = max(ys) - min(ys) or max(abs(max(ys)), 1.0) * 0.1
+        ax.set_ylim(min(ys) - 0.12 * span, max(ys) + 0.12 * span)
+        ax.set_xlim(-0.05, 1.05)
+        ax.set_xlabel("forget rate (retrain's is the target)")
+        ax.set_ylabel(f"{key.upper()} to the retain set (lower = better)")
         ax.set_title(scenario.label, fontsize=10)
-        ax.set_xlim(-0.03, 1.03)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="best")
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2, frameon=False)
+        figure.canvas.draw()
+        place_labels(ax, labels, list(shown.values()))
     figure.suptitle("Quality vs forgetting", fontsize=11)
     return _png(figure)
 
@@ -123,7 +188,9 @@ def _attack_pairs(scenario: "Scenario") -> list[tuple["Row", "Row"]]:
 
 def attack_plot(comparison: "Comparison") -> bytes | None:
     scenarios = [(s, _attack_pairs(s)) for s in comparison.scenarios]
-    scenarios = [(s, p) for s, p in scenarios if p]
+    # a panel whose bars are all zero says nothing a sentence cannot: it becomes a note under the figure
+    empty = [s for s, p in scenarios if p and all(max(a.values["forget_rate"], b.values["forget_rate"]) < 0.005 for a, b in p)]
+    scenarios = [(s, p) for s, p in scenarios if p and s not in empty]
     if not scenarios:
         return None
     figure, axes = _panels(len(scenarios), width=max(4.0, 0.9 * max(len(p) for _, p in scenarios) + 2.0))
@@ -152,6 +219,9 @@ def attack_plot(comparison: "Comparison") -> bytes | None:
         ax.grid(axis="y", alpha=0.3)
         ax.legend(fontsize=7, loc="upper left")
     figure.suptitle("Forget rate before and after the DiMRA relearning attack", fontsize=11)
+    if empty:
+        figure.text(0.01, -0.02, "Not drawn (every forget rate 0.000 before and after the attack): "
+                    + "; ".join(s.label for s in empty), fontsize=8, ha="left", va="top")
     return _png(figure)
 
 
@@ -164,7 +234,8 @@ def curves_plot(comparison: "Comparison") -> bytes | None:
             if curve and curve.get("points") and id(curve) not in seen:
                 seen.add(id(curve))
                 label = row.attacked_from or row.run.name
-                curves.append((label, row.run.group, curve))
+                before = scenario.find(row.attacked_from) if row.attacked_from else (row if not row.run.attacked else None)
+                curves.append((label, row.run.group, curve, before))
         if curves:
             scenarios.append((scenario, curves))
     if not scenarios:
@@ -172,10 +243,19 @@ def curves_plot(comparison: "Comparison") -> bytes | None:
     colours = _colours(comparison)
     figure, axes = _panels(len(scenarios))
     for ax, (scenario, curves) in zip(axes, scenarios):
-        for label, group, curve in curves:
+        table_points = False
+        for label, group, curve, before in curves:
             steps = [p["step"] for p in curve["points"]]
             rates = [p["forget_rate"] for p in curve["points"]]
-            ax.plot(steps, rates, marker="o", markersize=3, color=colours.get(group, "#333333"), label=label)
+            colour = colours.get(group, "#333333")
+            ax.plot(steps, rates, marker="o", markersize=3, color=colour, label=label)
+            if before is not None and before.values.get("forget_rate") is not None:
+                ax.scatter([0], [before.values["forget_rate"]], s=55, marker="D", facecolors="none", edgecolors=colour,
+                           linewidths=1.4, zorder=4)
+                table_points = True
+        if table_points:
+            ax.scatter([], [], s=55, marker="D", facecolors="none", edgecolors="#555555",
+                       label="the table's forget rate (its own samples)")
         metric = curves[0][2].get("metric") or {}
         ax.set_xlabel("relearning-attack steps")
         ax.set_ylabel(f"forget rate ({metric.get('num_samples', '?')} samples per point)")

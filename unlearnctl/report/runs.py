@@ -161,10 +161,7 @@ def sibling_grids(path: Path) -> dict[str, bytes]:
 
 def run_from_evaluation(evaluation, name: str, source: str) -> Run:
     """A :class:`Run` from an in-memory :class:`~unlearnctl.metrics.evaluate.Evaluation` (grids rendered now)."""
-    from unlearnctl.sampling import grid_png
-
-    grids = {kind: grid_png(images, nrow=10) for kind, images in evaluation.grid_images(10).items() if len(images)}
-    return Run(name, source, evaluation.result, grids)
+    return Run(name, source, evaluation.result, evaluation.grid_pngs(10))
 
 
 def curve_from_checkpoint(checkpoint) -> dict[str, Any] | None:
