@@ -260,8 +260,10 @@ def unlearn(
             written); its ``.checkpoint`` holds the last good weights when a finite copy exists.
     """
     from unlearnctl.data import check_compatible, load_recorded_data, resolve_forget
+    from unlearnctl.integrity import require_finite_weights
     from unlearnctl.methods import get_method
 
+    require_finite_weights(checkpoint.state_dict, checkpoint.path or "the model")  # broken input, not a learning rate
     config = config or UnlearnConfig()
     method_cls = get_method(method)
     method_config = method_cls.Config.from_dict(dict(method_params or {}), method)

@@ -304,6 +304,9 @@ def relearn_attack(
     from unlearnctl.runtime import Runtime
     from unlearnctl.training import fit_denoiser, resolve_device
 
+    from unlearnctl.integrity import require_finite_weights
+
+    require_finite_weights(checkpoint.state_dict, checkpoint.path or "the model")
     config = config or AttackConfig()
     source, arg = parse_aux_spec(aux_spec)
     require(curve_every >= 0, f"curve interval must be >= 0 steps, got {curve_every}")

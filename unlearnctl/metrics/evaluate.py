@@ -463,6 +463,9 @@ def run_evaluation(
     from unlearnctl.training import resolve_device
 
     config = config or EvalConfig()
+    from unlearnctl.integrity import require_finite_weights
+
+    require_finite_weights(checkpoint.state_dict, checkpoint.path or "the model")  # no figure, no gate, from a broken model
     started = time.perf_counter()
     timing: dict[str, float] = {}
 
