@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 
     from unlearnctl.checkpoint import Checkpoint
     from unlearnctl.data import DataSplit, ForgetSet, ForgetSpec, ImageSet
-    from unlearnctl.resume import ResumeOptions
+    from unlearnctl.resume import Checkpointer, ResumeOptions
     from unlearnctl.training import TrainConfig
 
 CURVE_SCHEMA = "unlearnctl.relearn-curve"
@@ -251,6 +251,30 @@ def _curve_probe(checkpoint: "Checkpoint", forget_set: "ForgetSet", split: "Data
     return probe, metric
 
 
+def _curve_recorder(checkpoint: "Checkpoint", curve_set: "ForgetSet", split: "DataSplit", config: AttackConfig,
+                    curve_every: int, aux_info: dict[str, Any], checkpointer: "Checkpointer | None",
+                    progress: ProgressFn) -> tuple[RelearnCurve, Callable[[int, "torch.nn.Module"], None]]:
+    """The relearning curve and the ``on_step`` that measures it every ``curve_every`` steps (and at the end).
+
+    With a checkpointer, the points measured before an interruption come back with the resumed state.
+    """
+    probe, metric = _curve_probe(checkpoint, curve_set, split, config, progress)
+    curve = RelearnCurve(curve_every, curve_set.describe(), metric, model_path=str(checkpoint.path) if checkpoint.path else None,
+                         model_sha256=checkpoint.sha256, method=unlearning_method(checkpoint),
+                         aux={k: aux_info[k] for k in ("spec", "num_images", "fingerprint")}, attack=config.to_dict())
+    due = sorted({0, *range(curve_every, config.steps + 1, curve_every), config.steps})
+
+    def measure(step: int, model: "torch.nn.Module") -> None:
+        if step in due:
+            result = probe(model)
+            curve.points.append({"step": step, "forget_rate": result["forget_rate"], "num_samples": result["num_samples"]})
+            report(progress, "forget rate", len(curve.points), len(due), forget_rate=result["forget_rate"])
+
+    if checkpointer is not None:
+        checkpointer.extras["curve"] = (lambda: {"points": curve.points}, lambda saved: curve.points.extend(saved["points"]))
+    return curve, measure
+
+
 def _recorded_data(checkpoint: "Checkpoint") -> "DataSplit":
     """The model's training data as recorded; the forget sets are rebuilt on it."""
     from unlearnctl.data import load_recorded_data
@@ -345,24 +369,9 @@ def relearn_attack(
     unet = denoiser.network
     curve, on_step = None, None
     if curve_every and curve_set is not None:
-        probe, metric = _curve_probe(checkpoint, curve_set, split, config, progress)
-        curve = RelearnCurve(curve_every, curve_set.describe(), metric, model_path=str(checkpoint.path) if checkpoint.path else None,
-                             model_sha256=checkpoint.sha256, method=unlearning_method(checkpoint),
-                             aux={k: aux_info[k] for k in ("spec", "num_images", "fingerprint")}, attack=config.to_dict())
-        checkpoints = sorted({0, *range(curve_every, config.steps + 1, curve_every), config.steps})
-
-        def measure(step: int, model: "torch.nn.Module") -> None:
-            if step in checkpoints:
-                result = probe(model)
-                curve.points.append({"step": step, "forget_rate": result["forget_rate"], "num_samples": result["num_samples"]})
-                report(progress, "forget rate", len(curve.points), len(checkpoints), forget_rate=result["forget_rate"])
-
-        if checkpointer is not None:  # the points measured before an interruption come back with the state
-            checkpointer.extras["curve"] = (lambda: {"points": curve.points},
-                                            lambda saved: curve.points.extend(saved["points"]))
+        curve, on_step = _curve_recorder(checkpoint, curve_set, split, config, curve_every, aux_info, checkpointer, progress)
         if checkpointer is None or checkpointer.resumed is None:
-            measure(0, unet)
-        on_step = measure
+            on_step(0, unet)
     params = {"attack": "dimra", "aux": aux_info["spec"], "config": config.to_dict(), "curve_every": curve_every,
               "curve_forget": curve_forget_spec.to_dict() if curve_forget_spec is not None else None,
               "precision": precision}
