@@ -250,3 +250,25 @@ def test_cli_data_that_moved_needs_and_accepts_data(cli, unlearned, shapes_npz, 
     result = cli(*args, "--out", tmp_path / "b.safetensors", "--data", f"npz:{moved}")
     assert result.code == 0, result
     assert load_checkpoint(tmp_path / "b.safetensors").lineage[-1]["attack"]["aux"]["shared_images"] == 0
+
+
+def test_cli_curve_with_user_classifier_records_its_sha256(cli, unlearned, tmp_path, classifier_cache, shapes_split):
+    import hashlib
+
+    from unlearnctl.metrics.classifier import load_or_train_classifier
+
+    user = tmp_path / "user.safetensors"
+    own = load_or_train_classifier(shapes_split)
+    user.write_bytes(own.path.read_bytes())
+    args = ("relearn-attack", "--model", unlearned.path, "--aux", "retain:0.5", "--steps", 2, "--batch-size", 16,
+            "--forget-class", "2", "--curve-samples", 8, "--curve-sample-steps", 2, "--device", "cpu", "--quiet")
+    result = cli(*args, "--out", tmp_path / "a.safetensors", "--curve-every", 1, "--classifier", user,
+                 "--curve-json", tmp_path / "c.json")
+    assert result.code == 0, result
+    metric = json.loads((tmp_path / "c.json").read_text())["metric"]
+    assert metric["classifier"]["sha256"] == hashlib.sha256(user.read_bytes()).hexdigest()
+    assert metric["classifier"]["kind"] == "user-classifier"
+    assert cli(*args, "--out", tmp_path / "b.safetensors", "--classifier", user).code == 2
+    pt = tmp_path / "c.pt"
+    torch.save({}, pt)
+    assert cli(*args, "--out", tmp_path / "b.safetensors", "--curve-every", 1, "--classifier", pt).code == 2

@@ -63,6 +63,7 @@ class AttackConfig:
     curve_samples: int = 200  # curve: images sampled for the forget condition per point
     curve_sample_steps: int = 25  # curve: DDIM steps per sample
     curve_seed: int = 0  # curve: the same initial noise at every point
+    classifier: str | None = None  # curve, class mode: the user's classifier .safetensors (docs/metrics.md); None = the tool's own
 
     def __post_init__(self):
         require(self.steps >= 1, f"attack steps must be at least 1, got {self.steps}")
@@ -233,9 +234,9 @@ def _curve_probe(checkpoint: "Checkpoint", forget_set: "ForgetSet", split: "Data
 
     classifier, threshold, metric = None, None, {"mode": forget_set.mode}
     if forget_set.mode == "class":
-        from unlearnctl.metrics.classifier import describe, load_or_train_classifier
+        from unlearnctl.metrics.classifier import describe, resolve_classifier
 
-        classifier = load_or_train_classifier(split, progress=progress)
+        classifier = resolve_classifier(split, config.classifier, progress=progress)
         metric["classifier"] = describe(classifier)
     else:
         threshold = data_forget_threshold(forget_set.forget.images, forget_set.retain.images)

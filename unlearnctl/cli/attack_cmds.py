@@ -38,6 +38,7 @@ def relearn_attack(
     curve_csv: Annotated[Optional[Path], typer.Option(help="Write the curve as CSV: step, forget_rate, num_samples, mode, method, aux, model_sha256.", rich_help_panel=CURVE_PANEL)] = None,
     curve_samples: Annotated[int, typer.Option(help="Images sampled for the forget condition per curve point.", rich_help_panel=CURVE_PANEL)] = D.curve_samples,
     curve_sample_steps: Annotated[int, typer.Option(help="DDIM steps per curve sample.", rich_help_panel=CURVE_PANEL)] = D.curve_sample_steps,
+    classifier: Annotated[Optional[Path], typer.Option("--classifier", help="Class-mode curve: your own classifier for the forget rate, as `evaluate --classifier` (docs/metrics.md); sha256 recorded in the curve's metric.", rich_help_panel=CURVE_PANEL)] = None,
     data: Annotated[Optional[str], typer.Option(help="The model's training data, if its recorded source moved (forget fingerprints must still match); converted only as --resolution/--channels ask.", rich_help_panel=opt.DATA_PANEL)] = None,
     resolution: opt.Resolution = None,
     channels: opt.Channels = None,
@@ -69,10 +70,15 @@ def relearn_attack(
             check_output_path(path, suffix=suffix)
             require(curve_every > 0, f"{path} would hold a curve, but no curve is recorded; add --curve-every K")
     parse_aux_spec(aux)  # an unknown source fails before any work
+    if classifier is not None:
+        from unlearnctl.metrics.classifier import check_safetensors_file
+
+        require(curve_every > 0, "--classifier scores the relearning curve, but no curve is recorded; add --curve-every K")
+        check_safetensors_file(classifier)  # a pickle or a missing file fails before any work
     opt.check_precision(precision, device)
     config = AttackConfig(steps=steps, lr=lr, batch_size=batch_size, label_dropout=label_dropout, seed=seed,
                           num_generated=num_generated, generate_steps=generate_steps, curve_samples=curve_samples,
-                          curve_sample_steps=curve_sample_steps)
+                          curve_sample_steps=curve_sample_steps, classifier=str(classifier) if classifier else None)
     forget = opt.forget_spec(forget_class, forget_index, forget_canary, forget_images)
     checkpoint = opt.load_model(model)
     split = opt.load_model_data(data, resolution, channels, checkpoint) if data else None
