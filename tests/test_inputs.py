@@ -83,8 +83,6 @@ def test_classifier_train_refuses_a_model_with_nan_weights(cli, nan_model, tmp_p
     assert "non-finite weights in tensor conv_in.bias" in line
 
 
-@pytest.mark.xfail(strict=True, reason="needs the lead's one-line change in cli/unlearn_cmds.py: "
-                                       "checkpoint = opt.load_model(model)")
 def test_unlearn_of_a_model_with_nan_weights_names_the_tensor_not_the_learning_rate(cli, nan_model, tmp_path):
     line = refused(cli, tmp_path, "unlearn", "-m", nan_model, "--out", tmp_path / "u.safetensors", "--method", "naive",
                    "--forget-class", "bar", "--steps", "1", "--quiet", "--device", "cpu")

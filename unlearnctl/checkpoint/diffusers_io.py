@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from unlearnctl.checkpoint.model import Checkpoint, default_scheduler, lineage_entry, plain_config
-from unlearnctl.errors import BadInputError, require
+from unlearnctl.errors import BadInputError, cause_of, require
 
 def export_diffusers(checkpoint: Checkpoint, directory: str | Path) -> Path:
     """Write a diffusers ``save_pretrained`` folder (``unet/``, ``scheduler/``, ``model_index.json``).
@@ -54,7 +54,7 @@ def import_diffusers(directory: str | Path, data: dict[str, Any], source: str | 
     try:
         unet = UNet2DModel.from_pretrained(unet_dir, use_safetensors=True)
     except Exception as exc:
-        raise BadInputError(f"diffusers could not load {unet_dir}: {str(exc)[:160]}") from None
+        raise BadInputError(f"diffusers could not load {unet_dir}: {cause_of(exc)}") from None
     scheduler_dir = directory / "scheduler"
     scheduler = (DDPMScheduler.from_pretrained(scheduler_dir) if (scheduler_dir / "scheduler_config.json").is_file()
                  else default_scheduler())

@@ -6,7 +6,6 @@ import hashlib
 import json
 import os
 import struct
-import tempfile
 from pathlib import Path
 import torch
 
@@ -14,7 +13,8 @@ from unlearnctl.checkpoint.model import Checkpoint, metadata_integrity, weights_
 from unlearnctl.checkpoint.validation import (
     FORMAT_NAME, FORMAT_VERSION, _check_weights_match_config, _parse_metadata, _refuse_unsafe_path, read_header,
 )
-from unlearnctl.errors import BadInputError, require
+from unlearnctl.errors import BadInputError, cause_of, require
+from unlearnctl.fileio import temp_file
 
 def file_sha256(path: str | Path) -> str:
     digest = hashlib.sha256()
@@ -45,7 +45,7 @@ def _can_create_in(folder: Path, name: str) -> bool:
     if not os.access(folder, os.W_OK):
         return False
     try:
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=f".{name}.", suffix=".tmp"):
+        with temp_file(folder / name, delete=True):
             return True
     except OSError:
         return False
@@ -63,7 +63,7 @@ def atomic_write_bytes(path: str | Path, payload: bytes, fsync: bool = True) -> 
     if not is_main_process():
         return
     path = Path(path)
-    handle = tempfile.NamedTemporaryFile(dir=path.parent or ".", prefix=f".{path.name}.", suffix=".tmp", delete=False)
+    handle = temp_file(path)
     try:
         with handle:
             handle.write(payload)
@@ -150,5 +150,5 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     try:
         state_dict = load_file(str(path))
     except Exception as exc:  # safetensors' own checks, should ours miss something
-        raise BadInputError(f"{path} is not a readable safetensors file ({str(exc)[:120]})") from None
+        raise BadInputError(f"{path} is not a readable safetensors file ({cause_of(exc)})") from None
     return Checkpoint(state_dict=state_dict, path=path, sha256=file_sha256(path), **meta)

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from unlearnctl.errors import BadInputError
+from unlearnctl.errors import BadInputError, cause_of
 
 @dataclass
 class Checkpoint:
@@ -80,7 +80,7 @@ def build_unet(unet_config: dict[str, Any]) -> "torch.nn.Module":
         with quiet_diffusers():
             return UNet2DModel.from_config(unet_config)
     except Exception as exc:  # diffusers raises many types for bad configs
-        raise BadInputError(f"UNet config cannot be built by diffusers: {str(exc)[:200]}") from None
+        raise BadInputError(f"UNet config cannot be built by diffusers: {cause_of(exc)}") from None
 
 
 @contextmanager

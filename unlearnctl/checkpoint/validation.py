@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from unlearnctl.checkpoint.model import build_unet, quiet_diffusers
-from unlearnctl.errors import BadInputError, require
+from unlearnctl.errors import BadInputError, cause_of, require
 
 FORMAT_NAME = "unlearnctl"
 FORMAT_VERSION = 1
@@ -186,7 +186,7 @@ def _scheduler_ok(path: Path, config_json: str) -> None:
         with quiet_diffusers():
             scheduler = DDPMScheduler.from_config(json.loads(config_json))
     except Exception as exc:  # diffusers raises many types for bad configs
-        raise BadInputError(f"{path} has a scheduler config diffusers cannot build ({str(exc)[:100]})") from None
+        raise BadInputError(f"{path} has a scheduler config diffusers cannot build ({cause_of(exc)})") from None
     require(bool(torch.isfinite(scheduler.alphas_cumprod).all()) and bool((scheduler.alphas_cumprod > 0).all()),
             f"{path} has a scheduler config with an invalid noise schedule")
 

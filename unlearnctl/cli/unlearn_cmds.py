@@ -58,7 +58,7 @@ def unlearn(
 ):
     """Make a model forget a class or specific data with one of the registered methods (listed under --method).
     Data comes from the model's recorded data description unless --data is given."""
-    from unlearnctl.checkpoint import check_output_path, load_checkpoint, save_checkpoint
+    from unlearnctl.checkpoint import check_output_path, save_checkpoint
     from unlearnctl.errors import BadInputError
     from unlearnctl.methods import get_method
     from unlearnctl.resume import ResumeOptions, protect_output
@@ -78,7 +78,7 @@ def unlearn(
                            probe_samples=probe_samples, probe_steps=probe_steps, device=device,
                            precision=precision)
     spec = opt.forget_spec(forget_class, forget_index, forget_canary, forget_images)
-    checkpoint = load_checkpoint(model)
+    checkpoint = opt.load_model(model)
     split = None
     if data:
         from unlearnctl.cli.core_cmds import load_split

@@ -494,6 +494,7 @@ def run_evaluation(
         from unlearnctl.metrics.membership import check_reference
 
         context.reference = load_checkpoint(config.audit_reference)
+        require_finite_weights(context.reference.state_dict, config.audit_reference)
         check_reference(checkpoint, context.reference)
         _check_reference_data(context.reference, split)
     if _needs_classifier(context, run):
