@@ -243,7 +243,7 @@ class _Pipeline:
         outputs = [self.path(attacked)] + ([curve_path] if config.curve_every else [])
         return _Stage(f"attack {name} (DiMRA, {config.attack_steps} steps)", outputs, run, done)
 
-    def evaluate(self, name: str, spec, source: str, reference: str | None = None) -> _Stage:
+    def evaluate(self, name: str, spec, source: str, reference: str | None = None, conditional: bool = True) -> _Stage:
         """Evaluate ``name``; ``reference`` (a retrain model) calibrates the membership audit."""
         from unlearnctl.checkpoint import atomic_write_text
         from unlearnctl.metrics.evaluate import EvalConfig, run_evaluation
@@ -263,7 +263,8 @@ class _Pipeline:
 
         def done() -> bool:
             data = _json_object(json_path)
-            if not (grid.is_file() and forget_grid.is_file()) or data.get("schema") != EVALUATE_SCHEMA:
+            forget_grid_ok = forget_grid.is_file() or not conditional  # unconditional models have one grid
+            if not (grid.is_file() and forget_grid_ok) or data.get("schema") != EVALUATE_SCHEMA:
                 return False
             provenance = data["provenance"]
             if not self.path(name).is_file() or provenance["model"].get("sha256") != self.model(name).sha256:
@@ -272,7 +273,8 @@ class _Pipeline:
             return reference is None or calibration.get("reference_sha256") == self.model(reference).sha256
 
         suffix = f" (audit: {reference})" if reference else ""
-        return _Stage(f"evaluate {name}{suffix}", [json_path, grid, forget_grid], run, done)
+        outputs = [json_path, grid] + ([forget_grid] if conditional else [])
+        return _Stage(f"evaluate {name}{suffix}", outputs, run, done)
 
     def stages(self) -> tuple[list[_Stage], list[str]]:
         """Every stage in order, and the evaluation names the comparison reads (in table order)."""
@@ -288,7 +290,7 @@ class _Pipeline:
             stages.append(self.train(base, source, conditional))
             if retrain:
                 stages.append(self.unlearn(f"{prefix}retrain", base, "retrain", spec, source))
-            stages.append(self.evaluate(base, spec, source, reference))
+            stages.append(self.evaluate(base, spec, source, reference, conditional))
             compared.append(base)
             for method in (("retrain",) if retrain else ()) + methods:
                 name = f"{prefix}{method}"
@@ -296,7 +298,7 @@ class _Pipeline:
                     stages.append(self.unlearn(name, base, method, spec, source))
                 stages.append(self.attack(name, spec, source))
                 for evaluated in (name, f"{name}-attacked"):
-                    stages.append(self.evaluate(evaluated, spec, source, reference))
+                    stages.append(self.evaluate(evaluated, spec, source, reference, conditional))
                     compared.append(evaluated)
 
         # class scenario: non-members are held-out 8s, so the plain loss attack is meaningful (docs/metrics.md)

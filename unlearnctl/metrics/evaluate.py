@@ -391,7 +391,8 @@ class Evaluation:
 
     def grid_images(self, per_condition: int = 10) -> dict[str, torch.Tensor]:
         """The images of the sample grids: ``"retained"`` (a row of ``per_condition`` per class, padded with black;
-        unconditional: up to ``per_condition²``) and, when a forget condition was sampled, ``"forget"``."""
+        unconditional: up to ``per_condition²``) and, when a forget condition was sampled, ``"forget"`` (conditional
+        models only: an unconditional model's forget-rate samples are the same images as its retained grid)."""
         samples = self.samples
         retained = torch.nonzero(samples.retain).flatten()
         if samples.labels is not None:
@@ -402,7 +403,7 @@ class Evaluation:
         else:
             images = samples.images[retained][: per_condition * per_condition]
         grids = {"retained": images}
-        if self.result["provenance"].get("forget") is not None and bool(samples.forget.any()):
+        if self.result["provenance"].get("forget") is not None and samples.labels is not None and bool(samples.forget.any()):
             grids["forget"] = samples.images[samples.forget][: per_condition * per_condition]
         return grids
 
