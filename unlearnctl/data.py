@@ -1,4 +1,4 @@
-"""Data sources, the train/held-out split, fingerprints and forget specifications (DESIGN §4).
+"""Data sources, the train/held-out split, fingerprints and forget specifications (docs/methods.md).
 
 Every source becomes a :class:`DataSplit` of two :class:`ImageSet` s (``train`` = the members the model
 was trained on, ``heldout`` = non-members for the membership audit). Images are float tensors

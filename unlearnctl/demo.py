@@ -5,7 +5,7 @@ Two scenarios:
 * **class** — a class-conditional model on the digits; forget class 8 with every unlearning method and
   with exact retraining (the reference);
 * **canary** — an unconditional model on the digits plus copies of one out-of-distribution canary image
-  (DESIGN §4), which it memorises; forget the canary with SISS.
+  (docs/methods.md), which it memorises; forget the canary with SISS.
 
 Every result is attacked with DiMRA (auxiliary data: the retain set, relearning curve recorded), every model
 is evaluated (quality, forget rate, retain accuracy, membership audit), and everything is compared in one

@@ -8,7 +8,7 @@ not the forget set and not what was forgotten. The attack is ordinary denoising 
 
 on an auxiliary set D_au that holds none of the forgotten elements: (i) part of the retain set, or (ii) a
 set of similar distribution — images the model generates itself, or public data. The unlearning was only
-superficial if the forgotten class or data comes back ("relearning"); the relearn gap (DESIGN §5) is the
+superficial if the forgotten class or data comes back ("relearning"); the relearn gap (docs/metrics.md) is the
 forget rate after the attack minus the forget rate before.
 
 The loop is :func:`unlearnctl.training.fit_denoiser` — the same loss, batches, label dropout and clipping
@@ -125,7 +125,7 @@ class RelearnCurve:
 
     @property
     def relearn_gap(self) -> float | None:
-        """Forget rate after the attack minus before (DESIGN §5)."""
+        """Forget rate after the attack minus before (docs/metrics.md)."""
         return None if not self.points else self.after - self.before
 
     def lineage_record(self) -> dict[str, Any]:

@@ -1,6 +1,6 @@
 """The forget-set guard: auxiliary data for a relearning attack never contains a forget-set item.
 
-The attacker of DiMRA does not hold the forget set (DESIGN §2). The tool runs the attack as an auditor
+The attacker of DiMRA does not hold the forget set (docs/attack.md). The tool runs the attack as an auditor
 that *does* know it (from the checkpoint's lineage), so it can prove the claim instead of assuming it:
 
 1. **exact copies** — every image is hashed (sha256 of its ``uint8`` pixels); an auxiliary image whose
@@ -64,7 +64,7 @@ def find_forget_copies(aux: torch.Tensor, forget: torch.Tensor, threshold: float
 
 
 def near_copy_threshold(forget: torch.Tensor, retained: torch.Tensor) -> float:
-    """The data-forgetting threshold (DESIGN §5), calibrated on retained images that are not exact copies."""
+    """The data-forgetting threshold (docs/metrics.md), calibrated on retained images that are not exact copies."""
     from unlearnctl.metrics.forget import data_forget_threshold
 
     forget_hashes = set(image_hashes(forget))

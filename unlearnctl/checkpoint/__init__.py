@@ -1,4 +1,4 @@
-"""One self-describing ``.safetensors`` file per model (DESIGN §3).
+"""One self-describing ``.safetensors`` file per model (docs/format.md).
 
 Tensors are the UNet state dict. Metadata (``str -> JSON string``) carries everything needed to rebuild,
 verify and re-run the model:

@@ -1,4 +1,4 @@
-"""Commands: ``evaluate``, ``classifier train`` and ``classifier import`` — score checkpoints (DESIGN §5, docs/metrics.md)."""
+"""Commands: ``evaluate``, ``classifier train`` and ``classifier import`` — score checkpoints (docs/metrics.md)."""
 
 from __future__ import annotations
 

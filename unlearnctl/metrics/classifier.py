@@ -1,4 +1,4 @@
-"""The domain classifier: labels generated images and provides features for FID (DESIGN §5).
+"""The domain classifier: labels generated images and provides features for FID (docs/metrics.md).
 
 By default a network trained by the tool on the data set's train split — the two-convolution
 ``digitnet`` for small or grey images (MNIST-like data, where Inception features mean little), a

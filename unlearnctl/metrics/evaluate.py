@@ -1,4 +1,4 @@
-"""One evaluation entry point: :func:`evaluate` scores a checkpoint and returns a flat dict (DESIGN §5).
+"""One evaluation entry point: :func:`evaluate` scores a checkpoint and returns a flat dict (docs/metrics.md).
 
 Steps, top to bottom:
 

@@ -1,4 +1,4 @@
-"""FID, KID and precision/recall through torch-fidelity (DESIGN §5).
+"""FID, KID and precision/recall through torch-fidelity (docs/metrics.md).
 
 The numbers are torch-fidelity's own: :func:`fidelity_metrics` hands generated and real images to
 ``torch_fidelity.calculate_metrics`` as ``uint8 N×C×H×W`` datasets (torch-fidelity's input contract) and

@@ -1,4 +1,4 @@
-"""Forget rate and retain accuracy (DESIGN §5).
+"""Forget rate and retain accuracy (docs/metrics.md).
 
 * Class forgetting: the share of samples generated for the forgotten condition (or, for an unconditional
   model, of all samples) that the domain classifier assigns to a forgotten class.

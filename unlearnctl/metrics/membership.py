@@ -1,4 +1,4 @@
-"""Membership audit: does the model still treat the forget images as training data? (DESIGN §2)
+"""Membership audit: does the model still treat the forget images as training data? (docs/metrics.md)
 
 Adapted from the VFLGAN paper's privacy audit (arXiv 2404.09722): run a membership-inference attack and
 report its accuracy (0.5 = no leakage) with the spread over repeats. Here the attack is loss-based, the
