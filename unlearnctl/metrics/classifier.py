@@ -90,6 +90,18 @@ class DomainClassifier:
         self.net.eval()
         return torch.cat([self.net(self.prepare(images[i:i + batch_size])) for i in range(0, len(images), batch_size)])
 
+    def probabilities(self, images: torch.Tensor, num_classes: int | None = None) -> torch.Tensor:
+        """Softmax probabilities per *data* class, ``N×num_classes`` (default: the classifier's classes in the
+        data's order); a classifier class the data lacks contributes to no column."""
+        probabilities = self.logits(images).softmax(dim=1)
+        if self.class_map is None:
+            return probabilities
+        columns = max(int(self.class_map.max()) + 1, num_classes or 0)
+        mapped = torch.zeros((len(probabilities), columns), dtype=probabilities.dtype)
+        known = self.class_map >= 0
+        mapped.index_add_(1, self.class_map[known], probabilities[:, known])
+        return mapped
+
     def predict(self, images: torch.Tensor) -> torch.Tensor:
         """Data class index per image (images ``N×C×H×W`` in [-1, 1]); -1 for a class the data lacks."""
         predicted = self.logits(images).argmax(dim=1)

@@ -40,9 +40,9 @@ def class_forget_counts(images: torch.Tensor, class_ids: list[int], classifier: 
     worse rather than forgotten keeps some argmax hits but few confident ones and a low mean probability.
     """
     require(len(images) > 0, "no images to score")
-    probabilities = classifier.logits(images).softmax(dim=1)  # N×classes
+    probabilities = classifier.probabilities(images, max(class_ids) + 1 if class_ids else None)  # N×data classes
     ids = torch.tensor(class_ids)
-    hits = torch.isin(probabilities.argmax(dim=1), ids)
+    hits = torch.isin(classifier.predict(images), ids)  # the argmax over the classifier's own classes
     forgotten = probabilities[:, ids]  # N×len(class_ids)
     confident = forgotten.max(dim=1).values > CONFIDENT_PROBABILITY
     return {"n": len(images), "hits": int(hits.sum()), "confident": int(confident.sum()),

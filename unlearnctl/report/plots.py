@@ -186,13 +186,24 @@ def _attack_pairs(scenario: "Scenario") -> list[tuple["Row", "Row"]]:
     return pairs
 
 
+def _note_figure(text: str) -> bytes:
+    """A small figure holding one sentence (a figure slot whose data would draw nothing)."""
+    import textwrap
+
+    plt = _pyplot()
+    figure = plt.figure(figsize=(7.0, 0.9))
+    figure.text(0.01, 0.5, textwrap.fill(text, 110), fontsize=9, ha="left", va="center")
+    return _png(figure)
+
+
 def attack_plot(comparison: "Comparison") -> bytes | None:
     scenarios = [(s, _attack_pairs(s)) for s in comparison.scenarios]
     # a panel whose bars are all zero says nothing a sentence cannot: it becomes a note under the figure
     empty = [s for s, p in scenarios if p and all(max(a.values["forget_rate"], b.values["forget_rate"]) < 0.005 for a, b in p)]
     scenarios = [(s, p) for s, p in scenarios if p and s not in empty]
     if not scenarios:
-        return None
+        return _note_figure("Forget rate before and after the DiMRA relearning attack: nothing to draw — every forget "
+                            "rate is 0.000 before and after the attack (" + "; ".join(s.label for s in empty) + ")") if empty else None
     figure, axes = _panels(len(scenarios), width=max(4.0, 0.9 * max(len(p) for _, p in scenarios) + 2.0))
     for ax, (scenario, pairs) in zip(axes, scenarios):
         names = [parent.run.name for parent, _ in pairs]
