@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
             r[0].ctx.denoiser.runtime = Runtime.create(args.device, precision)  # this runner's forwards at `precision`
             return lambda: loop_step(*r)
 
-        cases = {f"{m} {p}": at(p, runner(m)) for m in ("naive", "siss") for p in ("fp32", "bf16")}
+        cases = {f"{m} {p}": at(p, runner(m)) for m in fine_tuning_methods() for p in ("fp32", "bf16")}
         timing = interleaved(cases, max(3, args.rounds // 2), reference="naive fp32")
         rows = [[name, timing[name]["median_s"] * 1000, timing[name]["ratio"]] for name in cases]
         print(table(f"Table 3 — --precision on this device (median of {max(3, args.rounds // 2)} interleaved rounds; "

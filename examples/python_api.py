@@ -19,10 +19,13 @@ from unlearnctl.attacks.dimra import AttackConfig, relearn_attack
 from unlearnctl.checkpoint import save_checkpoint
 from unlearnctl.data import ForgetSpec, load_data
 from unlearnctl.metrics.evaluate import EvalConfig, evaluate
+from unlearnctl.methods import available_methods, get_method
 from unlearnctl.metrics.membership import AuditConfig
 from unlearnctl.report import compare, load_runs, write_report
 from unlearnctl.training import TrainConfig, train_model
 from unlearnctl.unlearning import UnlearnConfig, unlearn
+
+METHOD = "siss"  # the method this example runs: any name from unlearnctl.methods.available_methods()
 
 
 def main(out: Path, quick: bool) -> None:
@@ -35,10 +38,11 @@ def main(out: Path, quick: bool) -> None:
     base = train_model(split, conditional=True, preset=preset, config=TrainConfig(steps=train_steps, batch_size=64))
     save_checkpoint(base, out / "base.safetensors")
 
-    # 2. unlearn class 8 with SISS, and retrain without it (the reference)
+    # 2. unlearn class 8 with METHOD, and retrain without it (the reference)
     models = {"base": base}
-    for method in ("retrain", "siss"):
-        model, run = unlearn(base, method, forget, UnlearnConfig(steps=None if method == "retrain" else steps), data=split)
+    reference = available_methods(exact=True)[0]  # exact retraining, from the registry
+    for method in (reference, METHOD):
+        model, run = unlearn(base, method, forget, UnlearnConfig(steps=None if get_method(method).exact else steps), data=split)
         save_checkpoint(model, out / f"{method}.safetensors")
         models[method] = model
         print(f"{method}: {run['steps_run']} steps in {run['wall_time_s']:.0f} s")
@@ -46,11 +50,11 @@ def main(out: Path, quick: bool) -> None:
     # 3. the DiMRA relearning attack on the SISS model, with a relearning curve
     attack = AttackConfig(steps=4, batch_size=64, curve_samples=20, curve_sample_steps=4) if quick else \
         AttackConfig(steps=200, batch_size=64)
-    attacked, curve = relearn_attack(models["siss"], "retain", attack,
+    attacked, curve = relearn_attack(models[METHOD], "retain", attack,
                                      curve_forget_spec=forget, curve_every=2 if quick else 50, data=split)
-    save_checkpoint(attacked, out / "siss-attacked.safetensors")
-    (out / "siss-curve.json").write_text(json.dumps(curve.to_json_dict(), indent=2))
-    models["siss-attacked"] = attacked
+    save_checkpoint(attacked, out / f"{METHOD}-attacked.safetensors")
+    (out / f"{METHOD}-curve.json").write_text(json.dumps(curve.to_json_dict(), indent=2))
+    models[f"{METHOD}-attacked"] = attacked
     print(f"attack: forget rate {curve.before:.2f} -> {curve.after:.2f}")
 
     # 4. evaluate every model the same way (a flat dict per model; schema in docs/metrics.md)
@@ -63,7 +67,7 @@ def main(out: Path, quick: bool) -> None:
         print(f"{name}: forget rate {result['forget_rate']:.3f}, FID {result['fid']:.2f}")
 
     # 5. compare (rows grouped by method, retrain as the reference) and write the report
-    comparison = compare(load_runs([out / f"{name}.json" for name in models] + [out / "siss-curve.json"]))
+    comparison = compare(load_runs([out / f"{name}.json" for name in models] + [out / f"{METHOD}-curve.json"]))
     if quick:
         print("(--quick: tiny models trained 40 steps; these numbers check the wiring and say nothing about the methods)")
     print(comparison.to_markdown())

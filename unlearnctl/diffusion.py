@@ -168,7 +168,9 @@ def sample_images(
     guided = labels is not None and guidance != 1.0
     require(not guided or null_class is not None, "guidance needs a class-conditional model with a null class")
     device = next(unet.parameters()).device
-    runtime = Runtime.create(device, precision)
+    from unlearnctl.denoisers import PixelDenoiser
+
+    model = PixelDenoiser(unet, None, Runtime.create(device, precision), null_class)  # sampling needs no training schedule
     config = unet.config
     generator = torch.Generator().manual_seed(seed)
     noise = torch.randn((total, config.in_channels, config.sample_size, config.sample_size), generator=generator)
@@ -183,23 +185,21 @@ def sample_images(
         batch_labels = None if labels is None else labels[start:end].to(device)
         scheduler = _make_sampler(scheduler_config, sampler, steps)
         for t in scheduler.timesteps:
-            eps = _guided_output(unet, x, t, batch_labels, null_class, guidance if guided else 1.0, runtime)
+            eps = _guided_output(model, x, t, batch_labels, guidance if guided else 1.0)
             x = scheduler.step(eps, t, x, generator=generator).prev_sample
         images.append(x.clamp(-1, 1).cpu())
         report(progress, "sample", done + 1, len(batches), images=end - first)
     return gather_rows(torch.cat(images), total)
 
 
-def _guided_output(unet, x, t, labels, null_class, guidance, runtime):
+def _guided_output(model: "Denoiser", x, t, labels, guidance):
     """The model output, with classifier-free guidance ``out_∅ + w (out_c − out_∅)`` when ``w ≠ 1`` (linear in
     every parameterisation, so it holds for ε, v and x₀ alike)."""
     t_batch = t.expand(x.shape[0]).to(x.device)
     if guidance == 1.0:
-        with runtime.autocast(x.device):
-            return unet(x, t_batch, class_labels=labels).sample.float()
-    both = torch.cat([labels, torch.full_like(labels, null_class)])
-    with runtime.autocast(x.device):
-        out = unet(torch.cat([x, x]), torch.cat([t_batch, t_batch]), class_labels=both).sample.float()
+        return model.predict(x, t_batch, labels)
+    both = torch.cat([labels, model.null_condition(labels)])
+    out = model.predict(torch.cat([x, x]), torch.cat([t_batch, t_batch]), both)
     out_cond, out_null = out.chunk(2)
     return out_null + guidance * (out_cond - out_null)
 

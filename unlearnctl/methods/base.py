@@ -354,9 +354,8 @@ class Method:
         terms = self.terms()
         update = self.combine(terms)
         set_gradients(self.ctx.parameters(), update.grads)
-        loss = update.loss.detach() if hasattr(update.loss, "detach") else update.loss
         figures = {**{k: float(v.detach()) for k, v in terms.items()}, **update.figures}
-        return StepOutput(float(loss), figures, update.grad_norms)
+        return StepOutput(float(update.loss), figures, update.grad_norms)  # a 0-d tensor or a float
 
     def loss(self) -> tuple["torch.Tensor", dict[str, "torch.Tensor"]]:
         """``(objective, terms)`` of one draw (tests, notebooks)."""
