@@ -204,6 +204,88 @@ def _guided_output(model: "Denoiser", x, t, labels, guidance):
     return out_null + guidance * (out_cond - out_null)
 
 
+TEXT_SAMPLERS = ("pipeline", "ddim", "ddpm")  # "pipeline": the sampler the text-to-image pipeline came with
+
+
+def text_sampler(components: dict[str, Any], sampler: str, steps: int):
+    """A fresh sampler for a text-to-image model: the pipeline's own scheduler, or DDIM/DDPM on its noise schedule
+    (built from the pipeline scheduler's config, so ``steps_offset`` and ``set_alpha_to_one`` carry over)."""
+    from diffusers import DDIMScheduler, DDPMScheduler
+
+    from unlearnctl.checkpoint.components import build_scheduler
+
+    require(sampler in TEXT_SAMPLERS, f"unknown sampler {sampler!r}; choose {', '.join(TEXT_SAMPLERS)}")
+    config = components["scheduler"]["config"]
+    limit = int(config.get("num_train_timesteps", 1000))
+    require(1 <= steps <= limit, f"sampling steps must be between 1 and {limit}, got {steps}")
+    if sampler == "pipeline":
+        scheduler = build_scheduler(components)
+    else:
+        scheduler = (DDIMScheduler if sampler == "ddim" else DDPMScheduler).from_config({**config, "clip_sample": False})
+    scheduler.set_timesteps(steps)
+    return scheduler
+
+
+@torch.inference_mode()
+def sample_text_images(
+    denoiser: "Denoiser",
+    components: dict[str, Any],
+    prompts: torch.Tensor,
+    *,
+    negative: torch.Tensor | None = None,
+    steps: int = 50,
+    sampler: str = "pipeline",
+    guidance: float = 7.5,
+    seed: int = 0,
+    batch_size: int = 500,
+    progress: ProgressFn = None,
+) -> torch.Tensor:
+    """Images in ``[-1, 1]`` for prompt embeddings ``[N, L, D]``, as ``StableDiffusionPipeline`` draws them.
+
+    The initial latents are drawn once for all ``N`` from ``seed`` (the pipeline's ``randn_tensor`` with a CPU
+    generator), scaled by the sampler's ``init_noise_sigma``; each step scales the model input, and with
+    ``guidance > 1`` runs the unconditional branch on ``negative`` (default: the empty prompt) and mixes
+    ``out_neg + w (out_c − out_neg)``; the latents are decoded by the VAE. Same seed, steps, sampler and
+    prompts give the pipeline's images (up to float rounding of batching).
+    """
+    total = int(prompts.shape[0])
+    require(total >= 1, "give at least one prompt")
+    require(batch_size >= 1, f"batch size must be at least 1, got {batch_size}")
+    device = denoiser.device
+    config = denoiser.network.config
+    generator = torch.Generator().manual_seed(seed)
+    noise = torch.randn((total, config.in_channels, config.sample_size, config.sample_size), generator=generator)
+    negative = denoiser.null_condition(prompts) if negative is None else negative
+    images = [noise[:0, :0]]
+    batches = list(range(0, total, batch_size))
+    for done, start in enumerate(batches):
+        end = min(start + batch_size, total)
+        scheduler = text_sampler(components, sampler, steps)
+        latents = noise[start:end].to(device) * scheduler.init_noise_sigma
+        cond, uncond = prompts[start:end].to(device), negative[start:end].to(device)
+        for t in scheduler.timesteps:
+            model_input = scheduler.scale_model_input(latents, t)
+            t_batch = t.expand(latents.shape[0]).to(device)
+            if guidance > 1.0:
+                out_null, out_cond = denoiser.predict(torch.cat([model_input] * 2), torch.cat([t_batch] * 2),
+                                                      torch.cat([uncond, cond])).chunk(2)
+                out = out_null + guidance * (out_cond - out_null)
+            else:
+                out = denoiser.predict(model_input, t_batch, cond)
+            latents = scheduler.step(out, t, latents, **_step_kwargs(scheduler, generator)).prev_sample
+        images.append(denoiser.decode(latents).clamp(-1, 1).cpu())
+        report(progress, "sample", done + 1, len(batches), images=end)
+    return torch.cat([image for image in images if image.numel()])
+
+
+def _step_kwargs(scheduler: Any, generator: torch.Generator) -> dict[str, Any]:
+    """``eta = 0`` and the generator for the samplers that take them (the pipeline's ``prepare_extra_step_kwargs``)."""
+    import inspect
+
+    accepted = set(inspect.signature(scheduler.step).parameters)
+    return {key: value for key, value in (("eta", 0.0), ("generator", generator)) if key in accepted}
+
+
 def balanced_labels(class_ids: list[int], per_class: int) -> torch.Tensor:
     """``per_class`` labels for each class in ``class_ids``, grouped by class."""
     return torch.tensor(class_ids, dtype=torch.long).repeat_interleave(per_class)

@@ -108,6 +108,7 @@ def safetensors_bytes(tensors: dict[str, torch.Tensor], metadata: dict[str, str]
 
 def serialize(checkpoint: Checkpoint) -> bytes:
     tensors = {name: tensor.detach().cpu().contiguous() for name, tensor in checkpoint.state_dict.items()}
+    tensors.update({name: tensor.detach().cpu().contiguous() for name, tensor in checkpoint.frozen.items()})
     metadata = {
         "format": FORMAT_NAME,
         "format_version": str(FORMAT_VERSION),
@@ -117,6 +118,8 @@ def serialize(checkpoint: Checkpoint) -> bytes:
         "lineage": json.dumps(checkpoint.lineage),
         "integrity": metadata_integrity(checkpoint),
     }
+    if checkpoint.components:
+        metadata["components"] = json.dumps(checkpoint.components, sort_keys=True)
     return safetensors_bytes(tensors, metadata)
 
 
@@ -147,8 +150,21 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     header = read_header(path)
     meta = _parse_metadata(path, header.get("__metadata__"))
     _check_weights_match_config(path, header, meta["unet_config"])
+    _check_components(path, header, meta["components"])
     try:
-        state_dict = load_file(str(path))
+        tensors = load_file(str(path))
     except Exception as exc:  # safetensors' own checks, should ours miss something
         raise BadInputError(f"{path} is not a readable safetensors file ({cause_of(exc)})") from None
-    return Checkpoint(state_dict=state_dict, path=path, sha256=file_sha256(path), **meta)
+    frozen = {name: tensors.pop(name) for name in [name for name in tensors if "/" in name]}  # component/key
+    return Checkpoint(state_dict=tensors, frozen=frozen, path=path, sha256=file_sha256(path), **meta)
+
+
+def _check_components(path: Path, header: dict, components: dict) -> None:
+    """Text-to-image files: the components record fits the ``component/key`` tensors; pixel files have none."""
+    from unlearnctl.checkpoint.components import check_components
+
+    shapes = {name: entry["shape"] for name, entry in header.items() if name != "__metadata__" and "/" in name}
+    if components:
+        check_components(path, components, shapes)
+    else:
+        require(not shapes, f"{path} has component tensors ({next(iter(shapes), '')[:60]}) but no components record")

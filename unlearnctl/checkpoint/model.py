@@ -24,8 +24,9 @@ class Checkpoint:
     """A model in memory: weights plus the metadata that describes them.
 
     Args:
-        state_dict: UNet weights (``UNet2DModel.state_dict()`` keys).
-        unet_config: the diffusers ``UNet2DModel`` config the weights belong to.
+        state_dict: the trainable weights: the UNet's (``UNet2DModel`` or ``UNet2DConditionModel`` keys).
+        unet_config: the diffusers UNet config the weights belong to (a ``cross_attention_dim`` key marks a
+            text-conditional ``UNet2DConditionModel``; :func:`unet_class`).
         scheduler_config: the diffusers ``DDPMScheduler`` config used in training.
         data: data description (:func:`unlearnctl.data.describe`), including the training-set fingerprint.
         lineage: one dict per command that produced or changed the weights, oldest first.
@@ -41,6 +42,15 @@ class Checkpoint:
     path: Path | None = None
     sha256: str | None = None
     integrity: str | None = None  # the file's ``integrity`` record, as read (``None``: absent or not saved yet)
+    # Text-to-image models only (:mod:`unlearnctl.checkpoint.components`): what each frozen component is
+    # (class, config, sha256) and its tensors, named ``<component>/<key>``. Empty for pixel models.
+    components: dict[str, Any] = field(default_factory=dict)
+    frozen: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    @property
+    def text_conditional(self) -> bool:
+        """A latent text-to-image model (UNet2DConditionModel + VAE + text encoder + tokenizer)."""
+        return bool(self.components)
 
     @property
     def conditional(self) -> bool:
@@ -56,7 +66,7 @@ class Checkpoint:
         return self.unet_config["num_class_embeds"] - 1 if self.conditional else None
 
     def build_unet(self, device: str | torch.device = "cpu") -> "torch.nn.Module":
-        """Instantiate the ``UNet2DModel`` and load the weights into it."""
+        """Instantiate the UNet (:func:`unet_class`) and load the weights into it."""
         unet = build_unet(self.unet_config)
         unet.load_state_dict(self.state_dict)
         return unet.to(device)
@@ -72,29 +82,49 @@ class Checkpoint:
         return replace(self, state_dict=state_dict, lineage=[*self.lineage, entry], path=None, sha256=None, integrity=None)
 
 
-def build_unet(unet_config: dict[str, Any]) -> "torch.nn.Module":
-    """``UNet2DModel.from_config`` with a one-line error for a config diffusers cannot build."""
-    from diffusers import UNet2DModel
+def unet_class(unet_config: dict[str, Any]) -> type:
+    """``UNet2DConditionModel`` for a text-conditional config (it has ``cross_attention_dim``), else ``UNet2DModel``."""
+    from diffusers import UNet2DConditionModel, UNet2DModel
 
+    return UNet2DConditionModel if "cross_attention_dim" in unet_config else UNet2DModel
+
+
+def build_unet(unet_config: dict[str, Any]) -> "torch.nn.Module":
+    """``from_config`` of the config's UNet class with a one-line error for a config diffusers cannot build."""
     try:
         with quiet_diffusers():
-            return UNet2DModel.from_config(unet_config)
+            return unet_class(unet_config).from_config(unet_config)
     except Exception as exc:  # diffusers raises many types for bad configs
         raise BadInputError(f"UNet config cannot be built by diffusers: {cause_of(exc)}") from None
 
 
 @contextmanager
 def quiet_diffusers():
-    """Hold back diffusers' config warnings (e.g. unknown keys): the CLI's stderr is one line per error."""
+    """Hold back diffusers' and transformers' config warnings and loading bars: the CLI's stderr is one line per error."""
     import logging
 
-    logger = logging.getLogger("diffusers")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
+    loggers = [logging.getLogger(name) for name in ("diffusers", "transformers")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    bars = _loading_bars(False)
     try:
         yield
     finally:
-        logger.setLevel(level)
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+        _loading_bars(bars)
+
+
+def _loading_bars(enabled: bool) -> bool:
+    """Turn the libraries' weight-loading progress bars on or off; returns whether they were on."""
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:
+        return enabled
+    was = hf_logging.is_progress_bar_enabled()
+    (hf_logging.enable_progress_bar if enabled else hf_logging.disable_progress_bar)()
+    return was
 
 
 def versions() -> dict[str, str]:
@@ -147,9 +177,12 @@ def weights_sha256(state_dict: dict[str, torch.Tensor]) -> str:
 
 
 def metadata_integrity(checkpoint: Checkpoint) -> str:
-    """sha256 over the canonical JSON of configs, data and lineage (which holds the weights hash)."""
+    """sha256 over the canonical JSON of configs, data, lineage (which holds the weights hash) and, for
+    text-to-image models, the frozen components' records (which hold their hashes)."""
     record = {"unet_config": checkpoint.unet_config, "scheduler_config": checkpoint.scheduler_config,
               "data": checkpoint.data, "lineage": checkpoint.lineage}
+    if checkpoint.components:  # absent for pixel models, whose records stay as they always were
+        record["components"] = checkpoint.components
     return hashlib.sha256(json.dumps(record, sort_keys=True, separators=(",", ":")).encode("utf-8")).hexdigest()
 
 

@@ -29,6 +29,7 @@ MAX_RANK = 8  # UNet weights have at most 4 dimensions
 UNET_INT_BOUNDS = {"in_channels": (1, 64), "out_channels": (1, 64), "layers_per_block": (1, 32),
                    "norm_num_groups": (1, 1024), "attention_head_dim": (1, 8192), "num_class_embeds": (1, 1_000_000)}
 MAX_SAMPLE_SIZE, MAX_LEVELS, MAX_WIDTH = 4096, 8, 16384
+PER_BLOCK_KEYS = ("attention_head_dim", "layers_per_block")  # UNet2DConditionModel: an int or one per block
 MAX_TRAIN_TIMESTEPS = 100_000
 DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
 
@@ -136,11 +137,24 @@ def _parse_metadata(path: Path, metadata: Any) -> dict[str, Any]:
     require(isinstance(parsed["lineage"], list), f"{path} has corrupt metadata 'lineage' (not a list)")
     _check_unet_config(path, parsed["unet_config"])
     _check_scheduler_config(path, parsed["scheduler_config"])
-    _check_data_description(path, parsed["data"], parsed["unet_config"])
+    parsed["components"] = _parse_components(path, metadata)
+    _check_data_description(path, parsed["data"], parsed["unet_config"], parsed["components"])
     _check_lineage_types(path, parsed["lineage"])
     integrity = metadata.get("integrity")
     parsed["integrity"] = integrity if isinstance(integrity, str) else None
     return parsed
+
+
+def _parse_components(path: Path, metadata: dict[str, str]) -> dict[str, Any]:
+    """The optional ``components`` record of a text-to-image checkpoint (``{}`` for pixel models)."""
+    if "components" not in metadata:
+        return {}
+    try:
+        components = json.loads(metadata["components"])
+    except (TypeError, ValueError, RecursionError):
+        raise BadInputError(f"{path} has corrupt metadata 'components' (not JSON)") from None
+    require(isinstance(components, dict) and components, f"{path} has corrupt metadata 'components' (not an object)")
+    return components
 
 
 def _is_int(value: Any) -> bool:
@@ -157,7 +171,8 @@ def _check_unet_config(path: Path, config: dict[str, Any]) -> None:
         value = config.get(key)
         if value is None and key not in ("in_channels", "out_channels"):
             continue  # optional: diffusers' default applies (num_class_embeds None = unconditional)
-        require(_is_int(value) and low <= value <= high, bad % key)
+        values = value if key in PER_BLOCK_KEYS and isinstance(value, list) and 1 <= len(value) <= MAX_LEVELS else [value]
+        require(all(_is_int(v) and low <= v <= high for v in values), bad % key)
     widths = config.get("block_out_channels")
     require(isinstance(widths, list) and 1 <= len(widths) <= MAX_LEVELS
             and all(_is_int(w) and 1 <= w <= MAX_WIDTH for w in widths), bad % "block_out_channels")
@@ -191,20 +206,36 @@ def _scheduler_ok(path: Path, config_json: str) -> None:
             f"{path} has a scheduler config with an invalid noise schedule")
 
 
-def _check_data_description(path: Path, data: dict[str, Any], unet_config: dict[str, Any]) -> None:
-    """Types of the fields every command reads, and their agreement with the UNet config."""
+def _check_data_description(path: Path, data: dict[str, Any], unet_config: dict[str, Any],
+                            components: dict[str, Any] | None = None) -> None:
+    """Types of the fields every command reads, and their agreement with the UNet config (through the
+    VAE for text-to-image models: images are ``latent_scale`` × the latent size, with the VAE's channels)."""
     bad = f"{path} has corrupt metadata 'data' (%s)"
     names = data.get("class_names", [])
     require(isinstance(names, list) and all(isinstance(n, str) for n in names), bad % "class_names")
     require(isinstance(data.get("source", ""), str), bad % "source")
     for key in ("resolution", "channels", "split_seed", "num_train", "num_heldout"):
         require(key not in data or _is_int(data[key]), bad % key)
+    size, channels = image_shape(unet_config, components)
     if "resolution" in data:
-        require(data["resolution"] == unet_config["sample_size"], bad % "resolution differs from the UNet's sample_size")
+        require(data["resolution"] == size, bad % "resolution differs from the model's image size")
     if "channels" in data:
-        require(data["channels"] == unet_config["in_channels"], bad % "channels differ from the UNet's in_channels")
+        require(data["channels"] == channels, bad % "channels differ from the model's image channels")
     if names and unet_config.get("num_class_embeds") is not None:
         require(len(names) + 1 == unet_config["num_class_embeds"], bad % "class count differs from the UNet's class embeddings")
+
+
+def image_shape(unet_config: dict[str, Any], components: dict[str, Any] | None = None) -> tuple[Any, Any]:
+    """(image size, image channels) of a model: the UNet's for pixel models, through the VAE for latent ones."""
+    if not components:
+        return unet_config.get("sample_size"), unet_config.get("in_channels")
+    vae = components.get("vae", {}).get("config", {}) if isinstance(components.get("vae"), dict) else {}
+    from unlearnctl.checkpoint.components import latent_scale
+
+    try:
+        return unet_config["sample_size"] * latent_scale(components), vae.get("in_channels", 3)
+    except (KeyError, TypeError):
+        raise BadInputError("the checkpoint's components record has no VAE block_out_channels") from None
 
 
 LINEAGE_FIELD_TYPES = {"command": (str,), "method": (str, type(None)), "params": (dict, type(None)),
@@ -231,7 +262,7 @@ def _expected_shapes(config_json: str) -> dict[str, list[int]]:
 
 def _check_weights_match_config(path: Path, header: dict[str, Any], unet_config: dict[str, Any]) -> None:
     expected = _expected_shapes(json.dumps(unet_config, sort_keys=True))
-    found = {name: entry["shape"] for name, entry in header.items() if name != "__metadata__"}
+    found = {name: entry["shape"] for name, entry in header.items() if name != "__metadata__" and "/" not in name}
     missing, unexpected = expected.keys() - found.keys(), found.keys() - expected.keys()
     require(not missing and not unexpected, f"{path} weights do not match its UNet config "
             f"({len(missing)} missing, {len(unexpected)} unexpected tensors)")

@@ -1,0 +1,78 @@
+"""Latent text-to-image models: a diffusers ``UNet2DConditionModel`` on VAE latents, conditioned on CLIP text.
+
+The Stable Diffusion layout. Images are encoded to ``z = E(x) × scaling_factor`` (the mean of the VAE's
+posterior, so a batch encodes the same way every time) and decoded by ``D(z / scaling_factor)``. A condition is
+a batch of prompt embeddings ``[B, L, D]`` (the text encoder's last hidden state, as
+``StableDiffusionPipeline.encode_prompt`` computes it): a tensor that methods index, concatenate and move like
+class labels. The guidance (unconditional) condition is the empty prompt's embedding. The VAE, the text
+encoder and the tokenizer are frozen; only the UNet is trained.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from unlearnctl.denoisers.base import Denoiser
+
+if TYPE_CHECKING:
+    from unlearnctl.diffusion import NoiseSchedule
+    from unlearnctl.runtime import Runtime
+
+
+class LatentTextDenoiser(Denoiser):
+    """A ``UNet2DConditionModel`` on the latents of ``vae``, conditioned on ``text_encoder``'s prompt embeddings."""
+
+    def __init__(self, network: torch.nn.Module, schedule: "NoiseSchedule | None", runtime: "Runtime | None" = None, *,
+                 vae: torch.nn.Module, text_encoder: torch.nn.Module, tokenizer: Any, scaling_factor: float):
+        super().__init__(network, schedule, runtime)
+        self.vae, self.text_encoder, self.tokenizer = vae, text_encoder, tokenizer
+        self.scaling_factor = scaling_factor
+        self._empty: torch.Tensor | None = None
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.network.parameters()).device
+
+    # ----- spaces
+
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        posterior = self.vae.encode(images.to(self.device, self.vae.dtype)).latent_dist
+        return posterior.mean.float() * self.scaling_factor
+
+    @torch.no_grad()
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return self.vae.decode((z / self.scaling_factor).to(self.vae.dtype)).sample.float()
+
+    # ----- conditions
+
+    @torch.no_grad()
+    def embed(self, prompts: list[str]) -> torch.Tensor:
+        """Prompt embeddings ``[len(prompts), L, D]``, computed as ``StableDiffusionPipeline.encode_prompt`` does
+        (padded to the tokenizer's ``model_max_length``, truncated, no CLIP skip)."""
+        tokens = self.tokenizer(list(prompts), padding="max_length", max_length=self.tokenizer.model_max_length,
+                                truncation=True, return_tensors="pt")
+        mask = tokens.attention_mask.to(self.device) if getattr(self.text_encoder.config, "use_attention_mask", False) else None
+        hidden = self.text_encoder(tokens.input_ids.to(self.device), attention_mask=mask)[0]
+        return hidden.float()
+
+    def empty_embedding(self) -> torch.Tensor:
+        """The empty prompt's embedding ``[1, L, D]`` (cached)."""
+        if self._empty is None:
+            self._empty = self.embed([""])
+        return self._empty
+
+    def condition(self, c: torch.Tensor | None) -> dict[str, Any]:
+        return {"encoder_hidden_states": c.to(self.device)}
+
+    def null_condition(self, like: torch.Tensor | None) -> torch.Tensor:
+        rows = 1 if like is None else like.shape[0]
+        return self.empty_embedding().expand(rows, -1, -1)
+
+    def predict(self, m_t: torch.Tensor, t: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
+        """``c = None`` is the empty prompt (the network always takes text)."""
+        if c is None:
+            c = self.null_condition(m_t)
+        return super().predict(m_t, t, c)
