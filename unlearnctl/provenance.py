@@ -15,16 +15,25 @@ SHA256 = re.compile(r"[0-9a-f]{64}")
 
 def summary(checkpoint: Checkpoint) -> dict[str, Any]:
     """A flat description of the checkpoint for tables and JSON."""
+    from unlearnctl.checkpoint.validation import image_shape
+
     config = checkpoint.unet_config
+    resolution, channels = image_shape(config, checkpoint.components)
     return {
         "file": str(checkpoint.path) if checkpoint.path else None,
         "sha256": checkpoint.sha256,
-        "conditional": checkpoint.conditional,
+        "family": "text-to-image (latent)" if checkpoint.text_conditional else "pixel",
+        "conditional": "text" if checkpoint.text_conditional else checkpoint.conditional,
         "classes": checkpoint.data.get("class_names", []),
-        "resolution": config.get("sample_size"),
-        "channels": config.get("in_channels"),
+        "resolution": resolution,
+        "channels": channels,
+        **({"latent_size": config.get("sample_size"), "latent_channels": config.get("in_channels")}
+           if checkpoint.text_conditional else {}),
         "block_out_channels": config.get("block_out_channels"),
         "parameters": sum(t.numel() for t in checkpoint.state_dict.values()),
+        **({"frozen_components": {name: record.get("class") for name, record in checkpoint.components.items()},
+            "frozen_parameters": sum(t.numel() for name, t in checkpoint.frozen.items() if not name.startswith("tokenizer/"))}
+           if checkpoint.text_conditional else {}),
         "scheduler": {k: checkpoint.scheduler_config.get(k) for k in ("num_train_timesteps", "beta_schedule", "beta_start", "beta_end", "prediction_type")},
         "data": checkpoint.data,
         "lineage": checkpoint.lineage,
@@ -48,7 +57,7 @@ def verify_checkpoint(checkpoint: Checkpoint, search_dir: Path | None = None) ->
     from unlearnctl.integrity import nonfinite_tensor
 
     problems = []
-    bad = nonfinite_tensor(checkpoint.state_dict)  # first: a broken file is the problem to name, whatever else holds
+    bad = nonfinite_tensor({**checkpoint.state_dict, **checkpoint.frozen})  # first: a broken file is the problem to name, whatever else holds
     if bad is not None:
         problems.append(f"non-finite weights in tensor {bad[0]} ({bad[1]} NaN/Inf values); the file is broken — "
                         "re-export or retrain it")
@@ -58,6 +67,10 @@ def verify_checkpoint(checkpoint: Checkpoint, search_dir: Path | None = None) ->
     recorded = lineage[-1].get("weights_sha256") if isinstance(lineage[-1], dict) else None
     if recorded != weights_sha256(checkpoint.state_dict):
         problems.append("the weights differ from those the last recorded command wrote (changed outside unlearnctl)")
+    if checkpoint.components:
+        from unlearnctl.checkpoint.components import verify_components
+
+        problems += verify_components(checkpoint.components, checkpoint.frozen)
     if checkpoint.integrity is None:
         problems.append("the file has no integrity record (not written by this unlearnctl, or edited)")
     elif checkpoint.integrity != metadata_integrity(checkpoint):

@@ -12,7 +12,7 @@ import torch
 from unlearnctl.checkpoint import Checkpoint, atomic_write_bytes
 from unlearnctl.data import class_index, to_uint8
 from unlearnctl.diffusion import balanced_labels, sample_images
-from unlearnctl.errors import require
+from unlearnctl.errors import BadInputError, require
 from unlearnctl.progress import ProgressFn
 from unlearnctl.training import resolve_device
 
@@ -51,6 +51,7 @@ def generate(
 
     ``precision`` (fp32, bf16, fp16 on CUDA) is the UNet's autocast; under ``accelerate launch`` each process
     generates a share of the images and every process returns all of them."""
+    require(not checkpoint.text_conditional, "this model is text-conditional; sample it with --prompt TEXT, not a class")
     unet = checkpoint.build_unet(resolve_device(device)).eval()
     labels = None
     if checkpoint.conditional:
@@ -66,6 +67,58 @@ def generate(
         batch_size=batch_size, progress=progress, precision=precision,
     )
     return images, labels
+
+
+def generate_from_prompts(
+    checkpoint: Checkpoint,
+    prompts: list[str],
+    *,
+    per_prompt: int = 4,
+    negative_prompt: str | None = None,
+    steps: int = 50,
+    sampler: str = "pipeline",
+    guidance: float = 7.5,
+    seed: int = 0,
+    batch_size: int = 500,
+    device: str = "auto",
+    progress: ProgressFn = None,
+    precision: str = "fp32",
+) -> torch.Tensor:
+    """Sample a text-to-image checkpoint: ``per_prompt`` images for each prompt, grouped by prompt, as
+    ``StableDiffusionPipeline`` would draw them for the same list of prompts (:func:`sample_text_images`).
+
+    ``negative_prompt`` replaces the empty prompt in the unconditional branch of classifier-free guidance
+    (used only when ``guidance > 1``)."""
+    from unlearnctl.denoisers import denoiser_for
+    from unlearnctl.diffusion import sample_text_images
+    from unlearnctl.runtime import Runtime
+
+    require(checkpoint.text_conditional, "this model is not text-conditional; sample it with --class (class-conditional) or --num")
+    require(bool(prompts), "give at least one prompt (--prompt TEXT or --prompts-file)")
+    require(per_prompt >= 1, f"images per prompt must be at least 1, got {per_prompt}")
+    require(guidance >= 1.0, f"guidance scale must be at least 1 (1 = none), got {guidance}")
+    denoiser = denoiser_for(checkpoint, Runtime.create(resolve_device(device), precision))
+    denoiser.network.eval()
+    rows = [prompt for prompt in prompts for _ in range(per_prompt)]
+    embeddings = denoiser.embed(rows)
+    negative = None if negative_prompt is None else denoiser.embed([negative_prompt]).expand(len(rows), -1, -1)
+    return sample_text_images(denoiser, checkpoint.components, embeddings, negative=negative, steps=steps, sampler=sampler,
+                              guidance=guidance, seed=seed, batch_size=batch_size, progress=progress)
+
+
+def read_prompts(prompts: list[str] | None, prompts_file: Path | None) -> list[str]:
+    """``--prompt`` values, then one prompt per non-empty line of ``--prompts-file``."""
+    listed = list(prompts or [])
+    if prompts_file is not None:
+        require(prompts_file.is_file(), f"prompts file {prompts_file} does not exist")
+        try:
+            text = prompts_file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            from unlearnctl.errors import cause_of
+
+            raise BadInputError(f"cannot read prompts file {prompts_file}: {cause_of(exc)}") from None
+        listed += [line.strip() for line in text.splitlines() if line.strip()]
+    return listed
 
 
 GRID_MIN_WIDTH = 640  # px: grids are enlarged (nearest neighbour) to at least this width, so 8×8 digits are legible

@@ -97,9 +97,13 @@ def sample(
     class_: Annotated[Optional[list[str]], typer.Option("--class", help="Sample this class (its name or index:N, as --forget-class picks it); repeatable; default all.", rich_help_panel=opt.SAMPLE_PANEL)] = None,
     per_class: Annotated[int, typer.Option(help="Images per class (conditional models).", rich_help_panel=opt.SAMPLE_PANEL)] = 10,
     num: Annotated[int, typer.Option(help="Number of images (unconditional models).", rich_help_panel=opt.SAMPLE_PANEL)] = 100,
+    prompt: Annotated[Optional[list[str]], typer.Option("--prompt", "-p", help="Text-to-image models: sample this prompt; repeatable.", rich_help_panel=opt.SAMPLE_PANEL)] = None,
+    prompts_file: Annotated[Optional[Path], typer.Option(help="Text-to-image models: a text file with one prompt per line (after any --prompt).", rich_help_panel=opt.SAMPLE_PANEL)] = None,
+    negative_prompt: Annotated[Optional[str], typer.Option(help="Text-to-image models: the prompt of guidance's unconditional branch (default: the empty prompt).", rich_help_panel=opt.SAMPLE_PANEL)] = None,
+    per_prompt: Annotated[int, typer.Option(help="Images per prompt (text-to-image models); one grid row per prompt.", rich_help_panel=opt.SAMPLE_PANEL)] = 4,
     steps: opt.Steps = 50,
-    sampler: opt.Sampler = "ddim",
-    guidance: opt.Guidance = 1.0,
+    sampler: Annotated[Optional[str], typer.Option(help="ddim (deterministic) or ddpm (ancestral); text-to-image models also pipeline (the scheduler the pipeline came with, their default).", rich_help_panel=opt.SAMPLE_PANEL)] = None,
+    guidance: Annotated[Optional[float], typer.Option(help="Classifier-free guidance scale, 1 = none (default: 1 for class-conditional models, 7.5 for text-to-image models, as StableDiffusionPipeline).", rich_help_panel=opt.SAMPLE_PANEL)] = None,
     sample_batch_size: opt.SampleBatch = 500,
     npz: Annotated[Optional[Path], typer.Option(help="Also save the images (uint8) and labels to this .npz.", rich_help_panel=opt.OUTPUT_PANEL)] = None,
     png_dir: Annotated[Optional[Path], typer.Option(help="Also save one PNG per image into this folder (class sub-folders).", rich_help_panel=opt.OUTPUT_PANEL)] = None,
@@ -108,15 +112,22 @@ def sample(
     precision: opt.Precision = "fp32",
     quiet: opt.Quiet = False,
 ):
-    """Generate images with DDIM or DDPM, per class or unconditionally, and write a PNG grid."""
+    """Generate images per class, unconditionally, or (text-to-image models) per prompt, and write a PNG grid."""
     from unlearnctl.checkpoint import check_output_path
-    from unlearnctl.sampling import generate, save_grid, save_npz, save_png_folder
+    from unlearnctl.sampling import generate, read_prompts, save_grid, save_npz, save_png_folder
 
     check_output_path(out, suffix=".png")
     if npz:
         check_output_path(npz, suffix=".npz")
     opt.check_precision(precision, device)
     checkpoint = opt.load_model(model)
+    prompts = read_prompts(prompt, prompts_file)
+    if checkpoint.text_conditional or prompts or negative_prompt:
+        _sample_prompts(checkpoint, prompts, negative_prompt, per_prompt, out, npz, png_dir, steps=steps,
+                        sampler=sampler or "pipeline", guidance=7.5 if guidance is None else guidance, seed=seed,
+                        batch_size=sample_batch_size, device=device, precision=precision, quiet=quiet, classes=class_)
+        return
+    sampler, guidance = sampler or "ddim", 1.0 if guidance is None else guidance
     with ProgressBars(quiet) as progress:
         images, labels = generate(checkpoint, classes=class_, per_class=per_class, num_images=num, steps=steps, sampler=sampler,
                                   guidance=guidance, seed=seed, batch_size=sample_batch_size, device=device, progress=progress,
@@ -129,6 +140,30 @@ def sample(
     if png_dir:
         save_png_folder(images, labels, png_dir, checkpoint.data.get("class_names"))
         stdout.print(f"wrote {png_dir}/")
+
+
+def _sample_prompts(checkpoint, prompts, negative_prompt, per_prompt, out, npz, png_dir, *, classes, quiet, **options) -> None:
+    import torch
+
+    from unlearnctl.errors import require
+    from unlearnctl.sampling import generate_from_prompts, save_grid, save_npz, save_png_folder
+
+    require(checkpoint.text_conditional, "this model is not text-conditional; --prompt and --negative-prompt need a "
+            "text-to-image model (sample this one with --class or --num)")
+    require(not classes, "this model is text-conditional; ask for images with --prompt TEXT, not --class")
+    with ProgressBars(quiet) as progress:
+        images = generate_from_prompts(checkpoint, prompts, per_prompt=per_prompt, negative_prompt=negative_prompt,
+                                       progress=progress, **options)
+    save_grid(images, out, nrow=per_prompt, title=f"{options['sampler']}, {options['steps']} steps, guidance {options['guidance']:g}, seed {options['seed']}",
+              row_labels=[prompt if len(prompt) <= 48 else prompt[:47] + "…" for prompt in prompts])
+    stdout.print(f"wrote {out} ({len(images)} images, {len(prompts)} prompts × {per_prompt})")
+    labels = torch.arange(len(prompts)).repeat_interleave(per_prompt)
+    if npz:
+        save_npz(images, labels, npz)
+        stdout.print(f"wrote {npz} (labels: prompt index)")
+    if png_dir:
+        save_png_folder(images, labels, png_dir, [f"prompt-{i:03d}" for i in range(len(prompts))])
+        stdout.print(f"wrote {png_dir}/ (one folder per prompt: prompt-000, ...)")
 
 
 @app.command(rich_help_panel="Models")
@@ -211,7 +246,7 @@ def import_(
     if data:
         description = load_split(data, resolution, channels, split_seed, canary_copies).description
     checkpoint = import_diffusers(diffusers_dir, description)
-    require_finite_weights(checkpoint.state_dict, diffusers_dir)
+    require_finite_weights({**checkpoint.state_dict, **checkpoint.frozen}, diffusers_dir)
     if data:
         check_compatible(description, checkpoint.unet_config, checkpoint.conditional)
     save_checkpoint(checkpoint, out)

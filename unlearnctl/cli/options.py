@@ -66,7 +66,7 @@ def load_model(path: Path):
     from unlearnctl.integrity import require_finite_weights
 
     checkpoint = load_checkpoint(path)
-    require_finite_weights(checkpoint.state_dict, path)
+    require_finite_weights({**checkpoint.state_dict, **checkpoint.frozen}, path)
     return checkpoint
 
 
