@@ -14,6 +14,10 @@ Stable Diffusion's latent convention (diffusers): the diffusion model sees
 ``vae.decode(latents / scaling_factor).sample``, where ``scaling_factor = 1 / std(latents)`` on the training
 data (SD 1.x: 0.18215) so the diffusion model's inputs have unit variance. :func:`train_autoencoder` measures
 that std and writes ``scaling_factor`` into the returned model's config.
+
+Defaults (measured by ``bench/autoencoder.py`` on the digits, 2 shared CPU cores): channels (16, 32) and 600 steps
+of 32 images. Channels (32, 64) cost about twice the time per step and at 300 steps (the same time) reconstruct
+worse (held-out MSE 0.029 against 0.012).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from typing import Any
 import torch
 
 from unlearnctl.errors import require
+from unlearnctl.metrics.intervals import t_interval
 from unlearnctl.progress import ProgressFn, report
 
 KL_WEIGHT = 1e-6  # β: LDM's KL weight for its f=4..16 KL autoencoders
@@ -35,7 +40,7 @@ def tiny_autoencoder_config(
     channels: int = 1,
     *,
     sample_size: int = 8,  # image side in pixels
-    block_out_channels: tuple[int, ...] = (32, 64),  # one encoder/decoder block each; all but the last halve the side
+    block_out_channels: tuple[int, ...] = (16, 32),  # one encoder/decoder block each; all but the last halve the side
     layers_per_block: int = 1,  # ResNet layers per block
     latent_channels: int = 4,  # channels of z (SD: 4)
     norm_num_groups: int = 8,  # GroupNorm groups; must divide every block's channels
@@ -92,22 +97,12 @@ def reconstruction_errors(model, images: torch.Tensor, batch_size: int = 256) ->
     return torch.cat(errors)
 
 
-def _t_interval(values: torch.Tensor) -> tuple[float, float]:
-    """95% t-interval of the mean of ``values`` (normal quantile past 30 samples)."""
-    n = len(values)
-    mean, sd = float(values.mean()), float(values.std()) if n > 1 else 0.0
-    quantiles = {2: 12.706, 3: 4.303, 4: 3.182, 5: 2.776, 6: 2.571, 8: 2.365, 10: 2.262, 15: 2.145, 20: 2.093, 30: 2.045}
-    t = next((q for k, q in sorted(quantiles.items()) if n <= k), 1.96)
-    half = t * sd / math.sqrt(n) if n > 1 else float("nan")
-    return mean - half, mean + half
-
-
 def train_autoencoder(
     images: torch.Tensor,
     config: dict[str, Any] | None = None,
     *,
-    steps: int = 1500,
-    batch_size: int = 64,
+    steps: int = 600,
+    batch_size: int = 32,
     lr: float = 2e-3,
     seed: int = 0,
     heldout: torch.Tensor | None = None,
@@ -168,4 +163,8 @@ def train_autoencoder(
                                  for i in range(0, len(images), 256)])
     latent_std = float(latents.std())
     model.register_to_config(scaling_factor=1.0 / latent_std)
-    return AutoencoderFit(model, float(errors.mean()), _t_interval(errors), len(errors), latent_std, untrained, seconds)
+    if len(errors) >= 2:
+        _, low, high = t_interval(errors.numpy())
+    else:
+        low = high = float("nan")
+    return AutoencoderFit(model, float(errors.mean()), (low, high), len(errors), latent_std, untrained, seconds)
