@@ -20,7 +20,9 @@ DIGITS = [str(i) for i in range(10)]
 
 def test_class_prompt_names_the_digit_by_word():
     assert class_prompt("8") == "a handwritten digit eight"
-    assert class_prompt("canary") == "a handwritten digit canary"
+    assert class_prompt("canary") == "a picture of a canary"
+    assert set(digit_captions([0] * 30, ["canary"], seed=0)) == {"a picture of a canary", "a drawing of a canary", "a canary"}
+    assert "canary" in caption_words(["1", "canary"]) and "picture" in caption_words(["canary"])
 
 
 def test_digit_captions_name_their_class_with_variety():

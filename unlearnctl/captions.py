@@ -28,20 +28,32 @@ CAPTION_TEMPLATES = (
     "digit {numeral}",
 )
 
-PROMPT_TEMPLATE = CAPTION_TEMPLATES[0]  # the wording evaluation prompts a class with
+# For a class that is not a digit 0–9 (``canary``, a folder's class name): ``{name}`` is the class name.
+NAME_TEMPLATES = ("a picture of a {name}", "a drawing of a {name}", "a {name}")
+
+PROMPT_TEMPLATE = CAPTION_TEMPLATES[0]  # the wording evaluation prompts a digit with
+NAME_PROMPT_TEMPLATE = NAME_TEMPLATES[0]  # ... and any other class
 
 
-def _word_and_numeral(class_name: str) -> tuple[str, str]:
-    """``"8"`` → ``("eight", "8")``; a class that is not a digit 0–9 is named by itself in both slots."""
-    if class_name.isdigit() and int(class_name) < len(DIGIT_WORDS):
-        return DIGIT_WORDS[int(class_name)], class_name
-    return class_name, class_name
+def _is_digit(class_name: str) -> bool:
+    return class_name.isdigit() and int(class_name) < len(DIGIT_WORDS)
+
+
+def _fill(template: str, class_name: str) -> str:
+    """A template with the class's word (``eight``), numeral (``8``) or, for other classes, name filled in."""
+    if _is_digit(class_name):
+        return template.format(word=DIGIT_WORDS[int(class_name)], numeral=class_name)
+    return template.format(name=class_name)
+
+
+def _templates(class_name: str) -> tuple[str, ...]:
+    return CAPTION_TEMPLATES if _is_digit(class_name) else NAME_TEMPLATES
 
 
 def class_prompt(class_name: str) -> str:
-    """The prompt evaluation uses for a class: ``class_prompt("8") == "a handwritten digit eight"``."""
-    word, numeral = _word_and_numeral(class_name)
-    return PROMPT_TEMPLATE.format(word=word, numeral=numeral)
+    """The prompt evaluation uses for a class: ``class_prompt("8") == "a handwritten digit eight"``,
+    ``class_prompt("canary") == "a picture of a canary"``."""
+    return _fill(PROMPT_TEMPLATE if _is_digit(class_name) else NAME_PROMPT_TEMPLATE, class_name)
 
 
 def digit_captions(labels: Sequence[int], class_names: Sequence[str], seed: int = 0) -> list[str]:
@@ -49,8 +61,8 @@ def digit_captions(labels: Sequence[int], class_names: Sequence[str], seed: int 
 
     Args:
         labels: class index of each image (``class_names[label]`` is its class, e.g. ``"8"``).
-        class_names: the data's class names; digits ``"0"``..``"9"`` become words and numerals,
-            any other name (``"canary"``) is used as it is.
+        class_names: the data's class names; digits ``"0"``..``"9"`` get :data:`CAPTION_TEMPLATES` (by word
+            and by numeral), any other name (``"canary"``) :data:`NAME_TEMPLATES`.
         seed: seed of the template choice.
     """
     labels = [int(label) for label in labels]
@@ -60,11 +72,11 @@ def digit_captions(labels: Sequence[int], class_names: Sequence[str], seed: int 
 
         bad = next(label for label in labels if not 0 <= label < len(names))
         raise BadInputError(f"label {bad} has no class name (classes: {', '.join(names)})")
-    choice = np.random.default_rng(seed).integers(0, len(CAPTION_TEMPLATES), size=len(labels))
+    draws = np.random.default_rng(seed).random(len(labels))  # one uniform draw per image picks its template
     captions = []
-    for label, template in zip(labels, choice):
-        word, numeral = _word_and_numeral(names[label])
-        captions.append(CAPTION_TEMPLATES[int(template)].format(word=word, numeral=numeral))
+    for label, draw in zip(labels, draws):
+        templates = _templates(names[label])
+        captions.append(_fill(templates[int(draw * len(templates))], names[label]))
     return captions
 
 
@@ -75,8 +87,7 @@ def caption_words(class_names: Sequence[str] = tuple(str(i) for i in range(10)))
     CLIP vocabulary holds already.
     """
     words: set[str] = set()
-    for name in class_names:
-        word, numeral = _word_and_numeral(str(name))
-        for template in CAPTION_TEMPLATES:
-            words.update(re.findall(r"[^\W\d_]+", template.format(word=word, numeral=numeral).lower()))
+    for name in map(str, class_names):
+        for template in _templates(name):
+            words.update(re.findall(r"[^\W\d_]+", _fill(template, name).lower()))
     return sorted(words)
