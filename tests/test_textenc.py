@@ -128,7 +128,7 @@ def test_tiny_text_encoder_shape_ids_and_seed(tokenizer):
         tiny_text_encoder(100, bos_token_id=98, eos_token_id=99, pad_token_id=99, hidden_size=30, num_heads=4)
 
 
-def test_encode_prompts_equals_the_stable_diffusion_pipeline(tokenizer):
+def test_encode_prompts_equals_the_stable_diffusion_pipeline(tokenizer, tmp_path):
     """unlearnctl's prompt embeddings are the pipeline's, prompt and (empty) negative prompt alike."""
     from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 
@@ -153,3 +153,9 @@ def test_encode_prompts_equals_the_stable_diffusion_pipeline(tokenizer):
     assert (ours - positive).abs().max() <= 1e-6
     assert (empty - negative).abs().max() <= 1e-6
     assert (ours_given - given).abs().max() <= 1e-6
+    pipe.save_pretrained(tmp_path / "pipe")  # the tokenizer and encoder survive a pipeline folder
+    reloaded = StableDiffusionPipeline.from_pretrained(tmp_path / "pipe", local_files_only=True)
+    assert reloaded.tokenizer.model_max_length == tokenizer.model_max_length
+    with torch.no_grad():
+        again, _ = reloaded.encode_prompt(prompts, "cpu", 1, False)
+    assert (again - positive).abs().max() <= 1e-6
