@@ -11,13 +11,19 @@ Sources (``spec`` strings):
 * ``digits+canary`` — the digits plus ``K`` copies (default 2% of the train split) of one out-of-distribution
   8×8 "T-shirt" drawn by :func:`canary_image`, labelled ``canary``; the SISS memorisation scenario.
 * ``folder:PATH`` — an ImageFolder tree (one sub-folder per class) or a flat folder of images.
-* ``npz:PATH`` — an ``.npz`` with ``images`` (uint8 ``N×H×W`` or ``N×H×W×C``), optional ``labels`` and optional
-  ``class_names`` (a string array).
+* ``npz:PATH`` — an ``.npz`` with ``images`` (uint8 ``N×H×W`` or ``N×H×W×C``), optional ``labels``, optional
+  ``class_names`` (a string array) and optional ``captions`` (a string array, one per image).
+
+Captions (text-to-image data) are optional and travel with the images (:attr:`ImageSet.captions`) into the
+fingerprint. A folder gives them by Hugging Face's imagefolder convention — ``metadata.jsonl`` at its top, one
+JSON object a line with ``file_name`` (relative to the folder) and ``text`` — and/or a ``.txt`` beside an image
+with the same stem (``metadata.jsonl`` wins where both give one). Either every image has a caption or none does.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,22 +42,26 @@ DEFAULT_CANARY_SHARE = 0.02
 
 @dataclass
 class ImageSet:
-    """Images (``N×C×H×W`` float in [-1, 1]) with optional integer labels."""
+    """Images (``N×C×H×W`` float in [-1, 1]) with optional integer labels and optional captions (one per image)."""
 
     images: torch.Tensor
     labels: torch.Tensor | None
     class_names: list[str] = field(default_factory=list)
+    captions: list[str] | None = None
 
     def __len__(self) -> int:
         return self.images.shape[0]
 
     def subset(self, index: torch.Tensor) -> "ImageSet":
         labels = self.labels[index] if self.labels is not None else None
-        return ImageSet(self.images[index], labels, self.class_names)
+        captions = None
+        if self.captions is not None:
+            captions = [self.captions[i] for i in torch.arange(len(self))[torch.as_tensor(index)].reshape(-1).tolist()]
+        return ImageSet(self.images[index], labels, self.class_names, captions)
 
     @property
     def fingerprint(self) -> str:
-        return fingerprint(self.images, self.labels)
+        return fingerprint(self.images, self.labels, self.captions)
 
 
 @dataclass
@@ -77,13 +87,15 @@ def from_uint8(pixels: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(pixels)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
 
 
-def fingerprint(images: torch.Tensor, labels: torch.Tensor | None) -> str:
+def fingerprint(images: torch.Tensor, labels: torch.Tensor | None, captions: Sequence[str] | None = None) -> str:
     digest = hashlib.sha256()
     pixels = to_uint8(images)
     digest.update(str(pixels.shape).encode())
     digest.update(pixels.tobytes())
     if labels is not None:
         digest.update(labels.to(torch.int64).numpy().tobytes())
+    if captions is not None:  # absent captions leave every earlier fingerprint as it was
+        digest.update(b"captions" + json.dumps(list(captions), ensure_ascii=False).encode("utf-8"))
     return digest.hexdigest()[:16]
 
 
@@ -113,7 +125,7 @@ def _digits_pixels() -> tuple[np.ndarray, np.ndarray]:
     return pixels, digits.target.astype(np.int64)
 
 
-def _load_folder(path: Path) -> tuple[list[np.ndarray], np.ndarray | None, list[str]]:
+def _load_folder(path: Path) -> tuple[list[np.ndarray], np.ndarray | None, list[str], list[str] | None]:
     from PIL import Image, UnidentifiedImageError
 
     require(path.is_dir(), f"image folder {path} does not exist")
@@ -129,6 +141,7 @@ def _load_folder(path: Path) -> tuple[list[np.ndarray], np.ndarray | None, list[
     if not groups:
         groups = [("", flat)]
     require(sum(len(files) for _, files in groups) > 0, f"image folder {path} contains no images ({', '.join(IMAGE_SUFFIXES)})")
+    captions = _folder_captions(path, [file for _, files in groups for file in files])
     images, labels = [], []
     for label, (_, files) in enumerate(groups):
         for file in files:
@@ -140,7 +153,48 @@ def _load_folder(path: Path) -> tuple[list[np.ndarray], np.ndarray | None, list[
             labels.append(label)
     names = [name for name, _ in groups]
     has_labels = names != [""]
-    return images, (np.array(labels, dtype=np.int64) if has_labels else None), (names if has_labels else [])
+    return images, (np.array(labels, dtype=np.int64) if has_labels else None), (names if has_labels else []), captions
+
+
+def _folder_captions(path: Path, files: list[Path]) -> list[str] | None:
+    """Each image's caption from ``path/metadata.jsonl`` or its ``.txt``; ``None`` when no image has one."""
+    given: dict[Path, str] = {}
+    metadata = path / "metadata.jsonl"
+    if metadata.is_file():
+        images = {file.relative_to(path).as_posix(): file for file in files}
+        try:
+            lines = metadata.read_text(encoding="utf-8").splitlines()
+        except UnicodeDecodeError:
+            raise BadInputError(f"{metadata} is not UTF-8 text") from None
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise BadInputError(f"{metadata} line {number} is not valid JSON ({exc.msg})") from None
+            require(isinstance(entry, dict) and "file_name" in entry and "text" in entry,
+                    f"{metadata} line {number} must be a JSON object with 'file_name' and 'text'")
+            name, text = entry["file_name"], entry["text"]
+            require(isinstance(name, str) and name in images,
+                    f"{metadata} line {number} names {name!r}, which is not an image in {path}")
+            require(isinstance(text, str), f"{metadata} line {number}: 'text' must be a string, got {type(text).__name__}")
+            require(images[name] not in given, f"{metadata} line {number} names {name!r} a second time")
+            given[images[name]] = text
+    for file in files:
+        side = file.with_suffix(".txt")
+        if file not in given and side.is_file():
+            try:
+                given[file] = side.read_text(encoding="utf-8").strip()
+            except UnicodeDecodeError:
+                raise BadInputError(f"caption file {side} is not UTF-8 text") from None
+    if not given:
+        return None
+    missing = [file for file in files if file not in given]
+    if missing:
+        raise BadInputError(f"{len(missing)} of {len(files)} images in {path} have no caption (first: {missing[0]}); "
+                            "give each a line in metadata.jsonl or a .txt beside it")
+    return [given[file] for file in files]
 
 
 def _require_resolvable(entry: Path) -> None:
@@ -156,7 +210,7 @@ def _require_resolvable(entry: Path) -> None:
         raise BadInputError(f"{entry} is a symbolic link that {problem}; remove it or point it at an image or class folder") from None
 
 
-def _load_npz(path: Path) -> tuple[list[np.ndarray], np.ndarray | None, list[str]]:
+def _load_npz(path: Path) -> tuple[list[np.ndarray], np.ndarray | None, list[str], list[str] | None]:
     require(path.is_file(), f"npz file {path} does not exist")
     try:
         archive = np.load(path, allow_pickle=False)
@@ -166,8 +220,10 @@ def _load_npz(path: Path) -> tuple[list[np.ndarray], np.ndarray | None, list[str
     try:
         images = archive["images"]
         labels = archive["labels"] if "labels" in archive.files else None
+        captions = archive["captions"] if "captions" in archive.files else None
     except ValueError:
-        raise BadInputError(f"{path} stores object arrays, which are refused (they need pickle)") from None
+        raise BadInputError(f"{path} stores object arrays, which are refused (they need pickle); "
+                            "store captions as a string array, np.array(captions, dtype=str)") from None
     require(images.dtype == np.uint8, f"{path}: 'images' must be uint8, got {images.dtype}")
     require(images.ndim in (3, 4) and len(images) > 0, f"{path}: 'images' must be N×H×W or N×H×W×C with N > 0, got shape {images.shape}")
     if labels is not None:
@@ -180,7 +236,12 @@ def _load_npz(path: Path) -> tuple[list[np.ndarray], np.ndarray | None, list[str
         require(len(given) > int(labels.max()) and len(set(given)) == len(given),
                 f"{path}: 'class_names' must name every label once ({len(given)} names for labels up to {int(labels.max())})")
         names = given
-    return list(images), labels, names
+    if captions is not None:
+        require(captions.dtype.kind == "U", f"{path}: 'captions' must be strings, got {captions.dtype}")
+        require(captions.shape == (len(images),),
+                f"{path}: 'captions' holds {captions.size} captions (shape {captions.shape}) for {len(images)} images")
+        captions = [str(c) for c in captions.tolist()]
+    return list(images), labels, names, captions
 
 
 def _normalise(images: list[np.ndarray], resolution: int | None, channels: int | None, origin: str) -> np.ndarray:
@@ -233,14 +294,14 @@ def read_images(
     """
     path = Path(path)
     npz = kind == "npz" if kind is not None else path.suffix == ".npz"
-    raw, labels, names = (_load_npz if npz else _load_folder)(path)
+    raw, labels, names, captions = (_load_npz if npz else _load_folder)(path)
     if exact_size is not None:
         wrong = [img.shape[:2] for img in raw if img.shape[:2] != (exact_size, exact_size)]
         height, width = wrong[0] if wrong else (exact_size, exact_size)
         require(not wrong,
                 f"{role} in {path} are {height}×{width}, the model's {exact_size}×{exact_size}; resize them first")
     pixels = _normalise(raw, resolution, channels, f"{role} {path}")
-    return ImageSet(from_uint8(pixels), None if labels is None else torch.from_numpy(labels), names)
+    return ImageSet(from_uint8(pixels), None if labels is None else torch.from_numpy(labels), names, captions)
 
 
 def _split(num: int, heldout_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -278,10 +339,10 @@ def load_data(
         require(not arg, f"data spec {spec!r} takes no argument")
         pixels, labels = _digits_pixels()
         names = [str(i) for i in range(10)]
-        origin = "digits"
+        origin, captions = "digits", None
     elif kind in ("folder", "npz"):
         require(bool(arg), f"data spec {spec!r} needs a path, e.g. {kind}:PATH")
-        raw, labels, names = (_load_folder if kind == "folder" else _load_npz)(Path(arg))
+        raw, labels, names, captions = (_load_folder if kind == "folder" else _load_npz)(Path(arg))
         pixels, origin = None, arg
     else:
         raise BadInputError(f"unknown data source {spec!r}: no such folder or .npz file; use digits, digits+canary, "
@@ -300,8 +361,10 @@ def load_data(
         names = [*names, CANARY_CLASS]
         description["canary_copies"] = copies
     to_labels = (lambda a: torch.from_numpy(a)) if labels is not None else (lambda a: None)
-    train = ImageSet(from_uint8(train_pixels), to_labels(train_labels), names)
-    heldout = ImageSet(from_uint8(pixels[heldout_idx]), None if labels is None else to_labels(labels[heldout_idx]), names)
+    pick = (lambda index: [captions[i] for i in index]) if captions is not None else (lambda index: None)
+    train = ImageSet(from_uint8(train_pixels), to_labels(train_labels), names, pick(train_idx))
+    heldout = ImageSet(from_uint8(pixels[heldout_idx]), None if labels is None else to_labels(labels[heldout_idx]), names,
+                       pick(heldout_idx))
     description.update(
         resolution=int(pixels.shape[1]), channels=int(pixels.shape[3]), class_names=names,
         num_train=len(train), num_heldout=len(heldout),
