@@ -204,7 +204,7 @@ def _check_data_description(path: Path, data: dict[str, Any], unet_config: dict[
     if "channels" in data:
         require(data["channels"] == unet_config["in_channels"], bad % "channels differ from the UNet's in_channels")
     if names and unet_config.get("num_class_embeds") is not None:
-        require(len(names) + 1 == unet_config["num_class_embeds"], bad % "class count differs from the UNet's class embeddings")
+        require(unet_config["num_class_embeds"] in (len(names), len(names) + 1), bad % "class count differs from the UNet's class embeddings")
 
 
 LINEAGE_FIELD_TYPES = {"command": (str,), "method": (str, type(None)), "params": (dict, type(None)),
