@@ -63,7 +63,7 @@ BAD = [
     (("import", "{inputs}/images", "--out", "{tmp}/i.safetensors"), "has no config.json; is it a diffusers save_pretrained folder?"),
     (("import", "{inputs}/pickled", "--out", "{tmp}/i.safetensors"), "pickle weights (.bin) are refused because loading them can run code"),
     (("import", "{inputs}/exported", "--out", "{tmp}/i.safetensors", "--data", "{data}", "--channels", "3"), "data has 3 channels, the model 1; pass --channels 1"),
-    (("import", "{inputs}/exported", "--out", "{tmp}/i.safetensors", "--data", "digits"), "data has 10 classes, the model 4; give the --data the model was trained on"),
+    (("import", "{inputs}/exported", "--out", "{tmp}/i.safetensors", "--data", "digits"), "data has 10 classes, the model 5 class embeddings (for 4 classes and a null class, or 5 classes without one); give the --data the model was trained on"),
     (("import", "{inputs}/nan-exported", "--out", "{tmp}/i.safetensors"),
      "model {inputs}/nan-exported has non-finite weights in tensor conv_in.bias (1 NaN/Inf values); the file is broken"),
     (("import", "{inputs}/exported", "--out", "{inputs}/exported/unet/diffusion_pytorch_model.safetensors"),

@@ -411,16 +411,25 @@ def load_recorded_data(description: dict[str, Any]) -> DataSplit:
     return split
 
 
-def check_compatible(data: dict[str, Any], unet_config: dict[str, Any], conditional: bool) -> None:
-    """Refuse a model/data pairing whose resolution, channels or classes do not match."""
+def check_compatible(data: dict[str, Any], unet_config: dict[str, Any], conditional: bool, recorded_classes: int = 0) -> None:
+    """Refuse a model/data pairing whose resolution, channels or classes do not match.
+
+    A class-conditional model fits data of K classes with K + 1 class embeddings (the last is the null
+    class of classifier-free guidance, as ``unlearnctl train`` builds them) or K (one per class, the usual
+    layout of conditional DDPMs: no guidance). ``recorded_classes``: the number of classes of the model's
+    own data description (0: unknown); when known, the data must have as many.
+    """
     require(data["resolution"] == unet_config["sample_size"],
             f"data resolution {data['resolution']} does not match the model's {unet_config['sample_size']}; pass --resolution {unet_config['sample_size']}")
     require(data["channels"] == unet_config["in_channels"],
             f"data has {data['channels']} channels, the model {unet_config['in_channels']}; pass --channels {unet_config['in_channels']}")
     if conditional:
-        require(len(data["class_names"]) + 1 == unet_config["num_class_embeds"],
-                f"data has {len(data['class_names'])} classes, the model {unet_config['num_class_embeds'] - 1}; "
-                "give the --data the model was trained on")
+        classes, embeds = len(data["class_names"]), unet_config["num_class_embeds"]
+        require(not recorded_classes or classes == recorded_classes,
+                f"data has {classes} classes, the model was trained on {recorded_classes}; give the --data the model was trained on")
+        require(embeds in (classes, classes + 1),
+                f"data has {classes} classes, the model {embeds} class embeddings (for {embeds - 1} classes and a null "
+                f"class, or {embeds} classes without one); give the --data the model was trained on")
 
 
 # --------------------------------------------------------------------------------------------- forget sets
@@ -531,6 +540,11 @@ def resolve_forget(spec: ForgetSpec, split: DataSplit) -> ForgetSet:
     require(not bool(mask.all()), "the forget set is the whole training set; nothing would be retained — retrain from scratch instead")
     mode = "class" if spec.classes and not (spec.indices or spec.images or spec.canary) else "data"
     return ForgetSet(mode, mask, forget, train.subset(~mask), class_ids, spec)
+
+
+# Images given by --forget-images have no class (label -1); a conditional model sees them under its null class.
+NO_CLASS_FOR_FORGET_IMAGES = ("the --forget-images have no class, and this model has no null class to condition them on "
+                              "(one class embedding per class); forget training images by --forget-index or --forget-class")
 
 
 def _append_forget_images(forget: ImageSet, path: str, description: dict[str, Any]) -> ImageSet:

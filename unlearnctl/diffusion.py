@@ -130,6 +130,10 @@ def _make_sampler(scheduler_config: dict[str, Any], sampler: str, steps: int):
     return scheduler
 
 
+# A class-conditional model with one class embedding per class (no null class) has no unconditional branch.
+NO_NULL_CLASS_GUIDANCE = "this model has no null class, so classifier-free guidance is unavailable; use --guidance 1"
+
+
 @torch.inference_mode()
 def sample_images(
     unet: torch.nn.Module,
@@ -153,7 +157,7 @@ def sample_images(
         scheduler_config: the training noise schedule (checkpoint metadata).
         num_images: how many images (unconditional models).
         labels: one class per image (conditional models); sets ``N``.
-        null_class: the null class index, needed when ``guidance != 1``.
+        null_class: the null class index, needed when ``guidance != 1`` (``None``: the model has none).
         steps: sampler steps (DDIM default 50).
         sampler: ``ddim`` (deterministic, η = 0) or ``ddpm`` (ancestral).
         guidance: classifier-free guidance scale ``w``: ``ε = ε_∅ + w (ε_c − ε_∅)``; 1 = no guidance.
@@ -166,7 +170,7 @@ def sample_images(
     require(total >= 1, f"number of images must be at least 1, got {total}")
     require(batch_size >= 1, f"batch size must be at least 1, got {batch_size}")
     guided = labels is not None and guidance != 1.0
-    require(not guided or null_class is not None, "guidance needs a class-conditional model with a null class")
+    require(not guided or null_class is not None, NO_NULL_CLASS_GUIDANCE)
     device = next(unet.parameters()).device
     from unlearnctl.denoisers import PixelDenoiser
 

@@ -155,6 +155,7 @@ def fit_denoiser(
     task: str = "train",
     on_step: Callable[[int, torch.nn.Module], None] | None = None,
     checkpointer: "Checkpointer | None" = None,
+    conditional: bool | None = None,
 ) -> dict[str, torch.Tensor]:
     """Train ``denoiser.network`` in place on ``data`` with the denoising loss of its ``prediction_type``;
     returns the weights to save (EMA if on).
@@ -163,10 +164,12 @@ def fit_denoiser(
     (the denoiser's :class:`~unlearnctl.runtime.Runtime`, made here for ``config.batch_size``): the same
     steps as one process, with ``batch_size`` images in all. The forward passes run at the runtime's precision.
 
-    Class-conditional models (a denoiser with a null class) train on the data's labels, a share
-    ``config.label_dropout`` of them replaced by the null class; unconditional ones ignore labels.
+    Class-conditional models train on the data's labels; when the model has a null class, a share
+    ``config.label_dropout`` of them is replaced by it (guidance training), else every label is kept.
+    Unconditional ones ignore labels.
 
     Args:
+        conditional: train on the data's labels (default: when the denoiser has a null class).
         on_step: called as ``on_step(step, network)`` after each optimizer step (probes, curves).
         checkpointer: writes a resumable state every N steps and, when resuming, the state to start from
             (:mod:`unlearnctl.resume`); the resumed run is bit-identical to an uninterrupted one on CPU.
@@ -183,7 +186,8 @@ def fit_denoiser(
 
     unet = denoiser.network
     null_class = getattr(denoiser, "null_class", None)
-    require(null_class is None or data.labels is not None, "a class-conditional model needs labelled data")
+    conditional = null_class is not None if conditional is None else conditional
+    require(not conditional or data.labels is not None, "a class-conditional model needs labelled data")
     denoiser.runtime = runtime = replace(denoiser.runtime, shard=shard_for(config.batch_size))
     generator = torch.Generator().manual_seed(config.seed)
     batches = BatchSampler(data, config.batch_size, generator)
@@ -205,7 +209,10 @@ def fit_denoiser(
     params = list(unet.parameters())
     for step in range(start, config.steps):
         x, labels = batches.next()  # the global batch; each process scores its share (denoising_loss)
-        labels = None if null_class is None else drop_labels(labels, null_class, config.label_dropout, generator)
+        if not conditional:
+            labels = None
+        elif null_class is not None:
+            labels = drop_labels(labels, null_class, config.label_dropout, generator)
         loss = denoising_loss(denoiser, denoiser.encode(x.to(device)), labels, generator).mean()
         loss_value = runtime.mean_floats([float(loss.detach())])[0]  # the global batch's loss, alike on every process
         check_finite(torch.tensor(loss_value), step, last_good)
@@ -275,7 +282,8 @@ def train_model(
     On NaN/Inf, the :class:`NonFiniteFailure` carries the last good weights as ``.checkpoint``.
     """
     from unlearnctl.checkpoint import Checkpoint, build_unet, default_scheduler, lineage_entry, plain_config
-    from unlearnctl.data import resolve_forget
+    from unlearnctl.checkpoint.model import null_class_of
+    from unlearnctl.data import check_compatible, resolve_forget
     from unlearnctl.denoisers import PixelDenoiser
     from unlearnctl.runtime import Runtime
     from unlearnctl.models import unet_config
@@ -289,6 +297,9 @@ def train_model(
     desc = data.description
     num_classes = len(desc["class_names"]) if conditional else None
     cfg = unet_config(preset, resolution=desc["resolution"], channels=desc["channels"], num_classes=num_classes, overrides=unet_overrides)
+    if conditional:  # a --unet-config may set num_class_embeds = classes: conditional, no null class, no guidance
+        require(cfg.get("num_class_embeds") is not None, "the UNet config's num_class_embeds is null; drop it or train --unconditional")
+        check_compatible(desc, cfg, conditional)
     scheduler_config = {**plain_config(default_scheduler().config), "prediction_type": check_prediction_type(prediction_type)}
     params = {"preset": preset, "conditional": conditional, "unet_overrides": unet_overrides or {}, "train": config.to_dict(),
               "num_train_images": len(train_set), "prediction_type": prediction_type}
@@ -298,20 +309,21 @@ def train_model(
                                               "forget": forget_info}, config.steps)
     torch.manual_seed(config.seed)
     runtime = Runtime.create(resolve_device(device), precision)
-    null_class = cfg["num_class_embeds"] - 1 if conditional else None
+    null_class = null_class_of(cfg, len(desc["class_names"])) if conditional else None
     denoiser = PixelDenoiser(build_unet(cfg).to(runtime.device), NoiseSchedule(scheduler_config), runtime, null_class)
     started = time.perf_counter()
     try:
-        weights = fit_denoiser(denoiser, train_set, config, progress=progress, task=command, checkpointer=checkpointer)
+        weights = fit_denoiser(denoiser, train_set, config, progress=progress, task=command, checkpointer=checkpointer,
+                               conditional=conditional)
     except NonFiniteFailure as exc:
         if exc.weights is not None:
             entry = lineage_entry(command, params, config.seed, time.perf_counter() - started, data_fingerprint=train_set.fingerprint,
                                   forget=forget_info, stopped=str(exc), steps_run=exc.step)
             exc.checkpoint = Checkpoint(exc.weights, cfg, scheduler_config, desc, [entry])
         raise
-    unseen_as_null = bool(conditional and forget_info and forget_info["mode"] == "class")
+    unseen_as_null = bool(null_class is not None and forget_info and forget_info["mode"] == "class")
     if unseen_as_null:
-        weights = answer_unseen_classes_as_null(weights, forget_info["class_ids"], cfg["num_class_embeds"] - 1)
+        weights = answer_unseen_classes_as_null(weights, forget_info["class_ids"], null_class)
     entry = lineage_entry(command, params, config.seed, time.perf_counter() - started,
                           data_fingerprint=train_set.fingerprint, forget=forget_info, precision=precision,
                           unseen_classes_as_null=unseen_as_null)

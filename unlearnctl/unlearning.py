@@ -268,7 +268,7 @@ def unlearn(
     method_cls = get_method(method)
     method_config = method_cls.Config.from_dict(dict(method_params or {}), method)
     split = data if data is not None else load_recorded_data(checkpoint.data)
-    check_compatible(split.description, checkpoint.unet_config, checkpoint.conditional)
+    check_compatible(split.description, checkpoint.unet_config, checkpoint.conditional, checkpoint.num_classes)
     forget_set = resolve_forget(forget_spec, split)
     require(len(forget_set.retain) > 0, "nothing would be retained; retrain from scratch on other data instead")
     if not method_cls.exact:
@@ -346,12 +346,16 @@ def _finish(record: RunRecord, state: UnlearnState, probe: "ForgetProbe | None",
 def _forget_images(forget_set: "ForgetSet", checkpoint: "Checkpoint"):
     """D_f as the methods see it: labels −1 (images from a file, class unknown) → the null class on
     conditional models; no labels on unconditional ones."""
-    from unlearnctl.data import ImageSet
+    from unlearnctl.data import NO_CLASS_FOR_FORGET_IMAGES, ImageSet
 
     forget = forget_set.forget
     if not checkpoint.conditional or forget.labels is None:
         return ImageSet(forget.images, None, forget.class_names)
-    labels = torch.where(forget.labels < 0, torch.full_like(forget.labels, checkpoint.null_class), forget.labels)
+    unknown = forget.labels < 0
+    if checkpoint.null_class is None:
+        require(not bool(unknown.any()), NO_CLASS_FOR_FORGET_IMAGES)
+        return forget
+    labels = torch.where(unknown, torch.full_like(forget.labels, checkpoint.null_class), forget.labels)
     return ImageSet(forget.images, labels, forget.class_names)
 
 

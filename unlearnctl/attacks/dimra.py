@@ -339,7 +339,7 @@ def relearn_attack(
 
     # 1. What must stay out: every forget set of the lineage, plus the curve's.
     split = data if data is not None else _recorded_data(checkpoint)
-    check_compatible(split.description, checkpoint.unet_config, checkpoint.conditional)
+    check_compatible(split.description, checkpoint.unet_config, checkpoint.conditional, checkpoint.num_classes)
     forget_sets = recorded_forget_sets(checkpoint, split)
     curve_set = None
     if curve_forget_spec is not None and not curve_forget_spec.empty:
@@ -378,7 +378,7 @@ def relearn_attack(
               "precision": precision}
     try:
         weights = fit_denoiser(denoiser, aux, config.train_config(), progress=progress, task="relearn-attack",
-                               on_step=on_step, checkpointer=checkpointer)
+                               on_step=on_step, checkpointer=checkpointer, conditional=checkpoint.conditional)
     except NonFiniteFailure as exc:
         if exc.weights is not None:
             entry = lineage_entry("relearn-attack", params, config.seed, time.perf_counter() - started,

@@ -62,8 +62,9 @@ class Checkpoint:
 
     @property
     def null_class(self) -> int | None:
-        """Class index used for the unconditional branch of classifier-free guidance."""
-        return self.unet_config["num_class_embeds"] - 1 if self.conditional else None
+        """Class index used for the unconditional branch of classifier-free guidance (:func:`null_class_of`);
+        ``None`` when the model has none: unconditional, or one class embedding per class."""
+        return null_class_of(self.unet_config, self.num_classes)
 
     def build_unet(self, device: str | torch.device = "cpu") -> "torch.nn.Module":
         """Instantiate the UNet (:func:`unet_class`) and load the weights into it."""
@@ -80,6 +81,15 @@ class Checkpoint:
         """
         entry = {**entry, "parent_sha256": self.sha256, "parent_weights_sha256": weights_sha256(self.state_dict)}
         return replace(self, state_dict=state_dict, lineage=[*self.lineage, entry], path=None, sha256=None, integrity=None)
+
+
+def null_class_of(unet_config: dict[str, Any], num_classes: int) -> int | None:
+    """The null class of a UNet for data of ``num_classes`` classes: its last class embedding when it has
+    ``num_classes + 1`` of them (the layout ``unlearnctl train`` builds, for classifier-free guidance);
+    ``None`` when it has one per class (the usual layout of conditional DDPMs: no guidance), when it is
+    unconditional, or when the classes are unknown (a model imported without ``--data``)."""
+    embeds = unet_config.get("num_class_embeds")
+    return embeds - 1 if embeds is not None and num_classes > 0 and embeds == num_classes + 1 else None
 
 
 def unet_class(unet_config: dict[str, Any]) -> type:

@@ -222,7 +222,7 @@ def _check_data_description(path: Path, data: dict[str, Any], unet_config: dict[
     if "channels" in data:
         require(data["channels"] == channels, bad % "channels differ from the model's image channels")
     if names and unet_config.get("num_class_embeds") is not None:
-        require(len(names) + 1 == unet_config["num_class_embeds"], bad % "class count differs from the UNet's class embeddings")
+        require(unet_config["num_class_embeds"] in (len(names), len(names) + 1), bad % "class count differs from the UNet's class embeddings")
 
 
 def image_shape(unet_config: dict[str, Any], components: dict[str, Any] | None = None) -> tuple[Any, Any]:

@@ -251,3 +251,5 @@ def import_(
         check_compatible(description, checkpoint.unet_config, checkpoint.conditional)
     save_checkpoint(checkpoint, out)
     stdout.print(f"wrote {out}")
+    if data and checkpoint.conditional and checkpoint.null_class is None:
+        stdout.print("one class embedding per class, no null class: classifier-free guidance is unavailable (sample and evaluate with --guidance 1)")

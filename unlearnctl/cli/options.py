@@ -37,7 +37,7 @@ ForgetImages = Annotated[Optional[str], typer.Option("--forget-images", help="Fo
 
 Steps = Annotated[int, typer.Option(help="DDIM/DDPM sampler steps.", rich_help_panel=SAMPLE_PANEL)]
 Sampler = Annotated[str, typer.Option(help="ddim (deterministic) or ddpm (ancestral).", rich_help_panel=SAMPLE_PANEL)]
-Guidance = Annotated[float, typer.Option(help="Classifier-free guidance scale (1 = none; conditional models).", rich_help_panel=SAMPLE_PANEL)]
+Guidance = Annotated[float, typer.Option(help="Classifier-free guidance scale (1 = none; conditional models with a null class).", rich_help_panel=SAMPLE_PANEL)]
 SampleBatch = Annotated[int, typer.Option("--sample-batch-size", help="Images per UNet call when sampling.", rich_help_panel=SAMPLE_PANEL)]
 
 
@@ -79,5 +79,5 @@ def load_model_data(data: str, resolution: int | None, channels: int | None, che
     split = load_data(data, resolution=resolution, channels=channels, split_seed=recorded.get("split_seed", 0),
                       heldout_fraction=recorded.get("heldout_fraction", DEFAULT_HELDOUT_FRACTION),
                       canary_copies=recorded.get("canary_copies"))
-    check_compatible(split.description, checkpoint.unet_config, checkpoint.conditional)
+    check_compatible(split.description, checkpoint.unet_config, checkpoint.conditional, checkpoint.num_classes)
     return split

@@ -37,7 +37,7 @@ def unlearn(
     ema_decay: Annotated[Optional[float], typer.Option(help="EMA of the weights over the run, saved and probed instead of the raw weights; 0 = off (default: the method's tuned default).", rich_help_panel=opt.TRAIN_PANEL)] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Images drawn from each of the retain and forget sets per step (default: the method's).", rich_help_panel=opt.TRAIN_PANEL)] = None,
     grad_clip: Annotated[float, typer.Option(help="Total gradient-norm clip after the method formed its gradient.", rich_help_panel=opt.TRAIN_PANEL)] = 1.0,
-    label_dropout: Annotated[float, typer.Option(help="Conditional models: share of retain labels replaced by the null class (keeps guidance working).", rich_help_panel=opt.TRAIN_PANEL)] = 0.1,
+    label_dropout: Annotated[float, typer.Option(help="Conditional models with a null class: share of retain labels replaced by it (keeps guidance working).", rich_help_panel=opt.TRAIN_PANEL)] = 0.1,
     probe_every: Annotated[int, typer.Option(help="Every N steps, sample a small batch and print the forget rate (0 = never).", rich_help_panel=PROBE_PANEL)] = 0,
     until_forget_rate: Annotated[Optional[float], typer.Option(help="Stop as soon as a probe measures a forget rate <= this (probes every 10 steps unless --probe-every is given).", rich_help_panel=PROBE_PANEL)] = None,
     probe_samples: Annotated[int, typer.Option(help="Images generated per probe.", rich_help_panel=PROBE_PANEL)] = 64,

@@ -148,8 +148,8 @@ class MethodContext:
         forget: D_f, the images to forget; labels of images from a file (−1) mapped to the null class on
             conditional models, labels dropped on unconditional ones.
         batch_size: images per batch drawn from each of D_r and D_f.
-        label_dropout: share of retain labels replaced by the null class (conditional models), so the
-            unconditional branch used by classifier-free guidance stays trained.
+        label_dropout: share of retain labels replaced by the null class (conditional models with one), so
+            the unconditional branch used by classifier-free guidance stays trained.
         generator: the run's one RNG (batches, timesteps, noise, label dropout, mixture draws). Methods
             draw randomness only through this context's methods, so tests can replace them with fixed tensors.
     """
@@ -222,7 +222,7 @@ class MethodContext:
         size = self.runtime.global_size(batch_size) if batch_size else self.batch_size
         index = torch.randint(0, len(images), (size,), generator=self.generator)
         labels = images.labels[index] if (self.conditional and images.labels is not None) else None
-        if labels is not None and drop and self.label_dropout > 0:
+        if labels is not None and drop and self.label_dropout > 0 and self.null_class is not None:
             labels = drop_labels(labels, self.null_class, self.label_dropout, self.generator)
         index, labels = self.runtime.take(index), self.runtime.take(labels)
         return self.encode(images.images[index]), labels, index
@@ -276,7 +276,7 @@ class MethodContext:
         import torch
 
         require(self.num_classes >= 2, "a random other class needs at least two classes")
-        is_null = c == self.null_class
+        is_null = c >= self.num_classes  # the null class (conditional models with one)
         shift = self._global(lambda size: torch.randint(1, self.num_classes, (size,), generator=self.generator), c.shape[0]).to(c.device)
         other = (c.clamp(max=self.num_classes - 1) + shift) % self.num_classes  # never equals c for real classes
         anyone = self._global(lambda size: torch.randint(0, self.num_classes, (size,), generator=self.generator), c.shape[0]).to(c.device)

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from unlearnctl.data import ForgetSet, ForgetSpec, ImageSet, resolve_forget
+from unlearnctl.diffusion import NO_NULL_CLASS_GUIDANCE
 from unlearnctl.errors import BadInputError, require
 from unlearnctl.metrics import METRICS, register_metric
 from unlearnctl.metrics.intervals import BOOTSTRAP_ROUNDS, interval_keys, rate_keys, rate_fields
@@ -353,7 +354,7 @@ def _masks(checkpoint: "Checkpoint", forget_set: ForgetSet | None, labels: torch
     if labels is None:
         everything = torch.ones(n, dtype=torch.bool)
         return everything, everything.clone()
-    retained = labels != checkpoint.null_class
+    retained = labels < checkpoint.num_classes  # the real classes (not the null class)
     if forget_set is not None and forget_set.class_ids:
         retained &= ~torch.isin(labels, torch.tensor(forget_set.class_ids))
     return retained, torch.isin(labels, torch.tensor(forget_ids, dtype=torch.long))
@@ -472,8 +473,9 @@ def run_evaluation(
 
     # 1) resolve: data, forget set, plan, classifier, feature space — all failures before sampling
     split = split or load_recorded_data(checkpoint.data)
-    check_compatible(split.description, checkpoint.unet_config, checkpoint.conditional)
+    check_compatible(split.description, checkpoint.unet_config, checkpoint.conditional, checkpoint.num_classes)
     require(checkpoint.conditional or config.guidance == 1.0, "guidance needs a class-conditional model; drop --guidance")
+    require(checkpoint.null_class is not None or config.guidance == 1.0, NO_NULL_CLASS_GUIDANCE)
     forget_source = "given" if forget_spec is not None and not forget_spec.empty else None
     if forget_source is None:
         forget_spec = recorded_forget_spec(checkpoint)

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from unlearnctl.data import NO_CLASS_FOR_FORGET_IMAGES
 from unlearnctl.diffusion import sample_images
 from unlearnctl.errors import require
 
@@ -96,6 +97,7 @@ def forget_conditions(checkpoint: "Checkpoint", forget_set: "ForgetSet") -> list
         return forget_set.class_ids
     labels = forget_set.forget.labels
     known = sorted({int(c) for c in labels.tolist() if c >= 0}) if labels is not None else []
+    require(checkpoint.null_class is not None or labels is None or not bool((labels < 0).any()), NO_CLASS_FOR_FORGET_IMAGES)
     return known or [checkpoint.null_class]
 
 

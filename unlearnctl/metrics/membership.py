@@ -11,7 +11,8 @@ standard one for diffusion models: a training image is denoised better than an u
 2. **Score.** For each repeat ``r`` and fixed timestep ``t_k`` one noise image ``ε_rk`` is drawn and
    *shared by every image*, so scores differ only through the images:
    ``L_r(x) = 1/K Σ_k ||ε_θ(γ_{t_k} x + σ_{t_k} ε_rk, t_k, c) − ε_rk||²`` (mean over pixels; ``c`` the
-   image's class for conditional models, the null class when unknown). The attack score is
+   image's class for conditional models, the null class when unknown; a model without a null class
+   refuses images of unknown class). The attack score is
    ``−L(x)`` with ``L = mean_r L_r``: lower loss → "member".
 3. **Attack figures** on ``−L``: ROC AUC, balanced accuracy (best threshold: max over τ of
    ``(TPR + TNR)/2``), TPR at 1% FPR, and the AUC's standard deviation over the ``R`` repeats (each
@@ -40,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from unlearnctl.data import ImageSet
+from unlearnctl.data import NO_CLASS_FOR_FORGET_IMAGES, ImageSet
 from unlearnctl.diffusion import NoiseSchedule, per_sample_mse
 from unlearnctl.errors import require
 from unlearnctl.metrics.intervals import BOOTSTRAP_ROUNDS, bootstrap, percentile_interval, rate_fields
@@ -169,10 +170,11 @@ def denoising_losses(
 def _condition(images: ImageSet, checkpoint: "Checkpoint") -> torch.Tensor | None:
     if not checkpoint.conditional:
         return None
-    if images.labels is None:
-        return torch.full((len(images),), checkpoint.null_class, dtype=torch.long)
-    labels = images.labels.clone()
-    labels[(labels < 0) | (labels >= checkpoint.null_class)] = checkpoint.null_class  # unknown class → null
+    labels = images.labels.clone() if images.labels is not None else torch.full((len(images),), -1, dtype=torch.long)
+    unknown = (labels < 0) | (labels >= checkpoint.num_classes)
+    require(checkpoint.null_class is not None or not bool(unknown.any()), NO_CLASS_FOR_FORGET_IMAGES)
+    if checkpoint.null_class is not None:
+        labels[unknown] = checkpoint.null_class  # unknown class → null
     return labels
 
 
@@ -315,11 +317,14 @@ def _reference_conditions(members: ImageSet, nonmembers: ImageSet, audited: "Che
         out = []
         for label in images.labels.tolist():
             name = images.class_names[label] if 0 <= label < len(images.class_names) else None
-            out.append(names.index(name) if name in names and names.index(name) < reference.null_class else None)
+            out.append(names.index(name) if name in names else None)
         return out
 
     ids_m, ids_n = mapped(members), mapped(nonmembers)
     use_class = audited.conditional and None not in ids_m + ids_n
+    require(use_class or reference.null_class is not None,
+            "the audit reference has no null class and does not know the class of every audited image; "
+            "give a reference trained on the same classes, or one with a null class")
     labels = [torch.tensor(ids if use_class else [reference.null_class] * len(ids), dtype=torch.long) for ids in (ids_m, ids_n)]
     return labels[0], labels[1]
 
@@ -370,7 +375,7 @@ def membership_audit(
         score_m, score_n = -(loss_m / ref_m).log(), -(loss_n / ref_n).log()
         calibration = {"reference": str(reference.path) if reference.path else None, "reference_sha256": reference.sha256,
                        "score": "-log(L / L_ref)", "reference_conditioning": None if cond_m is None else
-                       ("class" if bool((cond_m != reference.null_class).any()) else "null class"),
+                       ("null class" if reference.null_class is not None and bool((cond_m == reference.null_class).all()) else "class"),
                        "reference_member_loss_mean": float(ref_m.mean()),
                        "reference_nonmember_loss_mean": float(ref_n.mean())}
     # the attack score of an image: mean over repeats (for the ratio: of the per-repeat log ratios)
