@@ -97,22 +97,28 @@ class EMA:
 
 
 class BatchSampler:
-    """Endless random mini-batches (with replacement) from an :class:`ImageSet`, seeded."""
+    """Endless random mini-batches (with replacement) from an :class:`ImageSet`, seeded: images and their
+    labels, or the rows of ``conditions`` (one per image: text models' prompt embeddings) when given."""
 
-    def __init__(self, data: ImageSet, batch_size: int, generator: torch.Generator):
+    def __init__(self, data: ImageSet, batch_size: int, generator: torch.Generator, conditions: torch.Tensor | None = None):
         require(len(data) > 0, "cannot draw batches from an empty image set")
         self.data, self.batch_size, self.generator = data, batch_size, generator
+        self.conditions = data.labels if conditions is None else conditions
 
     def next(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         index = torch.randint(0, len(self.data), (self.batch_size,), generator=self.generator)
-        labels = None if self.data.labels is None else self.data.labels[index]
-        return self.data.images[index], labels
+        return self.data.images[index], None if self.conditions is None else self.conditions[index]
 
 
 def drop_labels(labels: torch.Tensor, null_class: int, share: float, generator: torch.Generator) -> torch.Tensor:
     """Replace a random ``share`` of labels by the null class (classifier-free guidance training)."""
-    keep = torch.rand(labels.shape, generator=generator) >= share
-    return torch.where(keep, labels, torch.full_like(labels, null_class))
+    return drop_conditions(labels, torch.full_like(labels, null_class), share, generator)
+
+
+def drop_conditions(conditions: torch.Tensor, null: torch.Tensor, share: float, generator: torch.Generator) -> torch.Tensor:
+    """Replace a random ``share`` of the rows of ``conditions`` by the rows of ``null`` (guidance training)."""
+    keep = torch.rand(conditions.shape[:1], generator=generator) >= share
+    return torch.where(keep.view(-1, *[1] * (conditions.ndim - 1)), conditions, null.to(conditions.device))
 
 
 def check_finite(loss: torch.Tensor, step: int, last_good: Callable[[], dict[str, torch.Tensor] | None] = lambda: None) -> None:
@@ -156,6 +162,7 @@ def fit_denoiser(
     on_step: Callable[[int, torch.nn.Module], None] | None = None,
     checkpointer: "Checkpointer | None" = None,
     conditional: bool | None = None,
+    conditions: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """Train ``denoiser.network`` in place on ``data`` with the denoising loss of its ``prediction_type``;
     returns the weights to save (EMA if on).
@@ -168,8 +175,12 @@ def fit_denoiser(
     ``config.label_dropout`` of them is replaced by it (guidance training), else every label is kept.
     Unconditional ones ignore labels.
 
+    Text-to-image models train on ``conditions``, one prompt embedding per image, a share
+    ``config.label_dropout`` of them replaced by the empty prompt's.
+
     Args:
         conditional: train on the data's labels (default: when the denoiser has a null class).
+        conditions: per-image conditions other than labels (text models: prompt embeddings ``[N, L, D]``).
         on_step: called as ``on_step(step, network)`` after each optimizer step (probes, curves).
         checkpointer: writes a resumable state every N steps and, when resuming, the state to start from
             (:mod:`unlearnctl.resume`); the resumed run is bit-identical to an uninterrupted one on CPU.
@@ -190,7 +201,7 @@ def fit_denoiser(
     require(not conditional or data.labels is not None, "a class-conditional model needs labelled data")
     denoiser.runtime = runtime = replace(denoiser.runtime, shard=shard_for(config.batch_size))
     generator = torch.Generator().manual_seed(config.seed)
-    batches = BatchSampler(data, config.batch_size, generator)
+    batches = BatchSampler(data, config.batch_size, generator, conditions)
     optimizer = torch.optim.AdamW(unet.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, config.steps, config.lr_schedule, config.warmup_steps))
     ema = EMA(unet, config.ema_decay) if config.ema_decay > 0 else None
@@ -209,7 +220,9 @@ def fit_denoiser(
     params = list(unet.parameters())
     for step in range(start, config.steps):
         x, labels = batches.next()  # the global batch; each process scores its share (denoising_loss)
-        if not conditional:
+        if conditions is not None:
+            labels = drop_conditions(labels, denoiser.null_condition(labels), config.label_dropout, generator)
+        elif not conditional:
             labels = None
         elif null_class is not None:
             labels = drop_labels(labels, null_class, config.label_dropout, generator)

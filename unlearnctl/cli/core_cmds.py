@@ -27,6 +27,8 @@ def train(
     split_seed: opt.SplitSeed = 0,
     canary_copies: opt.CanaryCopies = None,
     conditional: Annotated[bool, typer.Option("--conditional/--unconditional", help="Class-conditional (with a null class for guidance) or unconditional.", rich_help_panel=opt.MODEL_PANEL)] = True,
+    text_to_image: Annotated[bool, typer.Option("--text-to-image", help="Train a latent text-to-image model instead (Stable Diffusion layout: a KL autoencoder, a CLIP tokenizer and text encoder written for the captions' words, a UNet2DConditionModel on the latents). Captions come from the data (metadata.jsonl, .txt files, npz 'captions') or are generated from the class names (digits: 'a handwritten digit eight', ...).", rich_help_panel=opt.MODEL_PANEL)] = False,
+    autoencoder_steps: Annotated[int, typer.Option(help="--text-to-image: optimizer steps of the autoencoder, trained before the UNet.", rich_help_panel=opt.TRAIN_PANEL)] = 600,
     size: Annotated[str, typer.Option(help="Model size preset: tiny (tests), small (digits), medium, large (user data).", rich_help_panel=opt.MODEL_PANEL)] = "small",
     unet_config: Annotated[Optional[Path], typer.Option(help="JSON file of UNet2DModel config keys overriding the preset.", rich_help_panel=opt.MODEL_PANEL)] = None,
     prediction_type: Annotated[str, typer.Option(help="What the network predicts: epsilon (the noise), v_prediction (v = γ_t·ε − σ_t·x₀) or sample (x₀). Every later loss (unlearning, the attack) follows it.", rich_help_panel=opt.MODEL_PANEL)] = "epsilon",
@@ -67,18 +69,40 @@ def train(
     exclude = opt.forget_spec(exclude_class, exclude_index, exclude_canary, None)
     train_images = len(split.train) if exclude.empty else len(resolve_forget(exclude, split).retain)
     note_batch_draws(batch_size, {"training": train_images}, quiet)
-    with protect_output(out, resume_options), ProgressBars(quiet) as progress:
-        checkpoint = train_model(split, conditional=conditional, preset=size, unet_overrides=overrides, config=config,
-                                 exclude=exclude, device=device, progress=progress, resume=resume_options,
-                                 precision=precision, prediction_type=prediction_type)
+    if text_to_image:
+        from unlearnctl.errors import require
+        from unlearnctl.text_to_image import train_text_to_image
+
+        require(not checkpoint_every and resume is None, "--checkpoint-every and --resume are not available with --text-to-image yet")
+        require(autoencoder_steps >= 1, f"--autoencoder-steps must be at least 1, got {autoencoder_steps}")
+        with ProgressBars(quiet) as progress:
+            checkpoint = train_text_to_image(split, config=config, autoencoder_steps=autoencoder_steps, unet_overrides=overrides,
+                                             exclude=exclude, device=device, progress=progress, precision=precision,
+                                             prediction_type=prediction_type)
+    else:
+        with protect_output(out, resume_options), ProgressBars(quiet) as progress:
+            checkpoint = train_model(split, conditional=conditional, preset=size, unet_overrides=overrides, config=config,
+                                     exclude=exclude, device=device, progress=progress, resume=resume_options,
+                                     precision=precision, prediction_type=prediction_type)
     save_checkpoint(checkpoint, out)
     resume_options.finish()
     entry = checkpoint.lineage[-1]
-    stdout.print(f"wrote {out}: {size} {'conditional' if conditional else 'unconditional'} model, "
+    kind = "text-to-image" if text_to_image else f"{size} {'conditional' if conditional else 'unconditional'}"
+    stdout.print(f"wrote {out}: {kind} model, "
                  f"{entry['params']['num_train_images']} training images of {split.description['source']}, "
                  f"{steps} steps in {entry['wall_time_s'] or 0:.0f} s")
-    if grid:
+    if grid and text_to_image:
+        _write_prompt_grid(checkpoint, grid, seed, device, quiet)
+    elif grid:
         _write_grid(checkpoint, grid, seed, device, quiet)
+
+
+def _write_prompt_grid(checkpoint, path: Path, seed: int, device: str, quiet: bool) -> None:
+    from unlearnctl.captions import class_prompt
+
+    prompts = [class_prompt(name) for name in checkpoint.data.get("class_names", [])] or ["a picture"]
+    _sample_prompts(checkpoint, prompts, None, 10, path, None, None, classes=None, quiet=quiet, steps=50,
+                    sampler="pipeline", guidance=1.0, seed=seed, batch_size=500, device=device, precision="fp32")
 
 
 def _write_grid(checkpoint, path: Path, seed: int, device: str, quiet: bool) -> None:

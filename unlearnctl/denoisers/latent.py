@@ -76,3 +76,25 @@ class LatentTextDenoiser(Denoiser):
         if c is None:
             c = self.null_condition(m_t)
         return super().predict(m_t, t, c)
+
+
+# Which UNet parameters a run trains (the rest stay frozen). ESD-x trains the cross-attention layers (``attn2``:
+# where the text enters), ESD-u everything else (Gandikota et al., 2023, §4).
+TRAINABLE = {
+    "all": lambda name: True,
+    "cross-attention": lambda name: ".attn2." in name,
+    "non-cross-attention": lambda name: ".attn2." not in name,
+}
+
+
+def select_trainable(unet: torch.nn.Module, choice: str = "all") -> int:
+    """Let only the parameters of ``choice`` (:data:`TRAINABLE`) take gradients; returns how many values train."""
+    from unlearnctl.errors import require
+
+    require(choice in TRAINABLE, f"unknown trainable-parameter choice {choice!r}; choose {', '.join(TRAINABLE)}")
+    chosen = 0
+    for name, parameter in unet.named_parameters():
+        parameter.requires_grad_(TRAINABLE[choice](name))
+        chosen += parameter.numel() if parameter.requires_grad else 0
+    require(chosen > 0, f"the model has no {choice} parameters to train")
+    return chosen
