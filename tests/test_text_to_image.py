@@ -195,3 +195,49 @@ def test_component_tensors_without_a_components_record_are_refused(tiny_conditio
     atomic_write_bytes(tmp_path / "odd.safetensors", serialize(smuggled))
     with pytest.raises(BadInputError, match="component tensors .* but no components record"):
         load_checkpoint(tmp_path / "odd.safetensors")
+
+
+def test_train_text_to_image_writes_a_model_that_samples_and_exports(shapes_npz, tmp_path, cli):
+    """The embedded default's code path at toy sizes (the real recipe's figures are in docs/text-to-image.md)."""
+    from unlearnctl.checkpoint import load_checkpoint
+
+    out = tmp_path / "t2i.safetensors"
+    result = cli("train", "--text-to-image", "--data", f"npz:{shapes_npz}", "--steps", "3", "--autoencoder-steps", "3",
+                 "--batch-size", "8", "--out", out, "--quiet")
+    assert result.code == 0, result.err
+    checkpoint = load_checkpoint(out)
+    assert checkpoint.text_conditional and checkpoint.data["class_names"]
+    entry = checkpoint.lineage[-1]
+    assert entry["params"]["text_to_image"] and entry["params"]["captions"] == "generated"
+    assert cli("inspect", out, "--verify").code == 0
+    grid = tmp_path / "g.png"
+    assert cli("sample", "-m", out, "--prompt", "a picture of a bar", "--steps", "2", "--out", grid, "--quiet").code == 0
+    assert cli("export", "-m", out, "--diffusers-dir", tmp_path / "exported").code == 0
+
+
+def test_label_dropout_replaces_rows_by_the_null_condition():
+    from unlearnctl.training import drop_conditions, drop_labels
+
+    labels = torch.arange(1000) % 7
+    dropped = drop_labels(labels, 9, 0.25, torch.Generator().manual_seed(0))
+    embeddings = torch.randn(1000, 3, 2)
+    null = torch.zeros(1000, 3, 2)
+    dropped_rows = drop_conditions(embeddings, null, 0.25, torch.Generator().manual_seed(0))
+    same_rows = (dropped == 9)
+    assert 0.2 < same_rows.float().mean() < 0.3
+    assert torch.equal((dropped_rows == 0).flatten(1).all(1), same_rows)  # the same rows, for labels and embeddings
+    assert torch.equal(dropped_rows[~same_rows], embeddings[~same_rows])
+
+
+def test_trainable_choices_split_the_unet_at_its_cross_attention(sd_checkpoint):
+    from unlearnctl.denoisers.latent import select_trainable
+    from unlearnctl.errors import BadInputError
+
+    unet = sd_checkpoint.build_unet()
+    total = sum(p.numel() for p in unet.parameters())
+    cross = select_trainable(unet, "cross-attention")
+    assert all((".attn2." in n) == p.requires_grad for n, p in unet.named_parameters())
+    assert 0 < cross < total and select_trainable(unet, "non-cross-attention") == total - cross
+    assert select_trainable(unet, "all") == total
+    with pytest.raises(BadInputError, match="unknown trainable-parameter choice"):
+        select_trainable(unet, "attn")

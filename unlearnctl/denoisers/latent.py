@@ -50,13 +50,11 @@ class LatentTextDenoiser(Denoiser):
 
     @torch.no_grad()
     def embed(self, prompts: list[str]) -> torch.Tensor:
-        """Prompt embeddings ``[len(prompts), L, D]``, computed as ``StableDiffusionPipeline.encode_prompt`` does
-        (padded to the tokenizer's ``model_max_length``, truncated, no CLIP skip)."""
-        tokens = self.tokenizer(list(prompts), padding="max_length", max_length=self.tokenizer.model_max_length,
-                                truncation=True, return_tensors="pt")
-        mask = tokens.attention_mask.to(self.device) if getattr(self.text_encoder.config, "use_attention_mask", False) else None
-        hidden = self.text_encoder(tokens.input_ids.to(self.device), attention_mask=mask)[0]
-        return hidden.float()
+        """Prompt embeddings ``[len(prompts), L, D]`` (float32), as ``StableDiffusionPipeline.encode_prompt``
+        computes them (:func:`unlearnctl.textenc.encode_prompts`)."""
+        from unlearnctl.textenc import encode_prompts
+
+        return encode_prompts(self.tokenizer, self.text_encoder, list(prompts), self.device).float()
 
     def empty_embedding(self) -> torch.Tensor:
         """The empty prompt's embedding ``[1, L, D]`` (cached)."""
