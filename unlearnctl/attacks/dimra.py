@@ -106,6 +106,8 @@ class RelearnCurve:
         method: the newest unlearning method in the input's lineage (``None`` if none).
         aux: the auxiliary data's spec, size and fingerprint.
         attack: the :class:`AttackConfig` as a dict.
+        attacked_sha256: the attacked (output) checkpoint's sha256 once saved (set by the caller; ``compare``
+            attaches the curve to that model's evaluation).
     """
 
     every: int
@@ -117,6 +119,7 @@ class RelearnCurve:
     method: str | None = None
     aux: dict[str, Any] = field(default_factory=dict)
     attack: dict[str, Any] = field(default_factory=dict)
+    attacked_sha256: str | None = None
 
     @property
     def before(self) -> float | None:
@@ -133,16 +136,26 @@ class RelearnCurve:
 
     def lineage_record(self) -> dict[str, Any]:
         """What the attacked checkpoint's lineage keeps (the rest is already in the entry)."""
+        from unlearnctl.attacks.area import relearn_area
+
         return {"every": self.every, "forget": self.forget, "metric": self.metric, "points": self.points,
-                "forget_rate_before": self.before, "forget_rate_after": self.after, "relearn_gap": self.relearn_gap}
+                "forget_rate_before": self.before, "forget_rate_after": self.after, "relearn_gap": self.relearn_gap,
+                **relearn_area(self.points)}
 
     def to_json_dict(self) -> dict[str, Any]:
         return {
             "schema": CURVE_SCHEMA, "schema_version": CURVE_SCHEMA_VERSION,
             "model": {"path": self.model_path, "sha256": self.model_sha256}, "method": self.method,
-            "attack": {"name": "dimra", **self.attack}, "aux": self.aux,
-            **self.lineage_record(),
+            "attack": {"name": "dimra", **self.attack}, "aux": self.aux, "budget": self.budget,
+            "attacked_sha256": self.attacked_sha256, **self.lineage_record(),
         }
+
+    @property
+    def budget(self) -> dict[str, Any]:
+        """The attack budget (:func:`unlearnctl.attacks.area.attack_budget`): aux spec, steps, lr and the rest of the recipe."""
+        from unlearnctl.attacks.area import attack_budget
+
+        return attack_budget({"attack": self.attack, "aux": self.aux})
 
     def to_csv(self) -> str:
         buffer = io.StringIO()
