@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from unlearnctl.attacks import AuxContext, available_aux_sources, get_aux_source
+from unlearnctl.attacks.area import relearn_area
 from unlearnctl.attacks.dimra import CURVE_CSV_COLUMNS, AttackConfig, build_aux_data, recorded_forget_sets, relearn_attack
 from unlearnctl.attacks.guard import assert_disjoint, image_hashes
 from unlearnctl.checkpoint import lineage_entry, load_checkpoint, save_checkpoint
@@ -206,6 +207,21 @@ def test_curve_step_0_is_evaluates_forget_rate(unlearned, classifier_cache):
     assert (first["forget_rate_ci95_low"], first["forget_rate_ci95_high"]) == (result["forget_rate_ci95_low"], result["forget_rate_ci95_high"])
 
 
+def test_relearn_area_is_the_trapezoid_mean_with_the_wilson_envelope():
+    from unlearnctl.metrics.intervals import rate_fields
+
+    points = [{"step": s, **rate_fields("forget_rate", k, 50)} for s, k in ((0, 5), (10, 15), (40, 25))]
+    found = relearn_area(list(reversed(points)))  # order does not matter
+    assert found["relearn_area"] == pytest.approx((10 * (0.1 + 0.3) / 2 + 30 * (0.3 + 0.5) / 2) / 40)
+    lows = [p["forget_rate_ci95_low"] for p in points]
+    assert found["relearn_area_ci95_low"] == pytest.approx((10 * (lows[0] + lows[1]) / 2 + 30 * (lows[1] + lows[2]) / 2) / 40)
+    assert found["relearn_area_steps"] == 40 and found["relearn_area_points"] == 3
+    assert relearn_area([{"step": 0, "forget_rate": 0.2}]) == {"relearn_area": 0.2, "relearn_area_ci95_low": None,
+                                                                "relearn_area_ci95_high": None, "relearn_area_steps": 0,
+                                                                "relearn_area_points": 1}
+    assert relearn_area([])["relearn_area"] is None
+
+
 # --------------------------------------------------------------------------------------------- CLI
 
 
@@ -225,6 +241,11 @@ def test_cli_writes_checkpoint_and_curve_files(cli, unlearned, tmp_path, classif
     assert set(data["points"][0]) == {"step", "forget_rate", "num_samples", "forget_rate_count", "forget_rate_n",
                                       "forget_rate_ci95_low", "forget_rate_ci95_high"}
     assert data["model"]["sha256"] == unlearned.sha256 and data["metric"]["mode"] == "class"
+    assert data["attacked_sha256"] == load_checkpoint(out).sha256
+    assert data["budget"] == {"aux": "retain:0.5", "steps": 4, "lr": AttackConfig.lr, "batch_size": 16, "warmup_steps": 0,
+                              "weight_decay": 0.0, "label_dropout": 0.1, "grad_clip": 1.0}
+    assert data["relearn_area"] == pytest.approx(relearn_area(data["points"])["relearn_area"])
+    assert data["relearn_area_ci95_low"] <= data["relearn_area"] <= data["relearn_area_ci95_high"]
     assert data["relearn_gap"] == pytest.approx(data["forget_rate_after"] - data["forget_rate_before"])
     rows = list(csv.DictReader(curve_csv.open()))
     assert tuple(rows[0]) == CURVE_CSV_COLUMNS
