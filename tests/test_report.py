@@ -220,6 +220,7 @@ def test_report_shows_seed_intervals_and_relearning_areas(report_inputs, tmp_pat
     assert "retrain (reference)" in section and "retain, lr 0.0001, 100 steps" in section
     assert "<td>0.250 [" in section and "+0.200 [" in section  # siss's area 0.25, retrain's 0.05
     assert "<dt>relearning area</dt>" in html
+    assert "Relearning area above retrain's under the same attack (Δ's interval above 0): <b>siss</b> +0.200" in html
 
 
 def test_every_shown_column_is_explained(report_inputs, tmp_path):

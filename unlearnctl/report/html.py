@@ -301,6 +301,14 @@ def conclusion(scenario, reference: Row | None) -> str:
                      + ", ".join(f"<b>{_e(r.attacked_from or r.run.name)}</b> {r.relearn_gap:+.3f}" for r in relearned) + ".")
     elif any(r.relearn_gap is not None for r in scenario.rows):
         items.append("The relearning attack brought back at most 0.05 of forget rate for every model attacked.")
+    above = [r for r in scenario.relearning if r.delta_interval is not None and r.delta_interval[0] > 0]
+    within = [r for r in scenario.relearning if r.similar]
+    if above:
+        items.append("Relearning area above retrain's under the same attack (Δ's interval above 0): "
+                     + ", ".join(f"<b>{_e(r.label)}</b> {r.delta:+.3f} ({_e(r.budget_label)})" for r in above) + ".")
+    if within:
+        items.append("Relearning area not separable from retrain's (intervals overlap): "
+                     + ", ".join(f"<b>{_e(r.label)}</b> ({_e(r.budget_label)})" for r in within) + ".")
     if not by_interval:
         items.append("95% intervals are unavailable in these evaluations (no <code>*_ci95_low</code>/<code>*_ci95_high</code> "
                      "keys), so small differences may be sampling noise: with 100 forget-condition samples a forget rate "
