@@ -261,15 +261,22 @@ def curves_plot(comparison: "Comparison") -> bytes | None:
             scenarios.append((scenario, curves))
     if not scenarios:
         return None
+    from unlearnctl.attacks.area import attack_budget, budget_key, budget_label
+
     colours = _colours(comparison)
     figure, axes = _panels(len(scenarios))
     for ax, (scenario, curves) in zip(axes, scenarios):
         table_points = set()
+        budgets = list(dict.fromkeys(budget_key(attack_budget(curve)) for _, _, curve, _ in curves))
         for label, group, curve, before in curves:
             steps = [p["step"] for p in curve["points"]]
             rates = [p["forget_rate"] for p in curve["points"]]
             colour = colours.get(group, "#333333")
-            ax.plot(steps, rates, marker="o", markersize=3, color=colour, label=label)
+            budget = attack_budget(curve)
+            if len(budgets) > 1:  # one model attacked at several budgets: the budget names the line, its style tells them apart
+                label = f"{label}: {budget_label(budget)}"
+            style = ("-", "--", ":", "-.")[budgets.index(budget_key(budget)) % 4]
+            ax.plot(steps, rates, marker="o", markersize=3, color=colour, linestyle=style, label=label)
             if before is not None and before.values.get("forget_rate") is not None:
                 ax.scatter([0], [before.values["forget_rate"]], s=55, marker="D", facecolors="none", edgecolors=colour,
                            linewidths=1.4, zorder=4)
