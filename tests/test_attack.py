@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from unlearnctl.attacks import AuxContext, available_aux_sources, get_aux_source
+from unlearnctl.attacks.area import relearn_area
 from unlearnctl.attacks.dimra import CURVE_CSV_COLUMNS, AttackConfig, build_aux_data, recorded_forget_sets, relearn_attack
 from unlearnctl.attacks.guard import assert_disjoint, image_hashes
 from unlearnctl.checkpoint import lineage_entry, load_checkpoint, save_checkpoint
@@ -179,10 +180,46 @@ def test_curve_measures_without_changing_the_attack(unlearned, classifier_cache)
     plain, _ = relearn_attack(unlearned, "retain", config, device="cpu")
     attacked, curve = relearn_attack(unlearned, "retain", config, curve_every=3, device="cpu")
     assert [p["step"] for p in curve.points] == [0, 3, 4]
-    assert all(0.0 <= p["forget_rate"] <= 1.0 and p["num_samples"] == 8 for p in curve.points)
+    assert all(0.0 <= p["forget_rate"] <= 1.0 and p["num_samples"] == p["forget_rate_n"] == 8 for p in curve.points)
     assert curve.forget["class_ids"] == [2] and curve.method == "naive"
     assert all(torch.equal(plain.state_dict[k], attacked.state_dict[k]) for k in plain.state_dict)
     assert attacked.lineage[-1]["curve"]["points"] == curve.points
+
+
+def test_curve_step_0_is_evaluates_forget_rate(unlearned, classifier_cache):
+    """The curve regenerates the forget-condition rows of `evaluate` (same labels, same initial noise, DDIM), so
+    its step-0 point is the evaluation's forget rate of the same model, seed, sample count and steps."""
+    from unlearnctl.checkpoint.model import build_unet
+    from unlearnctl.metrics.evaluate import EvalConfig, evaluate
+
+    torch.manual_seed(2)  # an untrained network: its samples are classified as several classes, not all "box"
+    entry = lineage_entry("unlearn", {"method": "naive"}, 0, 0.0, method="naive", forget=unlearned.lineage[-1]["forget"])
+    model = unlearned.derive(build_unet(unlearned.unet_config).state_dict(), entry)
+    config = AttackConfig(**{**FAST, "steps": 1, "curve_samples": 30, "curve_sample_steps": 4, "curve_seed": 3})
+    _, curve = relearn_attack(model, "retain:0.2", config, curve_every=1, device="cpu")
+    total = curve.metric["eval_num_samples"]
+    assert total == 30 * len(unlearned.data["class_names"]) and curve.metric["num_samples"] == 30
+    result = evaluate(model, config=EvalConfig(num_samples=total, steps=4, seed=3, metrics=("forget",), device="cpu"))
+    first = curve.points[0]
+    assert result["num_forget_samples"] == first["num_samples"] == first["forget_rate_n"] == 30
+    assert 0 < result["forget_rate_count"] < 30  # a rate of 0 or 1 would agree by chance
+    assert first["forget_rate_count"] == result["forget_rate_count"] and first["forget_rate"] == result["forget_rate"]
+    assert (first["forget_rate_ci95_low"], first["forget_rate_ci95_high"]) == (result["forget_rate_ci95_low"], result["forget_rate_ci95_high"])
+
+
+def test_relearn_area_is_the_trapezoid_mean_with_the_wilson_envelope():
+    from unlearnctl.metrics.intervals import rate_fields
+
+    points = [{"step": s, **rate_fields("forget_rate", k, 50)} for s, k in ((0, 5), (10, 15), (40, 25))]
+    found = relearn_area(list(reversed(points)))  # order does not matter
+    assert found["relearn_area"] == pytest.approx((10 * (0.1 + 0.3) / 2 + 30 * (0.3 + 0.5) / 2) / 40)
+    lows = [p["forget_rate_ci95_low"] for p in points]
+    assert found["relearn_area_ci95_low"] == pytest.approx((10 * (lows[0] + lows[1]) / 2 + 30 * (lows[1] + lows[2]) / 2) / 40)
+    assert found["relearn_area_steps"] == 40 and found["relearn_area_points"] == 3
+    assert relearn_area([{"step": 0, "forget_rate": 0.2}]) == {"relearn_area": 0.2, "relearn_area_ci95_low": None,
+                                                                "relearn_area_ci95_high": None, "relearn_area_steps": 0,
+                                                                "relearn_area_points": 1}
+    assert relearn_area([])["relearn_area"] is None
 
 
 # --------------------------------------------------------------------------------------------- CLI
@@ -201,8 +238,14 @@ def test_cli_writes_checkpoint_and_curve_files(cli, unlearned, tmp_path, classif
     assert {"model", "method", "attack", "aux", "every", "forget", "metric", "points", "forget_rate_before",
             "forget_rate_after", "relearn_gap"} <= set(data)
     assert [p["step"] for p in data["points"]] == [0, 2, 4]
-    assert set(data["points"][0]) == {"step", "forget_rate", "num_samples"}
+    assert set(data["points"][0]) == {"step", "forget_rate", "num_samples", "forget_rate_count", "forget_rate_n",
+                                      "forget_rate_ci95_low", "forget_rate_ci95_high"}
     assert data["model"]["sha256"] == unlearned.sha256 and data["metric"]["mode"] == "class"
+    assert data["attacked_sha256"] == load_checkpoint(out).sha256
+    assert data["budget"] == {"aux": "retain:0.5", "steps": 4, "lr": AttackConfig.lr, "batch_size": 16, "warmup_steps": 0,
+                              "weight_decay": 0.0, "label_dropout": 0.1, "grad_clip": 1.0}
+    assert data["relearn_area"] == pytest.approx(relearn_area(data["points"])["relearn_area"])
+    assert data["relearn_area_ci95_low"] <= data["relearn_area"] <= data["relearn_area_ci95_high"]
     assert data["relearn_gap"] == pytest.approx(data["forget_rate_after"] - data["forget_rate_before"])
     rows = list(csv.DictReader(curve_csv.open()))
     assert tuple(rows[0]) == CURVE_CSV_COLUMNS

@@ -150,6 +150,60 @@ def test_curve_attaches_to_the_attacked_run(class_files, tmp_path):
         load_runs([class_files["siss"], stray])
 
 
+def curve_file(path, model: str, attacked_sha: str, aux: str, lr: float, rates: list[tuple[int, float]], n: int | None = None):
+    """A relearning-curve JSON as relearn-attack --curve-json writes it (``n``: points carry Wilson intervals)."""
+    from unlearnctl.metrics.intervals import rate_fields
+
+    points = [{"step": step, "forget_rate": rate, "num_samples": n or 10,
+               **(rate_fields("forget_rate", round(rate * n), n) if n else {})} for step, rate in rates]
+    path.write_text(json.dumps({"schema": "unlearnctl.relearn-curve", "model": {"sha256": model}, "attacked_sha256": attacked_sha,
+                                "attack": {"name": "dimra", "steps": rates[-1][0], "lr": lr, "batch_size": 128, "seed": 0},
+                                "aux": {"spec": aux}, "points": points}))
+    return path
+
+
+def test_relearning_area_minus_retrains_under_the_same_budget(class_files, tmp_path):
+    from unlearnctl.metrics.intervals import wilson
+
+    files = list(class_files.values())
+    extra = {  # retrain attacked at two learning rates, siss at a second one (siss-attacked is its lr 1e-4 attack)
+        "retrain-att-4": evaluation("retrain-att-4", attacked(RETRAIN, "retrain"), forget_rate=0.1, fid=9.0),
+        "retrain-att-3": evaluation("retrain-att-3", attacked(RETRAIN, "retrain"), forget_rate=0.2, fid=9.0),
+        "siss-att-3": evaluation("siss-att-3", attacked(unlearned("siss", "base"), "siss"), forget_rate=0.9, fid=12.0),
+    }
+    for name, result in extra.items():
+        files.append(tmp_path / f"{name}.json")
+        files[-1].write_text(json.dumps(result))
+    files += [curve_file(tmp_path / "c1.json", "retrain", "retrain-att-4", "retain", 1e-4, [(0, 0.0), (10, 0.1)], n=100),
+              curve_file(tmp_path / "c2.json", "siss", "siss-att", "retain", 1e-4, [(0, 0.1), (5, 0.3), (10, 0.5)], n=100),
+              curve_file(tmp_path / "c3.json", "retrain", "retrain-att-3", "retain", 1e-3, [(0, 0.0), (10, 0.2)]),
+              curve_file(tmp_path / "c4.json", "siss", "siss-att-3", "retain", 1e-3, [(0, 0.1), (10, 0.9)]),
+              curve_file(tmp_path / "c5.json", "salun", "salun-att", "generated", 1e-4, [(0, 0.2), (10, 0.6)])]
+    comparison = compare(load_runs(files))
+    rows = {(r.label, r.budget["lr"], r.budget["aux"]): r for r in comparison.scenarios[0].relearning}
+    assert set(rows) == {("retrain", 1e-4, "retain"), ("siss", 1e-4, "retain"), ("retrain", 1e-3, "retain"),
+                         ("siss", 1e-3, "retain"), ("salun", 1e-4, "generated")}
+    siss = rows[("siss", 1e-4, "retain")]
+    assert siss.area == pytest.approx((5 * (0.1 + 0.3) / 2 + 5 * (0.3 + 0.5) / 2) / 10)  # 0.3
+    assert siss.reference_area == pytest.approx(0.05) and siss.delta == pytest.approx(0.25)
+    lows, highs = zip(*(wilson(k, 100) for k in (10, 30, 50)))
+    assert siss.interval == pytest.approx(((lows[0] + 2 * lows[1] + lows[2]) / 4, (highs[0] + 2 * highs[1] + highs[2]) / 4))
+    ref_low, ref_high = (wilson(0, 100)[0] + wilson(10, 100)[0]) / 2, (wilson(0, 100)[1] + wilson(10, 100)[1]) / 2
+    assert siss.delta_interval == pytest.approx((siss.interval[0] - ref_high, siss.interval[1] - ref_low))
+    assert siss.similar is False  # [0.23, 0.37] vs retrain's [0.02, 0.12]
+    fast = rows[("siss", 1e-3, "retain")]
+    assert fast.delta == pytest.approx(0.5 - 0.1) and fast.interval is None and fast.delta_interval is None
+    salun = rows[("salun", 1e-4, "generated")]
+    assert salun.reference_area is None and salun.delta is None  # no retrain curve under that budget
+    markdown = comparison.to_markdown()
+    assert "| siss | retain, lr 0.0001, 10 steps | 0.300 [" in markdown and "| +0.250 [" in markdown
+    assert "| retrain (reference) | retain, lr 0.001, 10 steps | 0.100 |" in markdown
+    data = json.loads(comparison.to_json())
+    assert len(data["relearning"]) == 5
+    assert {r["label"]: r["delta_relearn_area"] for r in data["relearning"] if r["budget"]["lr"] == 1e-3} == {
+        "retrain": None, "siss": pytest.approx(0.4)}
+
+
 def test_sibling_grids_are_picked_up(class_files):
     png = b"\x89PNG\r\n\x1a\n" + b"0" * 20
     class_files["siss"].with_suffix(".png").write_bytes(png)

@@ -198,6 +198,31 @@ def test_recipe_and_stage_seconds_are_tables_not_json(report_inputs, tmp_path):
     assert "<td class='text'>train base</td><td>1.5</td>" in section and "<th>3.5</th>" in section
 
 
+def test_report_shows_seed_intervals_and_relearning_areas(report_inputs, tmp_path):
+    from test_compare import SPEC_8, curve_file
+    from unlearnctl.metrics.intervals import t_interval
+
+    def salun(seed: int) -> list[dict]:  # lineages that differ only in seeds (params_digest equal)
+        return [{**TRAIN, "params_digest": "t"}, {"command": "unlearn", "method": "salun", "seed": seed, "forget": SPEC_8,
+                                                  "parent_sha256": "base", "params_digest": "p"}]
+
+    inputs = list(report_inputs)
+    for seed, rate in ((0, 0.10), (1, 0.20), (2, 0.16)):
+        inputs.append(tmp_path / f"salun-{seed}.json")
+        inputs[-1].write_text(json.dumps(evaluation(f"salun-{seed}", salun(seed), forget_rate=rate, fid=10.0 + seed)))
+    inputs += [curve_file(tmp_path / "c-retrain.json", "retrain", "retrain-att", "retain", 1e-4, [(0, 0.0), (100, 0.1)], n=100),
+               curve_file(tmp_path / "c-siss.json", "siss", "siss-att", "retain", 1e-4, [(0, 0.05), (100, 0.45)], n=100)]
+    write_report(compare(load_runs(inputs)), tmp_path / "report.html")
+    html = (tmp_path / "report.html").read_text()
+    mean, low, high = t_interval([0.10, 0.20, 0.16])
+    assert "salun ×3 seeds" in html and f"{mean:.3f} [{low:.3f}, {high:.3f}]" in html  # the seed row shows its interval
+    section = html.split("Relearning area: mean forget rate", 1)[1].split("</table>", 1)[0]
+    assert "retrain (reference)" in section and "retain, lr 0.0001, 100 steps" in section
+    assert "<td>0.250 [" in section and "+0.200 [" in section  # siss's area 0.25, retrain's 0.05
+    assert "<dt>relearning area</dt>" in html
+    assert "Relearning area above retrain's under the same attack (Δ's interval above 0): <b>siss</b> +0.200" in html
+
+
 def test_every_shown_column_is_explained(report_inputs, tmp_path):
     from unlearnctl.report.html import COLUMN_HELP
 

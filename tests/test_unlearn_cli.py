@@ -44,7 +44,13 @@ def test_until_forget_rate_stops_at_the_first_probe_that_reaches_it(cli, tiny_un
     assert result.code == 0, result
     report = json.loads(result.out)
     assert report["steps_run"] == 0 and report["stopped"].startswith("forget rate")  # any rate is <= 1.0
-    assert load_checkpoint(out).lineage[-1]["stopped"] == report["stopped"]
+    entry = load_checkpoint(out).lineage[-1]
+    assert entry["stopped"] == report["stopped"] and entry["until"] == report["until"]
+    until = report["until"]
+    assert until["reached"] and until["step"] == 0 and until["target"] == 1.0 and until["stop_on"] == "rate"
+    assert until["forget_rate_n"] == 4 and until["forget_rate"] == until["forget_rate_count"] / 4
+    assert until["forget_rate_ci95_low"] <= until["forget_rate"] <= until["forget_rate_ci95_high"]
+    assert f"({until['forget_rate_count']}/4, 95% CI" in report["stopped"]
 
 
 def test_bad_input_exits_2_without_output(cli, tiny_conditional, tmp_path):

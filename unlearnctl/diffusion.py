@@ -149,6 +149,7 @@ def sample_images(
     batch_size: int = 500,
     progress: ProgressFn = None,
     precision: str = "fp32",
+    noise: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Generate images in ``[-1, 1]``, shape ``[N, C, H, W]``.
 
@@ -164,6 +165,8 @@ def sample_images(
         seed: seeds the initial noise (drawn once for all ``N``) and DDPM's per-step noise.
         batch_size: images per UNet call.
         precision: autocast of the UNet calls (``fp32``, ``bf16``, ``fp16`` on CUDA).
+        noise: the initial noise, ``[N, C, H, W]``, instead of the seeded draw (e.g. some rows of a larger
+            seeded draw, to regenerate part of an evaluation's samples exactly with DDIM).
     """
     require((num_images is None) != (labels is None), "give either num_images (unconditional) or labels (conditional)")
     total = int(num_images if labels is None else labels.shape[0])
@@ -177,7 +180,10 @@ def sample_images(
     model = PixelDenoiser(unet, None, Runtime.create(device, precision), null_class)  # sampling needs no training schedule
     config = unet.config
     generator = torch.Generator().manual_seed(seed)
-    noise = torch.randn((total, config.in_channels, config.sample_size, config.sample_size), generator=generator)
+    shape = (total, config.in_channels, config.sample_size, config.sample_size)
+    if noise is None:
+        noise = torch.randn(shape, generator=generator)
+    require(tuple(noise.shape) == shape, f"initial noise has shape {tuple(noise.shape)}, expected {shape}")
     first, stop = sample_rows(total)  # multi-process runs: this process's share (all of it otherwise)
     if (first, stop) != (0, total):
         generator = torch.Generator().manual_seed(seed + 7919 * (rank() + 1))  # DDPM step noise per process

@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from unlearnctl.resume import Checkpointer, ResumeOptions
 
 DEFAULT_PROBE_EVERY = 10  # probe interval used by --until-forget-rate when --probe-every is not given
+STOP_RULES = ("rate", "upper")  # --until-forget-rate stops when the probe's rate / its 95% Wilson upper bound <= target
 
 
 @dataclass
@@ -54,8 +55,9 @@ class UnlearnConfig:
     ema_decay: float | None = None  # EMA of the weights over the run, saved and probed; 0 = off (None: the method's)
     label_dropout: float = 0.1  # conditional models: share of retain labels replaced by the null class
     probe_every: int = 0  # sample and measure the forget rate every N steps (0 = never; see DEFAULT_PROBE_EVERY)
-    until_forget_rate: float | None = None  # stop as soon as a probe measures a forget rate <= this
-    probe_samples: int = 64  # images generated per probe
+    until_forget_rate: float | None = None  # stop at the first probe meeting stop_on's rule for this target
+    stop_on: str = "rate"  # "rate": the probe's forget rate <= target; "upper": its 95% Wilson upper bound <= target
+    probe_samples: int = 200  # forget-condition images per probe: Wilson half-width <= 0.07 at any rate (0.03 at 0.05)
     probe_steps: int = 25  # DDIM steps per probe image
     device: str = "auto"  # auto (CUDA if present), cpu, cuda, ...
     precision: str = "fp32"  # forward passes: fp32, bf16 (autocast) or fp16 (CUDA, loss-scaled)
@@ -75,6 +77,7 @@ class UnlearnConfig:
         require(self.probe_every >= 0, f"probe interval must be >= 0, got {self.probe_every}")
         require(self.until_forget_rate is None or 0 <= self.until_forget_rate <= 1,
                 f"target forget rate must be in [0, 1], got {self.until_forget_rate}")
+        require(self.stop_on in STOP_RULES, f"stop rule must be one of {', '.join(STOP_RULES)}, got {self.stop_on!r}")
         require(self.probe_samples >= 1, f"probe samples must be at least 1, got {self.probe_samples}")
         require(self.probe_steps >= 1, f"probe steps must be at least 1, got {self.probe_steps}")
 
@@ -102,7 +105,7 @@ class UnlearnState:
     ema: EMA | None = None  # the EMA of the weights (--ema-decay); what is saved and probed when on
     step: int = 0
     stopped: str = "completed"  # why the loop ended
-    probes: list[dict[str, float]] = field(default_factory=list)  # [{"step", "forget_rate"}]
+    probes: list[dict[str, Any]] = field(default_factory=list)  # [{"step", "forget_rate", its count, n and interval}]
     history: list[dict[str, float]] = field(default_factory=list)  # one dict of step figures per step
 
     def state_dict(self) -> dict[str, Any]:
@@ -151,7 +154,7 @@ class UnlearnJob:
         c = self.config
         return {"steps": c.steps, "lr": c.lr, "batch_size": c.batch_size, "grad_clip": c.grad_clip,
                 "lr_schedule": c.lr_schedule, "ema_decay": c.ema_decay, "label_dropout": c.label_dropout,
-                "probe_every": c.probe_interval, "until_forget_rate": c.until_forget_rate,
+                "probe_every": c.probe_interval, "until_forget_rate": c.until_forget_rate, "stop_on": c.stop_on,
                 "probe_samples": c.probe_samples, "probe_steps": c.probe_steps}
 
     def resume_key(self) -> dict[str, Any]:
@@ -190,9 +193,10 @@ class RunRecord:
     stopped: str = "completed"
     wall_time_s: float = 0.0
     probe_time_s: float = 0.0
-    probes: list[dict[str, float]] = field(default_factory=list)
+    probes: list[dict[str, Any]] = field(default_factory=list)
     history: list[dict[str, float]] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
+    until: dict[str, Any] | None = None  # --until-forget-rate: where and why it stopped (:func:`until_record`)
 
     def __post_init__(self):
         c = self.job.config
@@ -214,9 +218,10 @@ class RunRecord:
         from unlearnctl.checkpoint import lineage_entry
 
         params = self.params or self.fine_tuning_params()
+        extra = {"until": self.until} if self.until is not None else {}
         return lineage_entry(self.command, params, self.job.config.seed, self.wall_time_s, method=self.job.method,
                              forget=self.job.forget_set.describe(), steps_run=self.steps_run, stopped=self.stopped,
-                             data_fingerprint=self.data_fingerprint)
+                             data_fingerprint=self.data_fingerprint, **extra)
 
     def report(self) -> dict[str, Any]:
         """What ``unlearn`` prints with ``--json`` (``history``: one dict of step figures per step)."""
@@ -225,7 +230,7 @@ class RunRecord:
                 "lr": self.lr, "batch_size": self.batch_size, "method_params": job.method_config.to_dict(),
                 "prepared": self.prepared, "forget": job.forget_set.describe(), "wall_time_s": self.wall_time_s,
                 "probe_time_s": self.probe_time_s, "final": self.history[-1] if self.history else {},
-                "probes": self.probes, "history": self.history, **self.extra}
+                "probes": self.probes, "until": self.until, "history": self.history, **self.extra}
 
 
 # --------------------------------------------------------------------------------------------- entry point
@@ -341,6 +346,25 @@ def _finish(record: RunRecord, state: UnlearnState, probe: "ForgetProbe | None",
     record.probes, record.history = state.probes, state.history
     record.wall_time_s = time.perf_counter() - started
     record.probe_time_s = probe.seconds if probe else 0.0
+    record.until = until_record(state, record.job.config)
+
+
+def until_record(state: UnlearnState, config: UnlearnConfig) -> dict[str, Any] | None:
+    """What ``--until-forget-rate`` did: the target and rule, whether a probe met it, and that probe (else the
+    last one) — step, forget rate, count/n and 95% Wilson interval. ``None`` without a target."""
+    if config.until_forget_rate is None:
+        return None
+    met = [p for p in state.probes if _meets_target(p, config)]
+    probe = met[0] if met else (state.probes[-1] if state.probes else {})
+    return {"target": config.until_forget_rate, "stop_on": config.stop_on, "reached": bool(met),
+            "probe_samples": probe.get("forget_rate_n"), "probe_steps": config.probe_steps,
+            **{k: v for k, v in probe.items() if k == "step" or k.startswith("forget_rate")}}
+
+
+def _meets_target(probe: dict[str, Any], config: UnlearnConfig) -> bool:
+    """The stop rule (``stop_on``): the point rate, or the upper end of its 95% Wilson interval, ``<=`` the target."""
+    figure = probe["forget_rate"] if config.stop_on == "rate" else probe["forget_rate_ci95_high"]
+    return figure <= config.until_forget_rate
 
 
 def _forget_images(forget_set: "ForgetSet", checkpoint: "Checkpoint"):
@@ -419,16 +443,19 @@ def run_loop(state: UnlearnState, *, steps: int, config: UnlearnConfig, probe: "
 def _probe(state: UnlearnState, probe: "ForgetProbe", config: UnlearnConfig, progress: ProgressFn, steps: int) -> float:
     unet = state.method.ctx.unet
     if state.ema is None:
-        rate = probe(unet)
+        found = probe(unet)
     else:  # probe what the run would save
         own = {k: v.clone() for k, v in unet.state_dict().items()}
         unet.load_state_dict(state.ema.shadow)
-        rate = probe(unet)
+        found = probe(unet)
         unet.load_state_dict(own)
-    state.probes.append({"step": state.step, "forget_rate": rate})
-    report(progress, "probe", state.step, steps, forget_rate=rate)
-    if config.until_forget_rate is not None and rate <= config.until_forget_rate and state.stopped == "completed":
-        state.stopped = f"forget rate {rate:.3g} <= {config.until_forget_rate:g} at step {state.step}"
+    state.probes.append({"step": state.step, **found})
+    rate, low, high = found["forget_rate"], found["forget_rate_ci95_low"], found["forget_rate_ci95_high"]
+    report(progress, "probe", state.step, steps, forget_rate=rate, forget_rate_ci95_low=low, forget_rate_ci95_high=high)
+    if config.until_forget_rate is not None and state.stopped == "completed" and _meets_target(found, config):
+        figure = "forget rate" if config.stop_on == "rate" else "upper 95% bound of the forget rate"
+        state.stopped = (f"{figure} <= {config.until_forget_rate:g} at step {state.step}: forget rate {rate:.3g} "
+                         f"({found['forget_rate_count']}/{found['forget_rate_n']}, 95% CI {low:.3f}–{high:.3f})")
     return rate
 
 
@@ -440,7 +467,9 @@ def _check_finite(out: "StepOutput", step: int) -> None:
 
 
 class ForgetProbe:
-    """Samples a small batch for the forget condition and measures the forget rate (``--probe-every``)."""
+    """Measures the forget rate during a run (``--probe-every``, ``--until-forget-rate``): the forget-condition
+    rows of ``evaluate`` with ``probe_steps`` DDIM steps and the run's seed, ``probe_samples`` of them
+    (:func:`~unlearnctl.metrics.forget.measure_forgetting`); returns the rate with its count, n and interval."""
 
     def __init__(self, checkpoint: "Checkpoint", forget_set: "ForgetSet", split: "DataSplit", config: UnlearnConfig,
                  progress: ProgressFn = None):
@@ -456,7 +485,7 @@ class ForgetProbe:
             self.threshold = data_forget_threshold(forget_set.forget.images, forget_set.retain.images)
         self.seconds = 0.0
 
-    def __call__(self, unet: torch.nn.Module) -> float:
+    def __call__(self, unet: torch.nn.Module) -> dict[str, Any]:
         from unlearnctl.metrics.forget import measure_forgetting
 
         started = time.perf_counter()
@@ -464,7 +493,7 @@ class ForgetProbe:
                                     threshold=self.threshold, num_samples=self.config.probe_samples,
                                     steps=self.config.probe_steps, seed=self.config.seed)
         self.seconds += time.perf_counter() - started
-        return float(result["forget_rate"])
+        return {k: v for k, v in result.items() if k.startswith("forget_rate") or k == "eval_num_samples"}
 
 
 def report_summary(result: dict[str, Any]) -> dict[str, Any]:

@@ -9,13 +9,15 @@ import torch
 
 from unlearnctl.data import ForgetSet, ForgetSpec, ImageSet
 from unlearnctl.errors import BadInputError, RuntimeFailure
-from unlearnctl.unlearning import DEFAULT_PROBE_EVERY, UnlearnConfig, _forget_images, run_loop
+from unlearnctl.metrics.intervals import rate_fields, wilson
+from unlearnctl.unlearning import DEFAULT_PROBE_EVERY, UnlearnConfig, _forget_images, run_loop, until_record
 from methods.common import FakeCheckpoint, make_state
 
 
 @pytest.mark.parametrize("bad", [{"steps": 0}, {"lr": 0.0}, {"batch_size": 0}, {"grad_clip": 0.0}, {"label_dropout": 1.0},
                                  {"probe_every": -1}, {"until_forget_rate": 1.5}, {"probe_samples": 0},
-                                 {"lr_schedule": "linear"}, {"ema_decay": 1.0}, {"ema_decay": -0.1}])
+                                 {"lr_schedule": "linear"}, {"ema_decay": 1.0}, {"ema_decay": -0.1},
+                                 {"stop_on": "lower"}])
 def test_config_validation(bad):
     with pytest.raises(BadInputError):
         UnlearnConfig(**bad)
@@ -135,3 +137,42 @@ def test_non_finite_figures_stop_the_run():
         state.method.ctx.unet.conv.weight.fill_(float("inf"))
     with pytest.raises(RuntimeFailure, match="became (nan|inf).*lower --lr"):
         run_loop(state, steps=3, config=UnlearnConfig())
+
+
+class CountingProbe:
+    """A probe whose k-th call finds ``hits[k]`` forgotten-class samples out of ``n``."""
+
+    def __init__(self, hits: list[int], n: int):
+        self.hits, self.n, self.seconds = list(hits), n, 0.0
+
+    def __call__(self, unet) -> dict:
+        return rate_fields("forget_rate", self.hits.pop(0), self.n)
+
+
+@pytest.mark.parametrize("stop_on, stopped_at", [("rate", 2), ("upper", 4)])
+def test_until_forget_rate_stops_by_its_rule_and_records_the_interval(stop_on, stopped_at):
+    # rates 0.5, 0.2, 0.09, 0.05, 0.02 at steps 0..4 on 100 samples; target 0.1:
+    # the point estimate meets it at step 2 (0.09), the Wilson upper bound only at step 4 (0.02 → upper 0.070)
+    assert wilson(9, 100)[1] > 0.1 and wilson(5, 100)[1] > 0.1 and wilson(2, 100)[1] <= 0.1
+    config = UnlearnConfig(until_forget_rate=0.1, stop_on=stop_on, probe_every=1)
+    state = make_state("naive")
+    run_loop(state, steps=10, config=config, probe=CountingProbe([50, 20, 9, 5, 2, 1, 1, 1, 1, 1, 1], 100))
+    assert state.step == stopped_at and len(state.probes) == stopped_at + 1
+    hits = {2: 9, 4: 2}[stopped_at]
+    low, high = wilson(hits, 100)
+    assert state.stopped.startswith(("forget rate <= 0.1", "upper 95% bound of the forget rate <= 0.1"))
+    assert f"at step {stopped_at}" in state.stopped and f"{hits}/100" in state.stopped
+    record = until_record(state, config)
+    assert record == {"target": 0.1, "stop_on": stop_on, "reached": True, "probe_samples": 100, "probe_steps": 25,
+                      "step": stopped_at, "forget_rate": hits / 100, "forget_rate_count": hits, "forget_rate_n": 100,
+                      "forget_rate_ci95_low": low, "forget_rate_ci95_high": high}
+
+
+def test_until_forget_rate_not_reached_records_the_last_probe():
+    config = UnlearnConfig(until_forget_rate=0.01, probe_every=2)
+    state = make_state("naive")
+    run_loop(state, steps=3, config=config, probe=CountingProbe([50, 40, 30], 200))
+    assert state.stopped == "completed" and state.step == 3 and [p["step"] for p in state.probes] == [0, 2]
+    record = until_record(state, config)
+    assert record["reached"] is False and record["step"] == 2 and record["forget_rate_count"] == 40
+    assert until_record(state, UnlearnConfig()) is None

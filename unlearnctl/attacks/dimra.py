@@ -60,9 +60,10 @@ class AttackConfig:
     seed: int = 0  # seeds batches, timesteps, noise, the retain subset and generation
     num_generated: int = 1000  # `generated` source: images sampled, balanced over the retained classes
     generate_steps: int = 50  # `generated` source: DDIM steps (guidance 1, i.e. none)
-    curve_samples: int = 200  # curve: images sampled for the forget condition per point
+    curve_samples: int = 200  # curve: forget-condition images per point (rounded up to a multiple of the forget conditions)
     curve_sample_steps: int = 25  # curve: DDIM steps per sample
     curve_seed: int = 0  # curve: the same initial noise at every point
+    curve_eval_samples: int | None = None  # curve: the `evaluate --num-samples` whose forget rows it regenerates (None: the fewest giving curve_samples)
     classifier: str | None = None  # curve, class mode: the user's classifier .safetensors (docs/metrics.md); None = the tool's own
 
     def __post_init__(self):
@@ -77,6 +78,8 @@ class AttackConfig:
         require(self.generate_steps >= 1, f"generation steps must be at least 1, got {self.generate_steps}")
         require(self.curve_samples >= 1, f"curve samples must be at least 1, got {self.curve_samples}")
         require(self.curve_sample_steps >= 1, f"curve sample steps must be at least 1, got {self.curve_sample_steps}")
+        require(self.curve_eval_samples is None or self.curve_eval_samples >= 1,
+                f"curve evaluation samples must be at least 1, got {self.curve_eval_samples}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -103,6 +106,8 @@ class RelearnCurve:
         method: the newest unlearning method in the input's lineage (``None`` if none).
         aux: the auxiliary data's spec, size and fingerprint.
         attack: the :class:`AttackConfig` as a dict.
+        attacked_sha256: the attacked (output) checkpoint's sha256 once saved (set by the caller; ``compare``
+            attaches the curve to that model's evaluation).
     """
 
     every: int
@@ -114,6 +119,7 @@ class RelearnCurve:
     method: str | None = None
     aux: dict[str, Any] = field(default_factory=dict)
     attack: dict[str, Any] = field(default_factory=dict)
+    attacked_sha256: str | None = None
 
     @property
     def before(self) -> float | None:
@@ -130,16 +136,26 @@ class RelearnCurve:
 
     def lineage_record(self) -> dict[str, Any]:
         """What the attacked checkpoint's lineage keeps (the rest is already in the entry)."""
+        from unlearnctl.attacks.area import relearn_area
+
         return {"every": self.every, "forget": self.forget, "metric": self.metric, "points": self.points,
-                "forget_rate_before": self.before, "forget_rate_after": self.after, "relearn_gap": self.relearn_gap}
+                "forget_rate_before": self.before, "forget_rate_after": self.after, "relearn_gap": self.relearn_gap,
+                **relearn_area(self.points)}
 
     def to_json_dict(self) -> dict[str, Any]:
         return {
             "schema": CURVE_SCHEMA, "schema_version": CURVE_SCHEMA_VERSION,
             "model": {"path": self.model_path, "sha256": self.model_sha256}, "method": self.method,
-            "attack": {"name": "dimra", **self.attack}, "aux": self.aux,
-            **self.lineage_record(),
+            "attack": {"name": "dimra", **self.attack}, "aux": self.aux, "budget": self.budget,
+            "attacked_sha256": self.attacked_sha256, **self.lineage_record(),
         }
+
+    @property
+    def budget(self) -> dict[str, Any]:
+        """The attack budget (:func:`unlearnctl.attacks.area.attack_budget`): aux spec, steps, lr and the rest of the recipe."""
+        from unlearnctl.attacks.area import attack_budget
+
+        return attack_budget({"attack": self.attack, "aux": self.aux})
 
     def to_csv(self) -> str:
         buffer = io.StringIO()
@@ -230,7 +246,8 @@ def build_aux_data(source: AuxSource, arg: str, context: AuxContext) -> tuple["I
 def _curve_probe(checkpoint: "Checkpoint", forget_set: "ForgetSet", split: "DataSplit", config: AttackConfig,
                  progress: ProgressFn) -> tuple[Callable[["torch.nn.Module"], dict[str, Any]], dict[str, Any]]:
     """A function measuring the forget rate of a model, and the description of how it measures."""
-    from unlearnctl.metrics.forget import data_forget_threshold, measure_forgetting
+    from unlearnctl.metrics.forget import (data_forget_threshold, evaluation_forget_rows, evaluation_samples,
+                                           measure_forgetting)
 
     classifier, threshold, metric = None, None, {"mode": forget_set.mode}
     if forget_set.mode == "class":
@@ -241,13 +258,16 @@ def _curve_probe(checkpoint: "Checkpoint", forget_set: "ForgetSet", split: "Data
     else:
         threshold = data_forget_threshold(forget_set.forget.images, forget_set.retain.images)
         metric["threshold"] = threshold
-    metric.update(num_samples=config.curve_samples, sampler="ddim", sample_steps=config.curve_sample_steps,
-                  guidance=1.0, seed=config.curve_seed)
+    total = config.curve_eval_samples or evaluation_samples(checkpoint, forget_set, config.curve_samples)
+    metric.update(num_samples=len(evaluation_forget_rows(checkpoint, forget_set, total)[1]), sampler="ddim", sample_steps=config.curve_sample_steps,
+                  guidance=1.0, seed=config.curve_seed, eval_num_samples=total,
+                  samples=f"the forget-condition rows of `evaluate --num-samples {total} --steps {config.curve_sample_steps} "
+                          f"--sampler ddim --seed {config.curve_seed}` (same labels, same initial noise)")
 
     def probe(unet: "torch.nn.Module") -> dict[str, Any]:
         return measure_forgetting(unet, checkpoint, forget_set, classifier=classifier, threshold=threshold,
                                   num_samples=config.curve_samples, steps=config.curve_sample_steps,
-                                  seed=config.curve_seed)
+                                  seed=config.curve_seed, eval_num_samples=total)
 
     return probe, metric
 
@@ -268,7 +288,8 @@ def _curve_recorder(checkpoint: "Checkpoint", curve_set: "ForgetSet", split: "Da
     def measure(step: int, model: "torch.nn.Module") -> None:
         if step in due:
             result = probe(model)
-            curve.points.append({"step": step, "forget_rate": result["forget_rate"], "num_samples": result["num_samples"]})
+            curve.points.append({"step": step, "num_samples": result["num_samples"],
+                                 **{k: v for k, v in result.items() if k.startswith("forget_rate")}})
             report(progress, "forget rate", len(curve.points), len(due), forget_rate=result["forget_rate"])
 
     if checkpointer is not None:

@@ -88,6 +88,8 @@ def relearn_attack(
                                  curve_every=curve_every, data=split, device=device, progress=progress,
                                  resume=resume_options, precision=precision)
     save_checkpoint(attacked, out)
+    if curve is not None:
+        curve.attacked_sha256 = attacked.sha256
     resume_options.finish()
     note_batch_draws(batch_size, {"auxiliary": attacked.lineage[-1]["attack"]["aux"]["num_images"]}, quiet)
     if curve is not None and curve_json is not None:
@@ -109,7 +111,9 @@ def _print_summary(attacked, curve, out: Path, curve_files: list[Path], as_json:
         "dropped_copies": aux["dropped_exact_copies"] + aux["dropped_near_copies"],
     }
     if curve is not None:
+        record = curve.lineage_record()
         summary.update(forget_rate_before=curve.before, forget_rate_after=curve.after, relearn_gap=curve.relearn_gap,
+                       relearn_area=record["relearn_area"], relearn_area_ci95=[record["relearn_area_ci95_low"], record["relearn_area_ci95_high"]],
                        curve=[(p["step"], round(p["forget_rate"], 4)) for p in curve.points])
     if as_json:
         print_json(summary)

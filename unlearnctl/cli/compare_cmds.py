@@ -71,7 +71,24 @@ def comparison_table(comparison):
                           style=style, end_section=False)
             previous = group
         tables.append(table)
+        if scenario.relearning:
+            tables.append(relearning_table(scenario))
     return Group(*tables)
+
+
+def relearning_table(scenario):
+    """The scenario's relearning areas under each attack budget, and their difference to retrain's."""
+    from rich.table import Table
+
+    from unlearnctl.report.compare import RELEARN_TITLE, relearn_cells
+
+    table = Table(title=RELEARN_TITLE, title_justify="left")
+    for title, justify in (("model", "left"), ("attack budget", "left"), ("relearning area", "right"),
+                           ("retrain's", "right"), ("Δ", "right")):
+        table.add_column(title, justify=justify)
+    for row in scenario.relearning:
+        table.add_row(*relearn_cells(row), style="green" if row.is_reference else None)
+    return table
 
 
 @app.command(rich_help_panel="Attack and evaluate")

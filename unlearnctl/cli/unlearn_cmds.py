@@ -39,8 +39,9 @@ def unlearn(
     grad_clip: Annotated[float, typer.Option(help="Total gradient-norm clip after the method formed its gradient.", rich_help_panel=opt.TRAIN_PANEL)] = 1.0,
     label_dropout: Annotated[float, typer.Option(help="Conditional models with a null class: share of retain labels replaced by it (keeps guidance working).", rich_help_panel=opt.TRAIN_PANEL)] = 0.1,
     probe_every: Annotated[int, typer.Option(help="Every N steps, sample a small batch and print the forget rate (0 = never).", rich_help_panel=PROBE_PANEL)] = 0,
-    until_forget_rate: Annotated[Optional[float], typer.Option(help="Stop as soon as a probe measures a forget rate <= this (probes every 10 steps unless --probe-every is given).", rich_help_panel=PROBE_PANEL)] = None,
-    probe_samples: Annotated[int, typer.Option(help="Images generated per probe.", rich_help_panel=PROBE_PANEL)] = 64,
+    until_forget_rate: Annotated[Optional[float], typer.Option(help="Stop at the first probe whose forget rate (--stop-on rate) or 95% Wilson upper bound (--stop-on upper) is <= this; probes every 10 steps unless --probe-every is given. The step, rate, count/n and interval are recorded (lineage 'until', report).", rich_help_panel=PROBE_PANEL)] = None,
+    stop_on: Annotated[str, typer.Option(help="--until-forget-rate's rule: rate (the probe's point estimate) or upper (its 95% Wilson upper bound: below the target with 97.5% confidence).", rich_help_panel=PROBE_PANEL)] = "rate",
+    probe_samples: Annotated[int, typer.Option(help="Forget-condition images per probe (the forget rows of `evaluate`'s balanced layout, same noise); 200 keeps the 95% Wilson half-width <= 0.07 at any rate.", rich_help_panel=PROBE_PANEL)] = 200,
     probe_steps: Annotated[int, typer.Option(help="DDIM steps per probe image.", rich_help_panel=PROBE_PANEL)] = 25,
     data: opt.Data = None,
     resolution: opt.Resolution = None,
@@ -74,7 +75,7 @@ def unlearn(
     given = _method_params(method, method_values)
     config = UnlearnConfig(steps=steps, lr=lr, batch_size=batch_size, seed=seed, grad_clip=grad_clip,
                            lr_schedule=lr_schedule, ema_decay=ema_decay,
-                           label_dropout=label_dropout, probe_every=probe_every, until_forget_rate=until_forget_rate,
+                           label_dropout=label_dropout, probe_every=probe_every, until_forget_rate=until_forget_rate, stop_on=stop_on,
                            probe_samples=probe_samples, probe_steps=probe_steps, device=device,
                            precision=precision)
     spec = opt.forget_spec(forget_class, forget_index, forget_canary, forget_images)
@@ -119,7 +120,9 @@ def _with_probe_lines(bars: ProgressBars, quiet: bool):
     def progress(event) -> None:
         bars(event)
         if event.task == "probe" and not quiet:
-            bars.bars.console.print(f"step {event.step}: forget rate {event.info['forget_rate']:.3f}", highlight=False)
+            info = event.info
+            interval = f" [{info['forget_rate_ci95_low']:.3f}, {info['forget_rate_ci95_high']:.3f}]" if "forget_rate_ci95_low" in info else ""
+            bars.bars.console.print(f"step {event.step}: forget rate {info['forget_rate']:.3f}{interval}", highlight=False)
 
     return progress
 
@@ -134,6 +137,12 @@ def _print_result(result: dict[str, Any], out: Path) -> None:
     rows.update({f"final {k}": v for k, v in result["final"].items() if k != "step"})
     if result["probes"]:
         rows["forget rate (probes)"] = " → ".join(f"{p['forget_rate']:.3f}@{p['step']}" for p in result["probes"])
+    until = result.get("until")
+    if until:
+        probe = (f"step {until['step']}: {until['forget_rate']:.3f} ({until['forget_rate_count']}/{until['forget_rate_n']}, "
+                 f"95% CI {until['forget_rate_ci95_low']:.3f}–{until['forget_rate_ci95_high']:.3f})") if "step" in until else "no probe"
+        rule = "rate" if until["stop_on"] == "rate" else "upper 95% bound"
+        rows["until forget rate"] = f"{rule} <= {until['target']:g}: {'reached' if until['reached'] else 'not reached'}, {probe}"
     stdout.print(key_value_table(f"unlearn → {out}", rows))
     stdout.print(f"wrote {out}")
 

@@ -101,6 +101,32 @@ def forget_conditions(checkpoint: "Checkpoint", forget_set: "ForgetSet") -> list
     return known or [checkpoint.null_class]
 
 
+def evaluation_samples(checkpoint: "Checkpoint", forget_set: "ForgetSet", num_samples: int) -> int:
+    """The ``evaluate --num-samples`` whose forget-condition rows number at least ``num_samples``: the fewest
+    images that, balanced over every condition as :func:`~unlearnctl.metrics.evaluate.evaluate` samples
+    them, give each forget condition ``ceil(num_samples / forget conditions)`` rows (unconditional models:
+    ``num_samples`` itself)."""
+    require(num_samples >= 1, f"number of samples must be at least 1, got {num_samples}")
+    conditions = forget_conditions(checkpoint, forget_set)
+    if conditions is None:
+        return num_samples
+    per_condition = -(-num_samples // len(conditions))
+    everything = len(set(range(checkpoint.num_classes)) | set(conditions))
+    return per_condition * everything  # balanced: every condition gets per_condition rows
+
+
+def evaluation_forget_rows(checkpoint: "Checkpoint", forget_set: "ForgetSet", eval_num_samples: int
+                           ) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """Labels (``None`` unconditional) and row indices of the forget-condition samples of
+    ``evaluate --num-samples eval_num_samples``: the rows of its balanced layout that feed its forget rate."""
+    from unlearnctl.metrics.evaluate import _masks, _sample_plan
+
+    labels, forget_ids = _sample_plan(checkpoint, forget_set, eval_num_samples)
+    _, forget = _masks(checkpoint, forget_set, labels, eval_num_samples, forget_ids)
+    rows = torch.nonzero(forget).flatten()
+    return (None if labels is None else labels[rows]), rows
+
+
 def measure_forgetting(
     unet: torch.nn.Module,
     checkpoint: "Checkpoint",
@@ -113,29 +139,47 @@ def measure_forgetting(
     guidance: float = 1.0,
     seed: int = 0,
     batch_size: int = 500,
+    eval_num_samples: int | None = None,
 ) -> dict[str, Any]:
-    """Sample for the forget condition and score it; used by probes, curves and evaluation.
+    """Sample for the forget condition and score it exactly as ``evaluate`` does; used by probes and curves.
+
+    The samples are the forget-condition rows of ``evaluate --num-samples eval_num_samples --steps steps
+    --seed seed --guidance guidance`` (DDIM): the same labels and the same rows of the same seeded initial
+    noise, only those rows generated. DDIM is deterministic given its initial noise, so the forget rate
+    equals that evaluation's ``forget_rate`` (up to floating-point differences of batch composition).
+    ``eval_num_samples`` defaults to :func:`evaluation_samples` of ``num_samples``.
 
     ``unet`` may be a model under training: it is put in eval mode and its mode restored afterwards.
     Class mode needs ``classifier``; data mode uses ``threshold`` (calibrated from the data if ``None``).
+
+    Returns ``forget_rate`` with its ``_count``, ``_n`` and 95% Wilson ``_ci95_low``/``_ci95_high``
+    (:func:`~unlearnctl.metrics.intervals.rate_fields`), ``num_samples`` (= ``forget_rate_n``), ``mode``,
+    ``eval_num_samples`` and, in data mode, ``threshold``.
     """
-    conditions = forget_conditions(checkpoint, forget_set)
-    labels = None
-    if conditions is not None:
-        labels = torch.tensor(conditions).repeat((num_samples + len(conditions) - 1) // len(conditions))[:num_samples]
+    from unlearnctl.metrics.intervals import rate_fields
+
+    if eval_num_samples is None:
+        eval_num_samples = evaluation_samples(checkpoint, forget_set, num_samples)
+    labels, rows = evaluation_forget_rows(checkpoint, forget_set, eval_num_samples)
+    require(len(rows) > 0, f"evaluate --num-samples {eval_num_samples} samples no forget-condition image")
+    config = unet.config
+    generator = torch.Generator().manual_seed(seed)  # evaluate's draw: every row, then the forget rows kept
+    noise = torch.randn((eval_num_samples, config.in_channels, config.sample_size, config.sample_size), generator=generator)[rows]
     was_training = unet.training
     unet.eval()
     try:
-        images = sample_images(unet, checkpoint.scheduler_config, num_images=None if labels is not None else num_samples,
+        images = sample_images(unet, checkpoint.scheduler_config, num_images=None if labels is not None else len(rows),
                                labels=labels, null_class=checkpoint.null_class, steps=steps, guidance=guidance,
-                               seed=seed, batch_size=batch_size)
+                               seed=seed, batch_size=batch_size, noise=noise)
     finally:
         unet.train(was_training)
+    found: dict[str, Any] = {"num_samples": len(images), "mode": forget_set.mode, "eval_num_samples": eval_num_samples}
     if forget_set.mode == "class":
         require(classifier is not None, "class forgetting is measured with the domain classifier; pass one")
-        return {"forget_rate": class_forget_rate(images, forget_set.class_ids, classifier), "num_samples": num_samples,
-                "mode": "class"}
-    if threshold is None:
-        threshold = data_forget_threshold(forget_set.forget.images, forget_set.retain.images)
-    return {"forget_rate": data_forget_rate(images, forget_set.forget.images, threshold), "num_samples": num_samples,
-            "mode": "data", "threshold": threshold}
+        hits = class_forget_counts(images, forget_set.class_ids, classifier)["hits"]
+    else:
+        if threshold is None:
+            threshold = data_forget_threshold(forget_set.forget.images, forget_set.retain.images)
+        hits = data_forget_hits(nearest_distance(images, forget_set.forget.images), threshold)
+        found["threshold"] = threshold
+    return {**rate_fields("forget_rate", hits, len(images)), **found}

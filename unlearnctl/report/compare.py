@@ -23,6 +23,11 @@ Rules (docs/report.md):
   reference whose interval overlaps the reference's is marked ``≈`` — the data do not separate the two
   (overlap is the conservative reading: non-overlapping 95% intervals always differ significantly,
   overlapping ones may still). Files without interval keys compare as before.
+* **Relearning area** (docs/attack.md, "Attack budgets"): every run carrying a relearning curve gets the
+  curve's mean forget rate over the attack (:mod:`unlearnctl.attacks.area`) under its attack budget (aux data,
+  lr, steps, …), and ``Δ`` = that area − retrain's area **under the same budget** (a retrain curve whose
+  budget key is equal); curves of runs that differ only in seeds are averaged (Student-t interval over them).
+  One :class:`RelearnRow` per model and budget, so a model attacked at several budgets has several.
 * **Seeds**: runs of one scenario that differ only in seeds (every lineage entry has the same command,
   method, forget set and parameters — ``params_digest`` — and the evaluations the same sampler settings,
   but the seeds differ) form an :class:`Aggregate`: the mean of each figure over the seeds and a Student-t
@@ -138,12 +143,59 @@ class Aggregate:
 
 
 @dataclass
+class RelearnRow:
+    """One model (or its seeds) under one attack budget: relearning area, retrain's under the same budget, the difference.
+
+    ``interval`` is the area's envelope of per-point Wilson bounds (one curve) or the Student-t 95% interval over
+    seeds (several); ``delta_interval`` = ``(low − reference high, high − reference low)``, conservative; ``similar``:
+    the two intervals overlap.
+    """
+
+    scenario: str
+    label: str  # the model attacked (its run name, or "method ×N seeds")
+    group: str  # method
+    budget: dict[str, Any]
+    runs: list[str]  # runs whose curves are averaged
+    area: float | None
+    interval: tuple[float, float] | None
+    interval_kind: str  # "envelope" (one curve), "t over seeds" or "none"
+    reference_area: float | None = None
+    reference_interval: tuple[float, float] | None = None
+    delta: float | None = None
+    delta_interval: tuple[float, float] | None = None
+    similar: bool | None = None
+
+    @property
+    def is_reference(self) -> bool:
+        return self.group == "retrain"
+
+    @property
+    def budget_label(self) -> str:
+        from unlearnctl.attacks.area import budget_label
+
+        return budget_label(self.budget)
+
+    def flat(self) -> dict[str, Any]:
+        low, high = self.interval or (None, None)
+        ref_low, ref_high = self.reference_interval or (None, None)
+        delta_low, delta_high = self.delta_interval or (None, None)
+        return {"label": self.label, "scenario": self.scenario, "method": self.group, "budget": self.budget,
+                "budget_label": self.budget_label, "runs": list(self.runs), "relearn_area": self.area,
+                "relearn_area_ci95_low": low, "relearn_area_ci95_high": high, "relearn_area_interval": self.interval_kind,
+                "reference_relearn_area": self.reference_area, "reference_relearn_area_ci95_low": ref_low,
+                "reference_relearn_area_ci95_high": ref_high, "delta_relearn_area": self.delta,
+                "delta_relearn_area_ci95_low": delta_low, "delta_relearn_area_ci95_high": delta_high,
+                "similar_relearn_area": self.similar}
+
+
+@dataclass
 class Scenario:
     id: str
     label: str
     rows: list[Row]
     reference: str | None  # name of the reference run
     aggregates: list[Aggregate] = field(default_factory=list)
+    relearning: list[RelearnRow] = field(default_factory=list)
 
     @property
     def reference_label(self) -> str | None:
@@ -191,6 +243,7 @@ class Comparison:
                           for s in self.scenarios],
             "rows": [row.flat() for row in self.rows],
             "aggregates": [a.flat() for s in self.scenarios for a in s.aggregates],
+            "relearning": [r.flat() for s in self.scenarios for r in s.relearning],
             "warnings": self.warnings,
         }
 
@@ -224,8 +277,29 @@ class Comparison:
                 cells = [name, row.group if isinstance(row, Aggregate) else row.run.group, *[cell_text(row, k) for k in keys],
                          format_value("relearn_gap", row.relearn_gap, signed=True)]
                 lines.append("| " + " | ".join(cells) + " |")
+            if scenario.relearning:
+                lines += ["", RELEARN_TITLE, "", "| model | attack budget | relearning area | retrain's | Δ |", "|---|---|---:|---:|---:|"]
+                lines += ["| " + " | ".join(relearn_cells(row)) + " |" for row in scenario.relearning]
             parts.append("\n".join(lines))
         return "\n\n".join(parts) + "\n"
+
+
+RELEARN_TITLE = ("Relearning area: mean forget rate over the attack (trapezoid over the curve); Δ = − retrain's under the "
+                 "same attack budget; [95% envelope of the points' Wilson intervals, or t-interval over seeds]")
+
+
+def relearn_cells(row: RelearnRow) -> list[str]:
+    """``model, budget, area [interval], retrain's area, Δ [interval]`` as text (``≈`` when the intervals overlap)."""
+
+    def with_interval(value, interval) -> str:
+        text = format_value("relearn_gap", value)
+        return text + (f" [{interval[0]:.3f}, {interval[1]:.3f}]" if interval is not None and value is not None else "")
+
+    name = f"{row.label} (reference)" if row.is_reference else row.label
+    delta = "—" if row.delta is None else (f"{SIMILAR} " if row.similar else "") + format_value("relearn_gap", row.delta, signed=True) \
+        + (f" [{row.delta_interval[0]:+.3f}, {row.delta_interval[1]:+.3f}]" if row.delta_interval else "")
+    return [name, row.budget_label, with_interval(row.area, row.interval),
+            with_interval(row.reference_area, row.reference_interval), delta]
 
 
 def _csv_value(value: Any) -> Any:
@@ -321,6 +395,7 @@ def compare(runs: list[Run]) -> Comparison:
             rows.append(Row(run, scenario_id, values, deltas, gap, parent.name if parent else None, intervals, overlaps))
         scenario = Scenario(scenario_id, label, rows, reference.name if reference else None)
         scenario.aggregates = aggregate_seeds(scenario)
+        scenario.relearning = relearning_rows(scenario)
         seeds_of_reference = [a for a in scenario.aggregates if {r.name for r in references} <= set(a.runs)]
         if len(references) > 1 and not seeds_of_reference:
             warnings.append(f"{label}: several reference runs ({', '.join(r.name for r in references)}); differences use {reference.name}")
@@ -378,6 +453,52 @@ def aggregate_seeds(scenario: Scenario) -> list[Aggregate]:
             aggregate.deltas[key] = _difference(aggregate.values.get(key), ref_value)
             aggregate.overlaps[key] = _overlap(aggregate.intervals.get(key), ref_interval)
     return aggregates
+
+
+def relearning_rows(scenario: Scenario) -> list[RelearnRow]:
+    """One :class:`RelearnRow` per model (seeds averaged) and attack budget, with retrain's area under the same budget."""
+    from unlearnctl.attacks.area import attack_budget, budget_key, relearn_area
+    from unlearnctl.metrics.intervals import t_interval
+
+    groups: dict[tuple[str, str], list[tuple[Row, dict[str, Any]]]] = {}
+    seen: set[int] = set()
+    for row in scenario.rows:
+        curve = row.run.curve
+        if not curve or not curve.get("points") or id(curve) in seen:
+            continue
+        seen.add(id(curve))
+        budget = attack_budget(curve)
+        groups.setdefault((seed_free_key(row.run) or row.run.name, budget_key(budget)), []).append((row, budget))
+    out = []
+    for (_, key), members in groups.items():
+        areas = [relearn_area(row.run.curve["points"]) for row, _ in members]
+        values = [a["relearn_area"] for a in areas if a["relearn_area"] is not None]
+        first = members[0][0]
+        if len(members) == 1:
+            a = areas[0]
+            label = first.attacked_from or first.run.name
+            interval = (a["relearn_area_ci95_low"], a["relearn_area_ci95_high"]) if a["relearn_area_ci95_low"] is not None else None
+            area, kind = a["relearn_area"], "envelope" if interval else "none"
+        else:
+            label = f"{first.run.group} ×{len(members)} seeds"
+            area, interval, kind = (values[0] if values else None), None, "none"
+            if len(values) >= 2:
+                area, low, high = t_interval(values)
+                interval, kind = (low, high), "t over seeds"
+        out.append(RelearnRow(scenario.id, label, first.run.group, members[0][1], [row.run.name for row, _ in members],
+                              area, interval, kind))
+    references = {budget_key(r.budget): r for r in out if r.is_reference}
+    for row in out:
+        reference = references.get(budget_key(row.budget))
+        if reference is None or row is reference:
+            continue
+        row.reference_area, row.reference_interval = reference.area, reference.interval
+        row.delta = _difference(row.area, reference.area)
+        if row.interval is not None and reference.interval is not None:
+            row.delta_interval = (row.interval[0] - reference.interval[1], row.interval[1] - reference.interval[0])
+            row.similar = _overlap(row.interval, reference.interval)
+    order = {key: i for i, key in enumerate(dict.fromkeys(budget_key(r.budget) for r in out))}
+    return sorted(out, key=lambda r: (order[budget_key(r.budget)], not r.is_reference))  # per budget: retrain first
 
 
 def _difference(value: Any, reference: Any) -> float | None:

@@ -14,7 +14,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from unlearnctl.report.compare import METRICS, TITLES as TITLES_BY_KEY, Comparison, Row, format_value
+from unlearnctl.report.compare import (METRICS, RELEARN_TITLE, SIMILAR, TITLES as TITLES_BY_KEY, Comparison, Row, cell_text,
+                                       format_value, relearn_cells)
 
 FIGURE_TITLES = {
     "pareto": ("Quality vs forget rate",
@@ -27,10 +28,11 @@ FIGURE_TITLES = {
                "Forget rate of each model and of the same model fine-tuned by DiMRA on auxiliary data that holds "
                "none of the forget set. Forgetting that comes back was superficial; the reference shows what a "
                "model that never saw the data does under the same attack."),
-    "curves": ("Relearning curves", "Forget rate measured along the attack (same sampling seed at every point). The "
-               "hollow diamond at step 0 is the table's forget rate of the same model: it comes from the evaluation's own "
-               "forget-condition samples, the curve from the attack's (fewer, other seeds), so the two can differ by "
-               "sampling noise."),
+    "curves": ("Relearning curves", "Forget rate measured along the attack (the same initial noise at every point). The "
+               "hollow diamond at step 0 is the table's forget rate of the same model. A curve regenerates the "
+               "forget-condition samples of `evaluate --num-samples N --steps S --seed X` (its metric records N, S and X): "
+               "when the evaluation used the same N, S and X the diamond is the same samples as step 0 and sits on it; "
+               "otherwise (the legend says so) the two are different samples and differ by sampling noise."),
 }
 
 # A value "matches" the reference when their 95% intervals overlap (when the evaluations carry ``X_ci95_low`` /
@@ -67,6 +69,13 @@ COLUMN_HELP = {
                   "1 when unlearning pushed their loss past that of unseen images — 40 means 40 times the loss of an unseen image.",
     "relearn gap": "for a model after the DiMRA relearning attack (↺): its forget rate − the forget rate of the model it "
                    "attacked. A gap above 0.05 (red) means the forgetting came back under fine-tuning on data without the forget set.",
+    "relearning area": "a relearning curve's forget rate averaged over the attack (trapezoid rule over its points): how much "
+                       "of the forgotten data the model shows, on average, while it is fine-tuned on auxiliary data without "
+                       "the forget set. Δ is that area minus retrain's under the same attack budget (auxiliary data, learning "
+                       "rate, steps): retrain's curve is what such fine-tuning does to a model that never saw the data. A Δ "
+                       "whose whole interval lies above 0 (red) means the forgetting comes back more than retrain's "
+                       "'relearning'. One curve's interval is the envelope of its points' 95% Wilson intervals (conservative); "
+                       "over seeds it is a Student-t interval.",
     "samples": "the images behind the figures of the row: forget-condition samples (forget rate) / retained-class samples "
                "(retain accuracy, FID, KID, precision, recall).",
 }
@@ -188,9 +197,44 @@ def summary_tables(comparison: Comparison) -> str:
                          f"<td class='text'>{_e(row.run.role)}</td>{cells}{_gap_cell(row)}"
                          f"{_samples_cell(row)}</tr>")
         lines.append("</table>")
+        lines.append(seed_table(scenario, present))
+        lines.append(relearning_table(scenario))
         lines.append(conclusion(scenario, reference))
         parts.append("\n".join(lines))
     return "\n".join(parts) + legend(comparison)
+
+
+def seed_table(scenario, keys: list[str]) -> str:
+    """Runs that differ only in seeds: the mean over the seeds, its Student-t 95% interval and the difference to
+    the reference (``≈``: the intervals overlap); empty when no runs share everything but seeds."""
+    if not scenario.aggregates:
+        return ""
+    head = "".join(f"<th>{_e(TITLES_BY_KEY[k])}</th>" for k in keys)
+    lines = [f"<p class='meta'>Over seeds: mean [Student-t 95% interval over the seeds] (Δ to the reference; {SIMILAR} = "
+             f"the intervals overlap)</p><table><tr><th class='name'>runs</th><th class='name'>method</th>{head}"
+             "<th>relearn gap</th></tr>"]
+    for aggregate in scenario.aggregates:
+        css = "reference" if aggregate.is_reference else ("attacked" if aggregate.attacked else "")
+        cells = "".join(f"<td>{_e(cell_text(aggregate, k))}</td>" for k in keys)
+        lines.append(f"<tr class='{css}'><td class='name' title='{_e(', '.join(aggregate.runs))}'>{_e(aggregate.label)}</td>"
+                     f"<td class='text'>{_e(aggregate.group)}</td>{cells}"
+                     f"<td>{_e(format_value('relearn_gap', aggregate.relearn_gap, signed=True))}</td></tr>")
+    return "\n".join(lines) + "</table>"
+
+
+def relearning_table(scenario) -> str:
+    """Relearning area per model and attack budget, retrain's under the same budget and the difference."""
+    if not scenario.relearning:
+        return ""
+    lines = [f"<p class='meta'>{_e(RELEARN_TITLE)}</p><table><tr><th class='name'>model</th><th class='name'>attack budget</th>"
+             "<th>relearning area</th><th>retrain's</th><th>Δ</th></tr>"]
+    for row in scenario.relearning:
+        cells = relearn_cells(row)
+        css = "worse" if row.delta_interval is not None and row.delta_interval[0] > 0 else ""
+        lines.append(f"<tr class='{'reference' if row.is_reference else ''}'><td class='name'>{_e(cells[0])}</td>"
+                     f"<td class='text'>{_e(cells[1])}</td><td>{_e(cells[2])}</td><td>{_e(cells[3])}</td>"
+                     f"<td><span class='{css}'>{_e(cells[4])}</span></td></tr>")
+    return "\n".join(lines) + "</table>"
 
 
 def legend(comparison: Comparison) -> str:
@@ -205,7 +249,8 @@ def legend(comparison: Comparison) -> str:
                + ", FID/KID ±10% of the reference's value, red beyond.</p>")
     shown = {title for key, title, _, _ in METRICS if any(row.values.get(key) is not None for row in comparison.rows)}
     items = "".join(f"<dt>{_e(title)}</dt><dd>{_e(text)}</dd>" for title, text in COLUMN_HELP.items()
-                    if title in shown or title in ("relearn gap", "samples"))
+                    if title in shown or title in ("relearn gap", "samples")
+                    or (title == "relearning area" and any(s.relearning for s in comparison.scenarios)))
     return colours + f"<details open><summary>What the columns mean</summary><dl class='columns'>{items}</dl></details>"
 
 
@@ -256,6 +301,14 @@ def conclusion(scenario, reference: Row | None) -> str:
                      + ", ".join(f"<b>{_e(r.attacked_from or r.run.name)}</b> {r.relearn_gap:+.3f}" for r in relearned) + ".")
     elif any(r.relearn_gap is not None for r in scenario.rows):
         items.append("The relearning attack brought back at most 0.05 of forget rate for every model attacked.")
+    above = [r for r in scenario.relearning if r.delta_interval is not None and r.delta_interval[0] > 0]
+    within = [r for r in scenario.relearning if r.similar]
+    if above:
+        items.append("Relearning area above retrain's under the same attack (Δ's interval above 0): "
+                     + ", ".join(f"<b>{_e(r.label)}</b> {r.delta:+.3f} ({_e(r.budget_label)})" for r in above) + ".")
+    if within:
+        items.append("Relearning area not separable from retrain's (intervals overlap): "
+                     + ", ".join(f"<b>{_e(r.label)}</b> ({_e(r.budget_label)})" for r in within) + ".")
     if not by_interval:
         items.append("95% intervals are unavailable in these evaluations (no <code>*_ci95_low</code>/<code>*_ci95_high</code> "
                      "keys), so small differences may be sampling noise: with 100 forget-condition samples a forget rate "

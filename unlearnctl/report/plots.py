@@ -236,6 +236,16 @@ def attack_plot(comparison: "Comparison") -> bytes | None:
     return _png(figure)
 
 
+def same_samples(curve: dict, run) -> bool:
+    """Whether ``curve``'s points were sampled like ``run``'s evaluation sampled its forget condition: the curve
+    regenerates the forget rows of `evaluate --num-samples N --steps S --seed X` (DDIM, no guidance), so its step 0
+    is the evaluation's forget rate when N, S and X are the evaluation's."""
+    metric, sampler = curve.get("metric") or {}, run.provenance.get("sampler") or {}
+    return (metric.get("eval_num_samples") is not None and sampler.get("name") == "ddim" and sampler.get("guidance") == 1.0
+            and (metric.get("eval_num_samples"), metric.get("sample_steps"), metric.get("seed"))
+            == (sampler.get("num_samples"), sampler.get("steps"), sampler.get("seed")))
+
+
 def curves_plot(comparison: "Comparison") -> bytes | None:
     scenarios = []
     for scenario in comparison.scenarios:
@@ -251,22 +261,30 @@ def curves_plot(comparison: "Comparison") -> bytes | None:
             scenarios.append((scenario, curves))
     if not scenarios:
         return None
+    from unlearnctl.attacks.area import attack_budget, budget_key, budget_label
+
     colours = _colours(comparison)
     figure, axes = _panels(len(scenarios))
     for ax, (scenario, curves) in zip(axes, scenarios):
-        table_points = False
+        table_points = set()
+        budgets = list(dict.fromkeys(budget_key(attack_budget(curve)) for _, _, curve, _ in curves))
         for label, group, curve, before in curves:
             steps = [p["step"] for p in curve["points"]]
             rates = [p["forget_rate"] for p in curve["points"]]
             colour = colours.get(group, "#333333")
-            ax.plot(steps, rates, marker="o", markersize=3, color=colour, label=label)
+            budget = attack_budget(curve)
+            if len(budgets) > 1:  # one model attacked at several budgets: the budget names the line, its style tells them apart
+                label = f"{label}: {budget_label(budget)}"
+            style = ("-", "--", ":", "-.")[budgets.index(budget_key(budget)) % 4]
+            ax.plot(steps, rates, marker="o", markersize=3, color=colour, linestyle=style, label=label)
             if before is not None and before.values.get("forget_rate") is not None:
                 ax.scatter([0], [before.values["forget_rate"]], s=55, marker="D", facecolors="none", edgecolors=colour,
                            linewidths=1.4, zorder=4)
-                table_points = True
-        if table_points:
+                table_points.add(same_samples(curve, before.run))
+        for same in sorted(table_points):
             ax.scatter([], [], s=55, marker="D", facecolors="none", edgecolors="#555555",
-                       label="the table's forget rate (its own samples)")
+                       label="the table's forget rate: " + ("the same samples as step 0" if same else
+                                                            "other samples than the curve's (see the report's provenance)"))
         metric = curves[0][2].get("metric") or {}
         ax.set_xlabel("relearning-attack steps")
         ax.set_ylabel(f"forget rate ({metric.get('num_samples', '?')} samples per point)")

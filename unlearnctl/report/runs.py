@@ -171,7 +171,7 @@ def curve_from_checkpoint(checkpoint) -> dict[str, Any] | None:
     if not isinstance(record, dict) or not record.get("points"):
         return None
     return {"schema": CURVE_SCHEMA, "model": {"sha256": entry.get("parent_sha256")}, "attack": entry.get("params", {}).get("config"),
-            "aux": (entry.get("attack") or {}).get("aux"), **record}
+            "aux": (entry.get("attack") or {}).get("aux"), "attacked_sha256": checkpoint.sha256, **record}
 
 
 def load_runs(
@@ -234,9 +234,15 @@ def load_runs(
 
 
 def attach_curve(runs: list[Run], curve: dict[str, Any], origin: str) -> None:
-    """Give ``curve`` to the attacked run whose parent it measured, else to the run it was measured on."""
+    """Give ``curve`` to the attacked model it produced (``attacked_sha256``), else to every attacked run whose
+    parent it measured, else to the run it was measured on."""
     sha = (curve.get("model") or {}).get("sha256")
     require(bool(sha), f"{origin}: the curve names no model sha256")
+    produced = [r for r in runs if curve.get("attacked_sha256") and r.sha256 == curve["attacked_sha256"]]
+    if produced:
+        for run in produced:
+            run.curve = curve
+        return
     attacked = [r for r in runs if r.attacked and r.parent_sha256 == sha]
     target = attacked or [r for r in runs if r.sha256 == sha]
     require(bool(target), f"{origin}: no compared run is the model this curve attacked (sha256 {sha[:12]}); "
