@@ -241,3 +241,39 @@ def test_trainable_choices_split_the_unet_at_its_cross_attention(sd_checkpoint):
     assert select_trainable(unet, "all") == total
     with pytest.raises(BadInputError, match="unknown trainable-parameter choice"):
         select_trainable(unet, "attn")
+
+
+def test_single_file_import_equals_the_folder_import(sd_folder, sd_checkpoint, tmp_path, cli):
+    from diffusers import StableDiffusionPipeline
+    from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint, convert_ldm_vae_checkpoint
+
+    from sd_single_file import ldm_state_dict, save_single_file
+    from unlearnctl.checkpoint import load_checkpoint
+
+    pipe = StableDiffusionPipeline.from_pretrained(sd_folder, local_files_only=True)
+    ldm = ldm_state_dict(pipe)  # the test's own renaming, checked against diffusers' converter first
+    assert convert_ldm_unet_checkpoint(ldm, dict(pipe.unet.config)).keys() == pipe.unet.state_dict().keys()
+    assert convert_ldm_vae_checkpoint(ldm, dict(pipe.vae.config)).keys() == pipe.vae.state_dict().keys()
+    single = save_single_file(pipe, tmp_path / "sd-single.safetensors")
+    result = cli("import", single, "--config", sd_folder, "--out", tmp_path / "from-single.safetensors")
+    assert result.code == 0, result.err
+    imported = load_checkpoint(tmp_path / "from-single.safetensors")
+    assert imported.state_dict.keys() == sd_checkpoint.state_dict.keys()
+    assert all(torch.equal(imported.state_dict[k], sd_checkpoint.state_dict[k]) for k in imported.state_dict)
+    assert imported.frozen.keys() == sd_checkpoint.frozen.keys()
+    assert all(torch.equal(imported.frozen[k], sd_checkpoint.frozen[k]) for k in imported.frozen)
+    assert imported.components == sd_checkpoint.components
+
+
+def test_single_file_import_refusals(sd_folder, tmp_path, cli):
+    pickle = tmp_path / "model.ckpt"
+    pickle.write_bytes(b"\x80\x04not really")
+    _refused(cli, tmp_path, "import", pickle, "--config", sd_folder, "--out", tmp_path / "m.safetensors",
+             message="is a pickle checkpoint (.ckpt)")
+    single = tmp_path / "weights.safetensors"
+    from safetensors.torch import save_file
+
+    save_file({"x": torch.zeros(1)}, str(single))
+    _refused(cli, tmp_path, "import", single, "--out", tmp_path / "m.safetensors", message="give --config DIR")
+    _refused(cli, tmp_path, "import", single, "--config", sd_folder, "--out", tmp_path / "m.safetensors",
+             message=f"diffusers could not read {single}")

@@ -28,7 +28,7 @@ lineage), :mod:`~unlearnctl.checkpoint.files` (atomic file I/O, saving and loadi
 :mod:`~unlearnctl.checkpoint.diffusers_io` (diffusers folders). The names below are the public API.
 """
 
-from unlearnctl.checkpoint.diffusers_io import export_diffusers, import_diffusers
+from unlearnctl.checkpoint.diffusers_io import export_diffusers, import_diffusers, import_single_file
 from unlearnctl.checkpoint.files import (
     atomic_write_bytes, atomic_write_text, check_output_path, file_sha256, load_checkpoint, safetensors_bytes,
     save_checkpoint, serialize,
@@ -44,7 +44,7 @@ from unlearnctl.checkpoint.validation import (
 __all__ = [
     "Checkpoint", "FORMAT_NAME", "FORMAT_VERSION", "MAX_HEADER_BYTES", "PICKLE_SUFFIXES", "REQUIRED_METADATA",
     "atomic_write_bytes", "atomic_write_text", "build_unet", "check_output_path", "default_scheduler",
-    "export_diffusers", "file_sha256", "import_diffusers", "lineage_entry", "load_checkpoint", "metadata_integrity",
+    "export_diffusers", "file_sha256", "import_diffusers", "import_single_file", "lineage_entry", "load_checkpoint", "metadata_integrity",
     "now_utc", "plain_config", "quiet_diffusers", "read_header", "reproducible", "safetensors_bytes",
     "save_checkpoint", "serialize", "versions", "weights_sha256",
 ]

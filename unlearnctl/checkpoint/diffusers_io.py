@@ -191,3 +191,34 @@ def stable_diffusion_checkpoint(unet: Any, vae: Any, text_encoder: Any, tokenize
 # The keys of a pipeline scheduler's config that define the training noise schedule (the rest is sampler detail).
 TRAINING_SCHEDULE_KEYS = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas",
                           "prediction_type", "timestep_spacing", "steps_offset", "rescale_betas_zero_snr")
+
+
+def import_single_file(path: str | Path, config_dir: str | Path, data: dict[str, Any], source: str | None = None) -> Checkpoint:
+    """A single-file Stable Diffusion checkpoint (the original CompVis layout, ``.safetensors`` only) read
+    through diffusers' single-file loader, offline: ``config_dir`` is a ``StableDiffusionPipeline`` folder whose
+    component configs, tokenizer and scheduler describe the file's weights (the weights in it are not used)."""
+    from diffusers import StableDiffusionPipeline
+
+    from unlearnctl.checkpoint.validation import PICKLE_SUFFIXES, read_header
+
+    path, config_dir = Path(path), Path(config_dir)
+    require(path.is_file(), f"single-file checkpoint {path} does not exist")
+    require(path.suffix.lower() not in PICKLE_SUFFIXES,
+            f"{path} is a pickle checkpoint ({path.suffix}); loading it could run code, so it is refused — use its .safetensors version")
+    require(path.suffix.lower() == ".safetensors", f"{path} is not a .safetensors file; single-file checkpoints are read from .safetensors only")
+    read_header(path)  # a valid safetensors file before diffusers opens it
+    require(config_dir.is_dir(), f"--config {config_dir} is not a folder; give the diffusers StableDiffusionPipeline folder "
+            "whose configs describe the file (nothing is downloaded)")
+    pipeline_class = _pipeline_class(config_dir)
+    require(pipeline_class == "StableDiffusionPipeline", f"--config {config_dir} holds a {pipeline_class or 'folder without model_index.json'}; "
+            "single-file import supports StableDiffusionPipeline configs")
+    missing = [name for name in ("unet", "vae", "text_encoder", "tokenizer", "scheduler") if not (config_dir / name).is_dir()]
+    require(not missing, f"--config {config_dir} lacks the pipeline component{'s' if len(missing) > 1 else ''} {', '.join(missing)}")
+    try:
+        with quiet_diffusers():
+            pipe = StableDiffusionPipeline.from_single_file(str(path), config=str(config_dir), local_files_only=True,
+                                                            safety_checker=None, requires_safety_checker=False)
+    except Exception as exc:  # diffusers raises many types for files that do not fit the configs
+        raise BadInputError(f"diffusers could not read {path} with the configs of {config_dir}: {cause_of(exc)}") from None
+    entry = lineage_entry("import", {"source": str(source or path), "config": str(config_dir)}, seed=None, wall_time_s=0.0)
+    return stable_diffusion_checkpoint(pipe.unet, pipe.vae, pipe.text_encoder, pipe.tokenizer, pipe.scheduler, data, entry)

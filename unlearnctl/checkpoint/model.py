@@ -127,13 +127,19 @@ def quiet_diffusers():
 
 
 def _loading_bars(enabled: bool) -> bool:
-    """Turn the libraries' weight-loading progress bars on or off; returns whether they were on."""
+    """Turn diffusers' and transformers' loading progress bars on or off; returns whether they were on."""
+    from diffusers.utils import logging as diffusers_logging
+
+    modules = [diffusers_logging]
     try:
-        from transformers.utils import logging as hf_logging
+        from transformers.utils import logging as transformers_logging
+
+        modules.append(transformers_logging)
     except ImportError:
-        return enabled
-    was = hf_logging.is_progress_bar_enabled()
-    (hf_logging.enable_progress_bar if enabled else hf_logging.disable_progress_bar)()
+        pass
+    was = diffusers_logging.is_progress_bar_enabled()
+    for module in modules:
+        (module.enable_progress_bar if enabled else module.disable_progress_bar)()
     return was
 
 

@@ -246,16 +246,17 @@ def export(
 
 @app.command("import", rich_help_panel="Models")
 def import_(
-    diffusers_dir: Annotated[Path, typer.Argument(help="A diffusers save_pretrained folder (pipeline with unet/ or a bare UNet folder).")],
+    diffusers_dir: Annotated[Path, typer.Argument(help="A diffusers save_pretrained folder (a StableDiffusionPipeline, a pixel pipeline with unet/, or a bare UNet folder), or a single-file Stable Diffusion .safetensors (with --config).")],
     out: opt.OutCheckpoint,
+    config: Annotated[Optional[Path], typer.Option("--config", help="Single-file import: the diffusers StableDiffusionPipeline folder whose configs, tokenizer and scheduler describe the file (offline: nothing is downloaded).", rich_help_panel=opt.MODEL_PANEL)] = None,
     data: opt.Data = None,
     resolution: opt.Resolution = None,
     channels: opt.Channels = None,
     split_seed: opt.SplitSeed = 0,
     canary_copies: opt.CanaryCopies = None,
 ):
-    """Import a diffusers UNet (safetensors weights only) as an unlearnctl checkpoint."""
-    from unlearnctl.checkpoint import check_output_path, import_diffusers, save_checkpoint
+    """Import a diffusers pipeline folder or a single-file Stable Diffusion checkpoint (safetensors only) as an unlearnctl checkpoint."""
+    from unlearnctl.checkpoint import check_output_path, import_diffusers, import_single_file, save_checkpoint
     from unlearnctl.data import check_compatible
     from unlearnctl.errors import require
     from unlearnctl.fileio import claim_output
@@ -265,11 +266,20 @@ def import_(
     sources = [p for folder in (diffusers_dir, diffusers_dir / "unet") if folder.is_dir() for p in folder.glob("*.safetensors")]
     require(out.resolve() not in {p.resolve() for p in sources},
             f"--out {out} is the source weights file of {diffusers_dir}; write the imported checkpoint to a new file")
+    if diffusers_dir.is_file():
+        require(config is not None, f"{diffusers_dir} is a single file; give --config DIR, the diffusers StableDiffusionPipeline "
+                "folder with its configs (nothing is downloaded)")
+        require(out.resolve() != diffusers_dir.resolve(), f"--out {out} is the source file; write the imported checkpoint to a new file")
+    else:
+        require(config is None, "--config is for single-file imports; a folder carries its own configs")
     claim_output(out)
     description = {"source": "unknown", "class_names": []}
     if data:
         description = load_split(data, resolution, channels, split_seed, canary_copies).description
-    checkpoint = import_diffusers(diffusers_dir, description)
+    if diffusers_dir.is_file():
+        checkpoint = import_single_file(diffusers_dir, config, description)
+    else:
+        checkpoint = import_diffusers(diffusers_dir, description)
     require_finite_weights({**checkpoint.state_dict, **checkpoint.frozen}, diffusers_dir)
     if data:
         check_compatible(description, checkpoint.unet_config, checkpoint.conditional)
