@@ -21,7 +21,7 @@ A rerun reuses done stages; a killed run (any signal, any moment) resumes with t
 changed parameter or a file replaced by hand re-runs exactly the stages downstream of it.
 
 **Parallel.** ``jobs > 1`` runs independent stages (e.g. the seeds, or the methods of one base) in that many
-worker processes, each with ``cores / jobs`` torch threads. Sequential (``jobs = 1``) is the default and runs
+worker processes, sharing this process' torch threads (``OMP_NUM_THREADS``, else the cores) between them. Sequential (``jobs = 1``) is the default and runs
 the stages in the listed order.
 """
 
@@ -31,7 +31,6 @@ import copy
 import dataclasses
 import hashlib
 import json
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -148,9 +147,9 @@ def _fields(cls, exclude: tuple[str, ...] = ()) -> tuple[str, ...]:
     return tuple(f.name for f in dataclasses.fields(cls) if f.name not in exclude)
 
 
-def _build(cls, values: dict[str, Any], where: str, exclude: tuple[str, ...] = ()):
-    """``cls(**values)`` after checking every key is one of its fields (its own checks then run)."""
-    _known(values, _fields(cls, exclude), where)
+def _build(cls, values: dict[str, Any], where: str, exclude: tuple[str, ...] = (), extra: tuple[str, ...] = ()):
+    """``cls(**values)`` after checking every key is one of its fields or ``extra`` (its own checks then run)."""
+    _known(values, extra + _fields(cls, exclude), where)
     try:
         return cls(**values)
     except TypeError as exc:  # a wrong type the dataclass' checks trip over
@@ -169,13 +168,13 @@ def parse_experiment(data: dict[str, Any], origin: str = "experiment", *, quick:
     data = _table(data, origin)
     _known(data, TOP_KEYS, origin)
     if quick:
-        require("quick" in data, f"{origin} has no [quick] table; --quick needs one")
-        quick_table = _table(data["quick"], f"{origin} [quick]")
-        require("quick" not in quick_table, f"{origin} [quick] cannot hold a [quick] table")
+        require("quick" in data, f"{origin} has no quick table; --quick needs one")
+        quick_table = _table(data["quick"], f"{origin} table quick")
+        require("quick" not in quick_table, f"{origin}: table quick cannot hold a quick table")
         data = merge(data, quick_table)
     source = {k: v for k, v in data.items() if k != "quick"}
     if "quick" in data:
-        _known(_table(data["quick"], f"{origin} [quick]"), [k for k in TOP_KEYS if k != "quick"], f"{origin} [quick]")
+        _known(_table(data["quick"], f"{origin} table quick"), [k for k in TOP_KEYS if k != "quick"], f"{origin} table quick")
 
     title = data.get("title", "unlearnctl experiment")
     require(isinstance(title, str), f"title must be a string, got {title!r}")
@@ -184,19 +183,19 @@ def parse_experiment(data: dict[str, Any], origin: str = "experiment", *, quick:
             f"seeds must be a non-empty list of integers >= 0, got {seeds!r}")
     require(len(set(seeds)) == len(seeds), f"a seed is listed twice: {seeds}")
 
-    train = dict(_table(data.get("train", {}), "[train]"))
+    train = dict(_table(data.get("train", {}), "table train"))
     preset = train.pop("preset", "small")
-    require(isinstance(preset, str), f"[train] preset must be a string, got {preset!r}")
+    require(isinstance(preset, str), f"train.preset must be a string, got {preset!r}")
     check_preset(preset)
-    _build(TrainConfig, train, "[train] (and preset)", exclude=("seed",))
+    _build(TrainConfig, train, "table train", exclude=("seed",), extra=("preset",))
 
     unlearn_keys = _fields(UnlearnConfig, exclude=("seed", "device", "precision"))
-    unlearn = dict(_table(data.get("unlearn", {}), "[unlearn]"))
-    _build(UnlearnConfig, unlearn, "[unlearn]", exclude=("seed", "device", "precision"))
+    unlearn = dict(_table(data.get("unlearn", {}), "table unlearn"))
+    _build(UnlearnConfig, unlearn, "table unlearn", exclude=("seed", "device", "precision"))
 
     raw_scenarios = data.get("scenarios")
-    require(isinstance(raw_scenarios, list) and raw_scenarios, "the experiment needs at least one [[scenarios]] table")
-    scenarios = [_scenario(_table(raw, f"[[scenarios]] #{i + 1}"), i, unlearn_keys) for i, raw in enumerate(raw_scenarios)]
+    require(isinstance(raw_scenarios, list) and raw_scenarios, "the experiment needs at least one scenario (an array of tables named scenarios)")
+    scenarios = [_scenario(_table(raw, f"scenario #{i + 1}"), i, unlearn_keys) for i, raw in enumerate(raw_scenarios)]
     names = [s.name for s in scenarios]
     require(len(set(names)) == len(names), f"a scenario name is used twice: {', '.join(names)}")
     prefixes = [s.prefix for s in scenarios]
@@ -214,18 +213,18 @@ def parse_experiment(data: dict[str, Any], origin: str = "experiment", *, quick:
                     "the audit reference must never have seen it")
 
     raw_attacks = data.get("attacks", [])
-    require(isinstance(raw_attacks, list), "attacks must be an array of tables ([[attacks]])")
-    attacks = [_attack(_table(raw, f"[[attacks]] #{i + 1}"), i, len(raw_attacks)) for i, raw in enumerate(raw_attacks)]
+    require(isinstance(raw_attacks, list), "attacks must be an array of tables, one per attack")
+    attacks = [_attack(_table(raw, f"attack #{i + 1}"), i, len(raw_attacks)) for i, raw in enumerate(raw_attacks)]
     attack_names = [a.name for a in attacks]
     require(len(set(attack_names)) == len(attack_names), f"two attacks have the same name: {attack_names}")
     for attack in attacks:
         AttackConfig(**attack.config)
 
-    evaluation = dict(_table(data.get("evaluation", {}), "[evaluation]"))
-    _known(evaluation, EVAL_KEYS, "[evaluation]")
+    evaluation = dict(_table(data.get("evaluation", {}), "table evaluation"))
+    _known(evaluation, EVAL_KEYS, "table evaluation")
     evaluation = {"num_samples": 1000, "steps": 25, "audit_repeats": 4, "audit_max_images": 1000} | evaluation
     require(isinstance(evaluation["num_samples"], int) and evaluation["num_samples"] >= 10,
-            f"[evaluation] num_samples must be at least 10 (one per class), got {evaluation['num_samples']!r}")
+            f"evaluation.num_samples must be at least 10 (one per class), got {evaluation['num_samples']!r}")
     audit = AuditConfig(repeats=evaluation["audit_repeats"], max_images=evaluation["audit_max_images"])
     EvalConfig(**{k: v for k, v in evaluation.items() if not k.startswith("audit_")}, audit=audit)
 
@@ -240,7 +239,7 @@ def parse_experiment(data: dict[str, Any], origin: str = "experiment", *, quick:
 def _scenario(raw: dict[str, Any], index: int, unlearn_keys: tuple[str, ...]) -> Scenario:
     from unlearnctl.methods import available_methods, get_method
 
-    where = f"[[scenarios]] #{index + 1}"
+    where = f"scenario #{index + 1}"
     _known(raw, SCENARIO_KEYS, where)
     name = raw.get("name")
     require(isinstance(name, str) and name.replace("-", "").replace("_", "").isalnum(),
@@ -295,7 +294,7 @@ def _scenario(raw: dict[str, Any], index: int, unlearn_keys: tuple[str, ...]) ->
 def _attack(raw: dict[str, Any], index: int, count: int) -> Attack:
     from unlearnctl.attacks.dimra import AttackConfig
 
-    where = f"[[attacks]] #{index + 1}"
+    where = f"attack #{index + 1}"
     keys = ATTACK_EXTRA + _fields(AttackConfig, exclude=("seed",))
     _known(raw, keys, where)
     config = {k: v for k, v in raw.items() if k not in ATTACK_EXTRA}
@@ -696,7 +695,9 @@ def _run_parallel(stages: list[Stage], out: Path, jobs: int, device: str,
     needs = {stage.id: {producer[name] for name in stage.inputs if name in producer} for stage in stages}
     complete: set[str] = set()
     waiting = list(stages)
-    threads = max(1, (os.cpu_count() or 1) // jobs)
+    import torch
+
+    threads = max(1, torch.get_num_threads() // jobs)  # this process' threads (OMP_NUM_THREADS, else the cores), shared
     context = multiprocessing.get_context("spawn")  # torch and fork do not mix
     with ProcessPoolExecutor(jobs, mp_context=context, initializer=_worker_init, initargs=(str(out), device, threads)) as pool:
         running: dict[Any, Stage] = {}
