@@ -50,6 +50,7 @@ class DemoConfig:
     base_steps: int | None = None  # training steps of the base models and of retrain
     methods: tuple[str, ...] | None = None  # class scenario: unlearning methods (retrain always runs)
     canary: bool = True  # run the canary scenario too
+    canary_methods: tuple[str, ...] | None = None  # canary scenario: unlearning methods
     canary_retrain: bool = False  # canary scenario: exact retraining as its reference (one more base training)
     attack_steps: int | None = None  # DiMRA steps of every attack
     eval_samples: int | None = None  # evaluation: images generated per model
@@ -58,6 +59,8 @@ class DemoConfig:
     def __post_init__(self):
         if self.methods is not None:
             self.methods = tuple(self.methods)
+        if self.canary_methods is not None:
+            self.canary_methods = tuple(self.canary_methods)
         self.experiment()  # validates: a bad option fails here, before any work
 
     def experiment(self) -> Experiment:
@@ -71,6 +74,8 @@ class DemoConfig:
             data["train"]["steps"] = self.base_steps
         if self.methods is not None:
             scenarios["class"]["methods"] = list(self.methods)
+        if self.canary_methods is not None:
+            scenarios["canary"]["methods"] = list(self.canary_methods)
         if self.canary_retrain:
             scenarios["canary"].update(retrain=True, audit_reference="canary.retrain")
         if not self.canary:

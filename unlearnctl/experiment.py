@@ -20,6 +20,9 @@ exists, its parameters are unchanged, its outputs exist and its inputs are the f
 A rerun reuses done stages; a killed run (any signal, any moment) resumes with the stage it was in; a
 changed parameter or a file replaced by hand re-runs exactly the stages downstream of it.
 
+**Several processes.** Under ``accelerate launch`` every process runs every stage (each library call splits its
+work between them, the main process writes the files), the main process deciding which stages are done.
+
 **Parallel.** ``jobs > 1`` runs independent stages (e.g. the seeds, or the methods of one base) in that many
 worker processes, sharing this process' torch threads (``OMP_NUM_THREADS``, else the cores) between them. Sequential (``jobs = 1``) is the default and runs
 the stages in the listed order.
@@ -429,20 +432,21 @@ class _Context:
         self.splits: dict[str, Any] = {}
 
     def model(self, name: str):
+        """The checkpoint in ``name``: the one this process made, else read from the file."""
         from unlearnctl.checkpoint import load_checkpoint
 
-        path = self.out / name
-        cached = self.models.get(name)
-        if cached is None or _file_key(path) != cached[0]:
-            self.models[name] = (_file_key(path), load_checkpoint(path))
-        return self.models[name][1]
+        if name not in self.models:
+            self.models[name] = load_checkpoint(self.out / name)
+        return self.models[name]
 
     def save(self, name: str, checkpoint) -> None:
         from unlearnctl.checkpoint import save_checkpoint
+        from unlearnctl.distributed import is_main_process
 
-        save_checkpoint(checkpoint, self.out / name)
-        self.models[name] = (_file_key(self.out / name), checkpoint)
-        _SHA[(str(self.out / name), *_file_key(self.out / name))] = checkpoint.sha256
+        save_checkpoint(checkpoint, self.out / name)  # written by the main process only (accelerate launch)
+        self.models[name] = checkpoint
+        if is_main_process():
+            _SHA[(str(self.out / name), *_file_key(self.out / name))] = checkpoint.sha256
 
     def split(self, source: str):
         from unlearnctl.data import load_data
@@ -563,6 +567,20 @@ def _run_evaluate(stage: Stage, context: _Context) -> None:
     atomic_write_text(json_path, json.dumps(evaluation.result, indent=2, default=str) + "\n")
 
 
+def _agreed(done: bool) -> bool:
+    """Under ``accelerate launch``: the main process's answer, so that every process runs the same stages."""
+    from unlearnctl.distributed import launched, state
+
+    if not launched():
+        return done
+    from accelerate.utils import broadcast_object_list
+
+    state()
+    box = [done]
+    broadcast_object_list(box, from_process=0)
+    return bool(box[0])
+
+
 # worker processes (jobs > 1): one context per process, models read from the files
 _WORKER: dict[str, Any] = {}
 
@@ -597,7 +615,7 @@ class StageEvent:
 class ExperimentResult:
     out: Path
     report: Path
-    comparison: Any  # unlearnctl.report.Comparison
+    comparison: Any  # unlearnctl.report.Comparison (None in a non-main process of accelerate launch)
     stages: list[StageEvent]
     seconds: float
     files: list[Path] = field(default_factory=list)
@@ -628,8 +646,12 @@ def run_experiment(
     from unlearnctl.fileio import claim_output
     from unlearnctl.report import compare, load_runs, write_report
 
+    from unlearnctl.distributed import is_main_process, launched
+
     out = Path(out)
     require(isinstance(jobs, int) and jobs >= 1, f"--jobs must be at least 1, got {jobs}")
+    require(jobs == 1 or not launched(), "--jobs runs worker processes of its own; under accelerate launch use --jobs 1 "
+            "(the launched processes share each stage)")
     require(not out.exists() or out.is_dir(), f"--out {out} exists and is not a folder")
     require(out.parent.is_dir(), f"folder {out.parent} does not exist; create it first")
     stages = build_stages(experiment)
@@ -654,12 +676,15 @@ def run_experiment(
         context = _Context(out, device, progress)
         for stage in stages:
             tick = time.perf_counter()
-            if stage_done(out, stage):
+            if _agreed(stage_done(out, stage)):
                 finished(stage, time.perf_counter() - tick, True)
             else:
                 finished(stage, run_stage(stage, context), False)
     else:
         _run_parallel(stages, out, jobs, device, finished)
+
+    if not is_main_process():  # accelerate launch: the other processes helped with the stages; one writes the report
+        return ExperimentResult(out, out / "report.html", None, events, time.perf_counter() - started)
 
     # the comparison and the report: always redone (seconds), from the files on disk
     tick = time.perf_counter()

@@ -200,6 +200,8 @@ def _run(experiment, out: Path, jobs: int, device: str, quiet: bool, dry_run: bo
     with _StageProgress(quiet) as display:
         result = run_experiment(experiment, out, jobs=jobs, device=device, progress=display.progress if jobs == 1 else None,
                                 on_stage=display.stage)
+    if result.comparison is None:  # a non-main process of accelerate launch: the main one reports
+        return
     print_comparison(result.comparison)
     for warning in result.comparison.warnings:
         note(f"[yellow]warning:[/yellow] {warning}", quiet)
