@@ -96,9 +96,14 @@ def finished(classifier_cache, tmp_path_factory):
 
 
 def digests(out: Path) -> dict[str, str]:
-    """sha256 of every model, evaluation and curve (the comparison and the manifest aside)."""
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(out.iterdir())
-            if p.suffix in (".safetensors", ".json", ".png") and not p.name.startswith(("comparison", "experiment", "report"))}
+    """sha256 of every model, evaluation, grid and curve (the comparison and the manifest aside), the folder's path
+    replaced by ``OUT``."""
+    found = {}
+    for path in sorted(out.iterdir()):
+        if path.suffix in (".safetensors", ".json", ".png") and not path.name.startswith(("comparison", "experiment", "report")):
+            payload = path.read_bytes().replace(str(out).encode(), b"OUT")  # evaluations name their model's path
+            found[path.name] = hashlib.sha256(payload).hexdigest()
+    return found
 
 
 def test_two_methods_two_seeds_run_end_to_end_and_compare_over_seeds(finished):
