@@ -64,6 +64,7 @@ num_samples = 20
 steps = 3
 audit_repeats = 1
 audit_max_images = 16
+bootstrap_rounds = 50
 """
 
 

@@ -50,7 +50,7 @@ RESERVED = ("report", "comparison", "experiment")  # file stems the run itself w
 TOP_KEYS = ("title", "seeds", "train", "scenarios", "unlearn", "attacks", "evaluation", "quick")
 SCENARIO_KEYS = ("name", "prefix", "data", "conditional", "forget", "retrain", "methods", "audit_reference")
 FORGET_KEYS = ("classes", "indices", "canary", "images")
-EVAL_KEYS = ("num_samples", "steps", "sampler", "guidance", "audit_repeats", "audit_max_images")
+EVAL_KEYS = ("num_samples", "steps", "sampler", "guidance", "audit_repeats", "audit_max_images", "bootstrap_rounds")
 ATTACK_EXTRA = ("name", "aux", "curve_every")  # attack keys beyond AttackConfig's fields
 
 
@@ -228,8 +228,7 @@ def parse_experiment(data: dict[str, Any], origin: str = "experiment", *, quick:
     evaluation = {"num_samples": 1000, "steps": 25, "audit_repeats": 4, "audit_max_images": 1000} | evaluation
     require(isinstance(evaluation["num_samples"], int) and evaluation["num_samples"] >= 10,
             f"evaluation.num_samples must be at least 10 (one per class), got {evaluation['num_samples']!r}")
-    audit = AuditConfig(repeats=evaluation["audit_repeats"], max_images=evaluation["audit_max_images"])
-    EvalConfig(**{k: v for k, v in evaluation.items() if not k.startswith("audit_")}, audit=audit)
+    _eval_config(evaluation, seed=0, reference=None, device="cpu")
 
     experiment = Experiment(title, tuple(seeds), preset, train, tuple(scenarios), unlearn, tuple(attacks), evaluation, source)
     stems = [stem for stage in build_stages(experiment) for stem in stage.outputs]
@@ -552,14 +551,11 @@ def _run_attack(stage: Stage, context: _Context) -> None:
 def _run_evaluate(stage: Stage, context: _Context) -> None:
     from unlearnctl.checkpoint import atomic_write_text
     from unlearnctl.data import ForgetSpec
-    from unlearnctl.metrics.evaluate import EvalConfig, run_evaluation
-    from unlearnctl.metrics.membership import AuditConfig
+    from unlearnctl.metrics.evaluate import run_evaluation
 
     p = stage.params
-    settings = dict(p["evaluation"])
-    audit = AuditConfig(repeats=settings.pop("audit_repeats"), max_images=settings.pop("audit_max_images"), seed=p["seed"])
     reference = str(context.out / stage.inputs[1]) if p["audit_reference"] else None
-    config = EvalConfig(**settings, seed=p["seed"], audit=audit, audit_reference=reference, device=context.device)
+    config = _eval_config(p["evaluation"], p["seed"], reference, context.device)
     evaluation = run_evaluation(context.model(stage.inputs[0]), ForgetSpec.from_dict(p["forget"]), config, context.progress,
                                 split=context.split(p["data"]))
     json_path, grid = context.out / stage.outputs[0], context.out / stage.outputs[1]
@@ -579,6 +575,18 @@ def _agreed(done: bool) -> bool:
     box = [done]
     broadcast_object_list(box, from_process=0)
     return bool(box[0])
+
+
+def _eval_config(evaluation: dict[str, Any], seed: int, reference: str | None, device: str):
+    """The :class:`~unlearnctl.metrics.evaluate.EvalConfig` of the ``[evaluation]`` table (its checks run here)."""
+    from unlearnctl.metrics.evaluate import EvalConfig
+    from unlearnctl.metrics.membership import AuditConfig
+
+    settings = dict(evaluation)
+    audit = {"repeats": settings.pop("audit_repeats"), "max_images": settings.pop("audit_max_images"), "seed": seed}
+    if "bootstrap_rounds" in settings:  # every interval of the evaluation, the audit's included
+        audit["bootstrap_rounds"] = settings["bootstrap_rounds"]
+    return EvalConfig(**settings, seed=seed, audit=AuditConfig(**audit), audit_reference=reference, device=device)
 
 
 # worker processes (jobs > 1): one context per process, models read from the files
