@@ -195,6 +195,7 @@ def test_parallel_and_sequential_plans_hold_the_same_stages():
     ('[[scenarios]]\nname = "c"\ndata = "digits"\nforget = { classes = ["8"] }\nmethods = ["retrain"]\n', "retrain is the reference"),
     ('[[scenarios]]\nname = "c"\ndata = "digits"\nforget = { classes = ["8"] }\n[train]\nsteps = 5\nlearning_rate = 1\n',
      "unknown key 'learning_rate' in table train"),
+    ('seeds = [0]\n[train]\nsteps = [1]\n', r"\[1\]"),  # brackets in a message are text, not markup
     ('seeds = [0, 0]\n[[scenarios]]\nname = "c"\ndata = "digits"\nforget = { classes = ["8"] }\n', "seed is listed twice"),
     ('[[scenarios]]\nname = "c"\ndata = "digits"\nforget = {}\n', "forget is empty"),
 ])

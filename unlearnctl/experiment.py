@@ -153,10 +153,23 @@ def _fields(cls, exclude: tuple[str, ...] = ()) -> tuple[str, ...]:
 def _build(cls, values: dict[str, Any], where: str, exclude: tuple[str, ...] = (), extra: tuple[str, ...] = ()):
     """``cls(**values)`` after checking every key is one of its fields or ``extra`` (its own checks then run)."""
     _known(values, extra + _fields(cls, exclude), where)
+    defaults = {f.name: f.default for f in dataclasses.fields(cls)}
+    for key, value in values.items():
+        _check_type(value, defaults.get(key), f"{where}: {key}")
     try:
         return cls(**values)
     except TypeError as exc:  # a wrong type the dataclass' checks trip over
         raise BadInputError(f"{where}: {exc}") from None
+
+
+def _check_type(value: Any, default: Any, where: str) -> None:
+    """A value of the default's kind (numbers for numbers, true/false for flags, text for text)."""
+    if isinstance(default, bool):
+        require(isinstance(value, bool), f"{where} must be true or false, got {value!r}")
+    elif isinstance(default, (int, float)):
+        require(isinstance(value, (int, float)) and not isinstance(value, bool), f"{where} must be a number, got {value!r}")
+    elif isinstance(default, str):
+        require(isinstance(value, str), f"{where} must be a string, got {value!r}")
 
 
 def parse_experiment(data: dict[str, Any], origin: str = "experiment", *, quick: bool = False) -> Experiment:
@@ -225,6 +238,8 @@ def parse_experiment(data: dict[str, Any], origin: str = "experiment", *, quick:
 
     evaluation = dict(_table(data.get("evaluation", {}), "table evaluation"))
     _known(evaluation, EVAL_KEYS, "table evaluation")
+    for key, value in evaluation.items():
+        _check_type(value, "ddim" if key == "sampler" else 1, f"evaluation.{key}")
     evaluation = {"num_samples": 1000, "steps": 25, "audit_repeats": 4, "audit_max_images": 1000} | evaluation
     require(isinstance(evaluation["num_samples"], int) and evaluation["num_samples"] >= 10,
             f"evaluation.num_samples must be at least 10 (one per class), got {evaluation['num_samples']!r}")
@@ -300,6 +315,9 @@ def _attack(raw: dict[str, Any], index: int, count: int) -> Attack:
     keys = ATTACK_EXTRA + _fields(AttackConfig, exclude=("seed",))
     _known(raw, keys, where)
     config = {k: v for k, v in raw.items() if k not in ATTACK_EXTRA}
+    defaults = {f.name: f.default for f in dataclasses.fields(AttackConfig)}
+    for key, value in config.items():
+        _check_type(value, defaults.get(key), f"{where}: {key}")
     aux = raw.get("aux", "retain")
     require(isinstance(aux, str) and aux, f"{where}: aux must be a source like \"retain\" or \"generated\", got {aux!r}")
     from unlearnctl.attacks import parse_aux_spec
