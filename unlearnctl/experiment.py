@@ -175,8 +175,6 @@ def _check_type(value: Any, default: Any, where: str) -> None:
 def parse_experiment(data: dict[str, Any], origin: str = "experiment", *, quick: bool = False) -> Experiment:
     """Validate the whole experiment up front; the first problem raises :class:`BadInputError` (one line)."""
     from unlearnctl.attacks.dimra import AttackConfig
-    from unlearnctl.metrics.evaluate import EvalConfig
-    from unlearnctl.metrics.membership import AuditConfig
     from unlearnctl.models import check_preset
     from unlearnctl.training import TrainConfig
     from unlearnctl.unlearning import UnlearnConfig
