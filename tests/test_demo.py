@@ -47,12 +47,13 @@ def test_demo_writes_every_step_as_an_ordinary_file(demo_run):
         assert json.loads((out / f"{name}-curve.json").read_text())["schema"] == "unlearnctl.relearn-curve"
         assert (out / f"{name}-attacked.json").is_file()
     for name in ("report.html", "report-pareto.png", "report-attack.png", "report-curves.png", "comparison.md",
-                 "comparison.csv", "comparison.json", "demo.json"):
+                 "comparison.csv", "comparison.json", "experiment.json"):
         assert (out / name).is_file(), name
     # one event per stage, numbered 1..N, none reused on a fresh folder
     assert [e.index for e in events] == list(range(1, len(events) + 1))
     assert all(e.total == len(events) for e in events) and not any(e.reused for e in events)
     assert [e.name for e in events] == plan(quick_config(**SMALL), out)
+    assert len(list((out / "stages").glob("*.json"))) == len(events) - 1  # one record per stage, the report aside
 
 
 def test_demo_comparison_tells_the_story_structure(demo_run):
@@ -70,7 +71,8 @@ def test_demo_comparison_tells_the_story_structure(demo_run):
     assert calibration["reference_sha256"] == json.loads((out / "base.json").read_text())["provenance"]["model"]["sha256"]
     html = (out / "report.html").read_text()
     assert "Recipe" in html and "base training" in html
-    assert json.loads((out / "demo.json").read_text())["recipe"]["methods"] == ["siss", "naive"]
+    recipe = json.loads((out / "experiment.json").read_text())["recipe"]
+    assert [list(s["methods"]) for s in recipe["scenarios"]] == [["siss", "naive"], ["siss"]]
 
 
 def test_rerun_reuses_finished_steps_and_redoes_what_changed(demo_run):
@@ -99,10 +101,15 @@ def test_rerun_reuses_finished_steps_and_redoes_what_changed(demo_run):
         "attack naive (DiMRA, 4 steps)", "evaluate naive", "evaluate naive-attacked"]
 
 
-def test_a_folder_of_another_recipe_is_refused(demo_run):
+def test_another_recipe_reruns_exactly_the_stages_it_changes(demo_run):
+    from unlearnctl.experiment import build_stages, stage_done
+
     out, _, _ = demo_run
-    with pytest.raises(BadInputError, match="another recipe.*attack_steps 4 → 5"):
-        run_demo(quick_config(**SMALL, attack_steps=5), out)
+    stale = [s.name for s in build_stages(quick_config(**SMALL, eval_samples=30).experiment()) if not stage_done(out, s)]
+    assert stale and all(name.startswith("evaluate") for name in stale)
+    assert len(stale) == len([s for s in build_stages(quick_config(**SMALL).experiment()) if s.kind == "evaluate"])
+    stale = [s.name for s in build_stages(quick_config(**{**SMALL, "methods": ("siss",)}).experiment()) if not stage_done(out, s)]
+    assert stale == []  # a method left out: nothing to run
 
 
 def test_cli_demo_on_a_finished_folder_prints_table_and_report(cli, demo_run):
@@ -126,10 +133,10 @@ def test_cli_dry_run_lists_the_full_plan(cli):
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    (dict(methods=("retrain",)), "retrain always runs"),
+    (dict(methods=("retrain",)), "retrain is the reference"),
     (dict(methods=("nope",)), "unknown method"),
-    (dict(preset="huge"), "unknown model size"),
-    (dict(eval_samples=5), "at least 10 samples"),
+    (dict(base_steps=0), "at least 1"),
+    (dict(eval_samples=5), "at least 10"),
 ])
 def test_bad_recipes(kwargs, match):
     with pytest.raises(BadInputError, match=match):

@@ -71,10 +71,12 @@ def _announce_environment(group) -> None:
 
 
 def _fail(message: str, code: int) -> int:
+    from rich.markup import escape
+
     from unlearnctl.cli.ui import stderr
 
     first_line = " ".join(str(message).split())  # one line, whatever the message held
-    stderr.print(f"[red]error:[/red] {first_line}", highlight=False, soft_wrap=True)
+    stderr.print(f"[red]error:[/red] {escape(first_line)}", highlight=False, soft_wrap=True)  # "[train]" is text
     return code
 
 

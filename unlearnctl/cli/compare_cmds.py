@@ -1,4 +1,5 @@
-"""Commands: ``compare`` (tables and the HTML report) and ``demo`` (the whole pipeline, ``make demo``)."""
+"""Commands: ``compare`` (tables and the HTML report), ``demo`` (the whole pipeline, ``make demo``) and ``run``
+(an experiment file, the demo's pipeline generalised)."""
 
 from __future__ import annotations
 
@@ -145,6 +146,10 @@ def compare(
             note(f"wrote {path}", quiet)
 
 
+JOBS_HELP = ("Worker processes for independent stages (the seeds, the methods of one base), sharing the torch "
+             "threads (OMP_NUM_THREADS, else the cores); 1 runs the stages in order in this process.")
+
+
 @app.command(rich_help_panel="Attack and evaluate")
 def demo(
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (created). A rerun reuses the finished steps in it.", rich_help_panel=opt.OUTPUT_PANEL)] = Path("demo-out"),
@@ -155,6 +160,7 @@ def demo(
     canary_retrain: Annotated[bool, typer.Option("--canary-retrain", help="Also retrain the canary model without the canary (its reference; one more base training).", rich_help_panel=DEMO_PANEL)] = False,
     attack_steps: Annotated[Optional[int], typer.Option(help="DiMRA steps per attack (default 200; --quick 4).", rich_help_panel=DEMO_PANEL)] = None,
     eval_samples: Annotated[Optional[int], typer.Option(help="Images generated per evaluation (default 1000; --quick 20).", rich_help_panel=DEMO_PANEL)] = None,
+    jobs: Annotated[int, typer.Option("--jobs", "-j", help=JOBS_HELP, rich_help_panel=DEMO_PANEL)] = 1,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the stages and exit.", rich_help_panel=opt.OUTPUT_PANEL)] = False,
     seed: opt.Seed = 0,
     device: opt.Device = "auto",
@@ -163,33 +169,61 @@ def demo(
     """The main job: train the bases, run every unlearning method, attack every result, evaluate, compare, report.
 
     On the embedded digits: class scenario (forget class 8 with every method and retrain) and canary
-    scenario (forget a memorised canary with SISS; --canary-retrain adds its retrain). Every step writes an ordinary checkpoint or
-    JSON into --out, so any step can be re-run by hand; one progress line per stage on stderr, the
-    comparison table and the report path on stdout.
+    scenario (forget a memorised canary with SISS; --canary-retrain adds its retrain). The demo is the
+    experiment file examples/demo.toml (`unlearnctl run examples/demo.toml` does the same). Every step writes
+    an ordinary checkpoint or JSON into --out, so any step can be re-run by hand; one progress line per stage
+    on stderr, the comparison table and the report path on stdout.
     """
-    from unlearnctl.demo import DemoConfig, plan, quick_config, run_demo
+    from unlearnctl.demo import DemoConfig
 
-    overrides = {k: v for k, v in {"base_steps": base_steps, "attack_steps": attack_steps, "eval_samples": eval_samples}.items()
-                 if v is not None}
-    if methods is not None:
-        overrides["methods"] = tuple(m.strip() for m in methods.split(",") if m.strip())
-    if no_canary:
-        overrides["canary"] = False
-    if canary_retrain:
-        overrides["canary_retrain"] = True
-    overrides.update(seed=seed, device=device)
-    config = quick_config(**overrides) if quick else DemoConfig(**overrides)
+    parsed = None if methods is None else tuple(m.strip() for m in methods.split(",") if m.strip())
+    config = DemoConfig(quick=quick, base_steps=base_steps, methods=parsed, canary=not no_canary, canary_retrain=canary_retrain,
+                        attack_steps=attack_steps, eval_samples=eval_samples, seed=seed)
+    _run(config.experiment(), out, jobs, device, quiet, dry_run, "demo")
+
+
+@app.command("run", rich_help_panel="Attack and evaluate")
+def run_file(
+    experiment: Annotated[Path, typer.Argument(help="Experiment file (TOML; docs/experiments.md). examples/demo.toml is the demo.", show_default=False)],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (created). A rerun reuses the finished stages in it; a killed run resumes.", rich_help_panel=opt.OUTPUT_PANEL)] = ...,
+    quick: Annotated[bool, typer.Option("--quick", help="Apply the file's [quick] table (tiny sizes to check the pipeline).")] = False,
+    jobs: Annotated[int, typer.Option("--jobs", "-j", help=JOBS_HELP)] = 1,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate the file, print the stages and exit.", rich_help_panel=opt.OUTPUT_PANEL)] = False,
+    device: opt.Device = "auto",
+    quiet: opt.Quiet = False,
+):
+    """Run an experiment file: bases, methods with parameters, seeds, attack budgets and evaluation, as one resumable pipeline.
+
+    The whole file is checked before anything runs. Each stage (train, unlearn, relearn-attack, evaluate)
+    writes the ordinary files of its command into --out and a record of its parameters and inputs in
+    --out/stages/; a rerun skips the stages whose record still matches, so a killed run resumes and a
+    changed setting re-runs only what it changes. Then compare (runs of several seeds aggregated) and report.
+    """
+    from unlearnctl.experiment import load_experiment
+
+    _run(load_experiment(experiment, quick=quick), out, jobs, device, quiet, dry_run, "experiment")
+
+
+def _run(experiment, out: Path, jobs: int, device: str, quiet: bool, dry_run: bool, what: str) -> None:
+    """Run (or list) an experiment's stages with one progress line per stage; the table and the report path on stdout."""
+    from unlearnctl.errors import require
+    from unlearnctl.experiment import plan, run_experiment
+
+    require(jobs >= 1, f"--jobs must be at least 1, got {jobs}")
     if dry_run:
-        for i, name in enumerate(plan(config, out), start=1):
+        for i, name in enumerate(plan(experiment), start=1):
             stdout.print(f"{i:>3}. {name}", highlight=False)
         return
     with _StageProgress(quiet) as display:
-        result = run_demo(config, out, progress=display.progress, on_stage=display.stage)
+        result = run_experiment(experiment, out, jobs=jobs, device=device, progress=display.progress if jobs == 1 else None,
+                                on_stage=display.stage)
+    if result.comparison is None:  # a non-main process of accelerate launch: the main one reports
+        return
     print_comparison(result.comparison)
     for warning in result.comparison.warnings:
         note(f"[yellow]warning:[/yellow] {warning}", quiet)
     ran = sum(not e.reused for e in result.stages)
-    stdout.print(f"demo finished in {result.seconds:.0f} s ({ran} stages run, {len(result.stages) - ran} reused); "
+    stdout.print(f"{what} finished in {result.seconds:.0f} s ({ran} stages run, {len(result.stages) - ran} reused); "
                  f"files in {result.out}/", highlight=False)
     stdout.print(f"report: {result.report}", highlight=False)
 

@@ -1,0 +1,240 @@
+"""Experiment files (unlearnctl/experiment.py, `unlearnctl run`): two methods × two seeds on tiny models run end to
+end; a rerun reuses every stage; a run killed mid-stage resumes to the same files as an uninterrupted run; bad
+files exit 2 with one line and write nothing."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from unlearnctl.errors import BadInputError
+from unlearnctl.experiment import build_stages, load_experiment, parse_experiment, plan, run_experiment, stage_done
+
+ROOT = Path(__file__).parents[1]
+
+
+def two_methods() -> list[str]:
+    """Two cheap fine-tuning methods of the class scenario, from the registry (the last two listed)."""
+    from unlearnctl.methods import available_methods
+
+    return available_methods("class", exact=False)[-2:]
+
+
+def tiny_toml(seeds="[0, 1]", attack_steps=3) -> str:
+    first, second = two_methods()
+    return f"""
+title = "tiny experiment"
+seeds = {seeds}
+
+[train]
+preset = "tiny"
+steps = 30
+batch_size = 32
+warmup_steps = 5
+
+[[scenarios]]
+name = "class"
+prefix = ""
+data = "digits"
+forget = {{ classes = ["8"] }}
+retrain = false
+methods = {{ "{first}" = {{ lr = 2e-4 }}, "{second}" = {{}} }}
+
+[unlearn]
+steps = 3
+
+[[attacks]]
+aux = "retain"
+steps = {attack_steps}
+batch_size = 16
+curve_every = 3
+curve_samples = 10
+curve_sample_steps = 3
+
+[evaluation]
+num_samples = 20
+steps = 3
+audit_repeats = 1
+audit_max_images = 16
+bootstrap_rounds = 50
+"""
+
+
+@pytest.fixture(autouse=True)
+def _cache(classifier_cache, monkeypatch):
+    monkeypatch.setenv("UNLEARNCTL_CACHE", str(classifier_cache))
+
+
+def cli_env(classifier_cache) -> dict[str, str]:
+    return {**os.environ, "UNLEARNCTL_CACHE": str(classifier_cache), "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1",
+            "SOURCE_DATE_EPOCH": "1700000000"}
+
+
+def cli_command(toml: Path, out: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-c", "from unlearnctl.cli.app import main; main()", "run", str(toml), "--out", str(out),
+            "--device", "cpu", "--quiet", *extra]
+
+
+@pytest.fixture(scope="module")
+def finished(classifier_cache, tmp_path_factory):
+    """The tiny experiment run once, uninterrupted, through the CLI (reproducible: SOURCE_DATE_EPOCH)."""
+    folder = tmp_path_factory.mktemp("experiment")
+    toml = folder / "tiny.toml"
+    toml.write_text(tiny_toml())
+    out = folder / "out"
+    started = time.perf_counter()
+    result = subprocess.run(cli_command(toml, out), env=cli_env(classifier_cache), capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return toml, out, time.perf_counter() - started
+
+
+def digests(out: Path) -> dict[str, str]:
+    """sha256 of every model, evaluation, grid and curve (the comparison and the manifest aside), the folder's path
+    replaced by ``OUT``."""
+    found = {}
+    for path in sorted(out.iterdir()):
+        if path.suffix in (".safetensors", ".json", ".png") and not path.name.startswith(("comparison", "experiment", "report")):
+            payload = path.read_bytes().replace(str(out).encode(), b"OUT")  # evaluations name their model's path
+            found[path.name] = hashlib.sha256(payload).hexdigest()
+    return found
+
+
+def test_two_methods_two_seeds_run_end_to_end_and_compare_over_seeds(finished):
+    from unlearnctl.report import compare, load_runs
+
+    toml, out, _ = finished
+    experiment = load_experiment(toml)
+    assert len(plan(experiment)) == 2 * (2 + 2 * 4) + 1  # per seed: train, evaluate base, 2 × (unlearn, attack, 2 evaluations)
+    for seed in (0, 1):
+        for model in ["base", *two_methods()]:
+            assert (out / f"{model}-seed{seed}.safetensors").is_file()
+            assert (out / f"{model}-seed{seed}.json").is_file()
+        for method in two_methods():
+            assert (out / f"{method}-seed{seed}-attacked.json").is_file()
+            assert (out / f"{method}-seed{seed}-curve.json").is_file()
+    first = json.loads((out / f"{two_methods()[0]}-seed1.json").read_text())
+    assert first["provenance"]["model"]["lineage"][-1]["seed"] == 1
+    # compare aggregates the seeds: one aggregate per method, unlearned and attacked, and for the base
+    comparison = json.loads((out / "comparison.json").read_text())
+    assert (out / "report.html").is_file() and "seeds" in (out / "comparison.md").read_text()
+    runs = load_runs(sorted(out.glob("*-seed*.json")))
+    aggregates = compare(runs).scenarios[0].aggregates
+    assert sorted((a.group, a.attacked, len(a.runs)) for a in aggregates) == sorted(
+        [("base", False, 2)] + [(m, attacked, 2) for m in two_methods() for attacked in (False, True)])
+    assert comparison  # written and parseable
+    # every stage left its record
+    assert len(list((out / "stages").glob("*.json"))) == len(plan(experiment)) - 1
+
+
+def test_a_rerun_reuses_every_stage(finished):
+    toml, out, _ = finished
+    before = digests(out)
+    events = []
+    run_experiment(load_experiment(toml), out, device="cpu", on_stage=events.append)
+    assert all(e.reused for e in events[:-1]) and not events[-1].reused
+    assert digests(out) == before
+
+
+def test_a_changed_setting_reruns_exactly_what_it_changes(finished):
+    toml, out, _ = finished
+    changed = parse_experiment(__import__("tomllib").loads(tiny_toml(attack_steps=4)))
+    stale = [s.name for s in build_stages(changed) if not stage_done(out, s)]
+    # 2 seeds × 2 methods: the attacks, nothing upstream; (the evaluations of their results follow once the
+    # attacked files change: their inputs, test_demo's replaced-file test)
+    assert stale == [s.name for s in build_stages(changed) if s.kind == "attack"] and len(stale) == 4
+
+
+def test_a_killed_run_resumes_to_the_same_files(finished, classifier_cache, tmp_path):
+    toml, reference, _ = finished
+    out = tmp_path / "out"
+    env = cli_env(classifier_cache)
+    process = subprocess.Popen(cli_command(toml, out, "--jobs", "2"), env=env, start_new_session=True,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:  # kill the run (workers too) once its first stage has finished, wherever the others are
+        deadline = time.monotonic() + 600
+        while not list((out / "stages").glob("*.json")) and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    assert process.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    done = len(list((out / "stages").glob("*.json")))
+    assert done >= 1
+    result = subprocess.run(cli_command(toml, out), env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    manifest = json.loads((out / "experiment.json").read_text())
+    reused = sum(stage["reused"] for stage in manifest["stages"])
+    assert reused >= done  # the stages finished before the kill were not run again
+    assert digests(out) == digests(reference)
+    assert (out / "comparison.md").read_text() == (reference / "comparison.md").read_text()
+
+
+def test_parallel_and_sequential_plans_hold_the_same_stages():
+    experiment = parse_experiment(__import__("tomllib").loads(tiny_toml()))
+    stages = build_stages(experiment)
+    outputs = [name for stage in stages for name in stage.outputs]
+    assert len(outputs) == len(set(outputs))
+    made = set()
+    for stage in stages:  # the sequential order runs every stage after the stages making its inputs
+        assert set(stage.inputs) <= made, stage.name
+        made.update(stage.outputs)
+
+
+@pytest.mark.parametrize("text, match", [
+    ("seeds = [0,\n", "not valid TOML"),
+    ('seeds = [0]\nnope = 1\n', "unknown key 'nope'"),
+    ('[[scenarios]]\nname = "c"\ndata = "digits"\nforget = { classes = ["8"] }\nmethods = ["no-such-method"]\n', "unknown method"),
+    ('[[scenarios]]\nname = "c"\ndata = "digits"\nforget = { classes = ["8"] }\nmethods = ["retrain"]\n', "retrain is the reference"),
+    ('[[scenarios]]\nname = "c"\ndata = "digits"\nforget = { classes = ["8"] }\n[train]\nsteps = 5\nlearning_rate = 1\n',
+     "unknown key 'learning_rate' in table train"),
+    ('seeds = [0]\n[train]\nsteps = [1]\n', r"\[1\]"),  # brackets in a message are text, not markup
+    ('seeds = [0, 0]\n[[scenarios]]\nname = "c"\ndata = "digits"\nforget = { classes = ["8"] }\n', "seed is listed twice"),
+    ('[[scenarios]]\nname = "c"\ndata = "digits"\nforget = {}\n', "forget is empty"),
+])
+def test_bad_files_exit_2_with_one_line_and_write_nothing(cli, tmp_path, text, match):
+    import re
+
+    toml = tmp_path / "bad.toml"
+    toml.write_text(text)
+    out = tmp_path / "out"
+    result = cli("run", toml, "--out", out)
+    assert result.code == 2, result
+    assert len(result.err.strip().splitlines()) == 1 and re.search(match, result.err), result.err
+    assert not out.exists()
+
+
+def test_a_method_parameter_is_checked_against_the_method(tmp_path):
+    first = two_methods()[0]
+    text = tiny_toml().replace(f'"{first}" = {{ lr = 2e-4 }}', f'"{first}" = {{ no_such_parameter = 1 }}')
+    with pytest.raises(BadInputError, match=f"'no_such_parameter' is not a parameter of method {first}"):
+        parse_experiment(__import__("tomllib").loads(text))
+
+
+def test_all_methods_come_from_the_registry():
+    from unlearnctl.methods import available_methods
+
+    text = tiny_toml().replace(tiny_toml().split("methods = ")[1].split("\n")[0], '"all"')
+    experiment = parse_experiment(__import__("tomllib").loads(text))
+    assert list(experiment.scenarios[0].methods) == available_methods("class", exact=False)
+
+
+def test_run_dry_run_lists_the_stages(cli, tmp_path):
+    toml = tmp_path / "tiny.toml"
+    toml.write_text(tiny_toml())
+    result = cli("run", toml, "--out", tmp_path / "out", "--dry-run")
+    assert result.code == 0, result
+    lines = result.out.strip().splitlines()
+    assert len(lines) == 21 and "train base-seed0" in lines[0] and lines[-1].endswith("compare and write the report")
+    assert not (tmp_path / "out").exists()
+
+
+def test_examples_demo_is_the_packaged_demo():
+    assert (ROOT / "examples" / "demo.toml").read_bytes() == (ROOT / "unlearnctl" / "experiments" / "demo.toml").read_bytes()
