@@ -399,10 +399,20 @@ def build_stages(experiment: Experiment) -> list["Stage"]:
                     label = f"DiMRA, {attack.config.get('steps', 500)} steps" + (f", {attack.name}" if attack.name else "")
                     stages.append(Stage(f"attack-{attacked}", f"attack {stem} ({label})", "attack",
                                         {**data, "forget": scenario.forget, "aux": attack.aux, "curve_every": attack.curve_every,
-                                         "attack": attack.config, "seed": seed}, [f"{stem}.safetensors"], outputs))
+                                         "attack": {**_curve_matching_evaluation(experiment, attack, seed), **attack.config},
+                                         "seed": seed}, [f"{stem}.safetensors"], outputs))
                 for evaluated in [stem] + [_attacked(stem, a) for a in experiment.attacks]:
                     stages.append(_evaluate(experiment, scenario, evaluated, reference, seed))
     return stages
+
+
+def _curve_matching_evaluation(experiment: Experiment, attack: Attack, seed: int) -> dict[str, Any]:
+    """A curve that regenerates the evaluation's forget-condition samples (same count, DDIM steps and seed), so its
+    step 0 is the evaluation's forget rate of the attacked-from model (an attack's own curve settings win)."""
+    if not attack.curve_every:
+        return {}
+    evaluation = experiment.evaluation
+    return {"curve_eval_samples": evaluation["num_samples"], "curve_sample_steps": evaluation["steps"], "curve_seed": seed}
 
 
 def _unlearn_keys() -> tuple[str, ...]:
@@ -560,8 +570,10 @@ def _run_attack(stage: Stage, context: _Context) -> None:
                                        data=context.split(p["data"]), device=context.device, progress=context.progress)
     if p["curve_every"]:
         require(curve is not None, f"{stage.name}: the attack recorded no relearning curve")
-        atomic_write_text(context.out / stage.outputs[1], json.dumps(curve.to_json_dict(), indent=2) + "\n")
     context.save(stage.outputs[0], checkpoint)
+    if p["curve_every"]:
+        curve.attacked_sha256 = checkpoint.sha256  # compare attaches each budget's curve to its own attacked model
+        atomic_write_text(context.out / stage.outputs[1], json.dumps(curve.to_json_dict(), indent=2) + "\n")
 
 
 def _run_evaluate(stage: Stage, context: _Context) -> None:
