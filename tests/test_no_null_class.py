@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -48,6 +49,21 @@ def imported(pipeline_folder, shapes_npz, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("imported") / "m.safetensors"
     assert run(["import", str(pipeline_folder), "--out", str(out), "--data", f"npz:{shapes_npz}"]) == 0
     return out
+
+
+@pytest.fixture
+def label_spy(monkeypatch) -> list:
+    """The labels of every training-loss call of ``fit_denoiser`` (train, relearn-attack), in order."""
+    import unlearnctl.training as training
+
+    seen, loss = [], training.denoising_loss
+
+    def spy(denoiser, x, labels, generator):
+        seen.append(labels)
+        return loss(denoiser, x, labels, generator)
+
+    monkeypatch.setattr(training, "denoising_loss", spy)
+    return seen
 
 
 def test_import_accepts_one_class_embedding_per_class_and_says_guidance_is_unavailable(cli, pipeline_folder, shapes_npz, tmp_path):
@@ -95,8 +111,6 @@ def test_sample_per_class_and_guidance_is_refused_before_anything_is_written(cli
     result = cli("sample", "-m", imported, "--out", tmp_path / "g.png", "--per-class", "2", "--steps", "2",
                  "--npz", tmp_path / "s.npz", "--device", "cpu", "--quiet")
     assert result.code == 0, result
-    import numpy as np
-
     assert sorted(np.load(tmp_path / "s.npz")["labels"].tolist()) == sorted(list(range(K)) * 2)
     empty = tmp_path / "refused"
     empty.mkdir()
@@ -134,7 +148,7 @@ def test_salun_relabels_with_real_classes_only(imported):
     model = load_checkpoint(imported)
     ctx = MethodContext(denoiser=denoiser_for(model), checkpoint=model, forget_set=None, retain=None, forget=None,
                         batch_size=8, label_dropout=0.1, generator=torch.Generator().manual_seed(0))
-    c = torch.arange(K).repeat(50)  # every real class, K − 1 included (the null class of a K + 1 model)
+    c = torch.arange(K).repeat(50)  # every class; K − 1 is a real class here, not a null class to relabel freely
     other = ctx.other_labels(c)
     assert bool((other != c).all()) and bool(((other >= 0) & (other < K)).all())
 
@@ -145,8 +159,6 @@ def test_forget_images_of_unknown_class_are_refused(cli, imported, shapes_split,
     images = tmp_path / "inputs"
     images.mkdir()
     pixels = to_uint8(shapes_split.train.images[:3])  # N×C×H×W
-    import numpy as np
-
     np.savez(images / "f.npz", images=pixels.transpose(0, 2, 3, 1))
     out = tmp_path / "out"
     out.mkdir()
@@ -186,18 +198,10 @@ def test_export_round_trip_keeps_the_layout(cli, imported, shapes_npz, tmp_path)
     assert all(torch.equal(original.state_dict[k], again.state_dict[k]) for k in original.state_dict)
 
 
-def test_train_with_one_embedding_per_class_keeps_labels(cli, shapes_npz, tmp_path, monkeypatch):
-    import unlearnctl.training as training
+def test_train_with_one_embedding_per_class_keeps_labels(cli, shapes_npz, tmp_path, label_spy):
     from unlearnctl.checkpoint import load_checkpoint
 
-    seen = []
-    loss = training.denoising_loss
-
-    def spy(denoiser, x, labels, generator):
-        seen.append(labels)
-        return loss(denoiser, x, labels, generator)
-
-    monkeypatch.setattr(training, "denoising_loss", spy)
+    seen = label_spy
     config = tmp_path / "unet.json"
     config.write_text(json.dumps({"num_class_embeds": K}))
     out = tmp_path / "t.safetensors"
@@ -213,3 +217,15 @@ def test_train_with_one_embedding_per_class_keeps_labels(cli, shapes_npz, tmp_pa
     line = refused(cli, empty, "train", "--data", f"npz:{shapes_npz}", "--size", "tiny", "--unet-config", config,
                    "--steps", "3", "--out", empty / "t.safetensors", "--device", "cpu", "--quiet")
     assert f"the model {K + 2} class embeddings" in line
+
+
+def test_relearn_attack_trains_on_labels_without_dropout(cli, imported, tmp_path, label_spy):
+    from unlearnctl.checkpoint import load_checkpoint
+
+    seen = label_spy
+    out = tmp_path / "a.safetensors"
+    result = cli("relearn-attack", "--model", imported, "--out", out, "--aux", "retain", "--steps", "2", "--batch-size", "8",
+                 "--label-dropout", "0.5", "--device", "cpu", "--quiet")
+    assert result.code == 0, result
+    assert len(seen) == 2 and all(labels is not None and bool(((labels >= 0) & (labels < K)).all()) for labels in seen)
+    assert load_checkpoint(out).null_class is None
