@@ -268,6 +268,7 @@ def unlearn(
     from unlearnctl.integrity import require_finite_weights
     from unlearnctl.methods import get_method
 
+    checkpoint.require_pixel_model("unlearn")
     require_finite_weights(checkpoint.state_dict, checkpoint.path or "the model")  # broken input, not a learning rate
     config = config or UnlearnConfig()
     method_cls = get_method(method)

@@ -352,6 +352,7 @@ def relearn_attack(
 
     from unlearnctl.integrity import require_finite_weights
 
+    checkpoint.require_pixel_model("relearn-attack")
     require_finite_weights(checkpoint.state_dict, checkpoint.path or "the model")
     config = config or AttackConfig()
     source, arg = parse_aux_spec(aux_spec)

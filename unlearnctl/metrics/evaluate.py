@@ -467,6 +467,7 @@ def run_evaluation(
     config = config or EvalConfig()
     from unlearnctl.integrity import require_finite_weights
 
+    checkpoint.require_pixel_model("evaluate")
     require_finite_weights(checkpoint.state_dict, checkpoint.path or "the model")  # no figure, no gate, from a broken model
     started = time.perf_counter()
     timing: dict[str, float] = {}
