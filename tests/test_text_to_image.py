@@ -214,6 +214,18 @@ def test_train_text_to_image_writes_a_model_that_samples_and_exports(shapes_npz,
     assert cli("sample", "-m", out, "--prompt", "a picture of a bar", "--steps", "2", "--out", grid, "--quiet").code == 0
     assert cli("export", "-m", out, "--diffusers-dir", tmp_path / "exported").code == 0
 
+    from unlearnctl.metrics.prompted import prompted_class_accuracy
+
+    class FirstClassSayer:  # labels every image as class 0: the accuracy is exactly 1 / number of classes
+        def predict(self, images):
+            return torch.zeros(len(images), dtype=torch.long)
+
+    scored = prompted_class_accuracy(checkpoint, FirstClassSayer(), per_class=2, steps=2, device="cpu")
+    classes = len(checkpoint.data["class_names"])
+    assert scored["prompt_accuracy_n"] == 2 * classes and scored["prompt_accuracy_count"] == 2
+    assert scored["per_class"][checkpoint.data["class_names"][0]]["accuracy"] == 1.0
+    assert scored["prompt_accuracy_ci95_low"] < 1 / classes < scored["prompt_accuracy_ci95_high"]
+
 
 def test_label_dropout_replaces_rows_by_the_null_condition():
     from unlearnctl.training import drop_conditions, drop_labels
