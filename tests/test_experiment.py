@@ -238,3 +238,12 @@ def test_run_dry_run_lists_the_stages(cli, tmp_path):
 
 def test_examples_demo_is_the_packaged_demo():
     assert (ROOT / "examples" / "demo.toml").read_bytes() == (ROOT / "unlearnctl" / "experiments" / "demo.toml").read_bytes()
+
+
+def test_the_dimra_reproduction_file_is_a_valid_experiment(cli, tmp_path):
+    """The protocol fixed before running (docs/attack.md): 3 seeds × (base, retrain, 4 methods), 6 budgets."""
+    result = cli("run", ROOT / "examples" / "dimra-reproduction.toml", "--out", tmp_path / "out", "--dry-run")
+    assert result.code == 0, result.err
+    lines = result.out.strip().splitlines()
+    assert sum("attack " in line for line in lines) == 3 * 5 * 6
+    assert not (tmp_path / "out").exists()
