@@ -203,10 +203,13 @@ def test_train_text_to_image_writes_a_model_that_samples_and_exports(shapes_npz,
 
     out = tmp_path / "t2i.safetensors"
     result = cli("train", "--text-to-image", "--data", f"npz:{shapes_npz}", "--steps", "3", "--autoencoder-steps", "3",
-                 "--batch-size", "8", "--out", out, "--quiet")
+                 "--batch-size", "8", "--gradient-checkpointing", "--out", out, "--quiet")
     assert result.code == 0, result.err
     checkpoint = load_checkpoint(out)
     assert checkpoint.text_conditional and checkpoint.data["class_names"]
+    assert checkpoint.lineage[-1]["params"]["gradient_checkpointing"]
+    _refused(cli, tmp_path, "train", "--gradient-checkpointing", "--out", tmp_path / "pixel.safetensors",
+             message="--gradient-checkpointing is for --text-to-image models")
     entry = checkpoint.lineage[-1]
     assert entry["params"]["text_to_image"] and entry["params"]["captions"] == "generated"
     assert cli("inspect", out, "--verify").code == 0

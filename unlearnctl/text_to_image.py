@@ -61,12 +61,15 @@ def train_text_to_image(
     progress: ProgressFn = None,
     precision: str = "fp32",
     prediction_type: str = "epsilon",
+    gradient_checkpointing: bool = False,
     command: str = "train",
 ) -> "Checkpoint":
     """Train the autoencoder, write the tokenizer, build the text encoder and train the UNet (see the module doc).
 
     ``exclude`` trains without those images (an exact-unlearning reference); the autoencoder and the text encoder
-    then never see them either. Returns an unsaved checkpoint whose lineage records the recipe.
+    then never see them either. ``gradient_checkpointing`` recomputes the UNet's activations in the backward
+    pass (less memory, more time; the weights it reaches are the same). Returns an unsaved checkpoint whose
+    lineage records the recipe.
     """
     from diffusers import DDIMScheduler
 
@@ -100,6 +103,8 @@ def train_text_to_image(
                 "clip_sample": False}
     torch.manual_seed(config.seed)
     unet = build_unet(unet_config).to(runtime.device)
+    if gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
     denoiser = LatentTextDenoiser(unet, NoiseSchedule(schedule), runtime, vae=vae, text_encoder=text_encoder,
                                   tokenizer=tokenizer, scaling_factor=float(vae.config.scaling_factor))
     embeddings = torch.cat([denoiser.embed(captions[i:i + 512]) for i in range(0, len(captions), 512)]).cpu()
@@ -110,7 +115,7 @@ def train_text_to_image(
               "autoencoder": {"steps": autoencoder_steps, "heldout_mse": round(fit.heldout_mse, 6),
                               "heldout_mse_ci95": [round(v, 6) for v in fit.heldout_mse_ci95], "num_heldout": fit.num_heldout},
               "captions": "generated" if generated else "data", "num_train_images": len(train_set),
-              "prediction_type": prediction_type}
+              "prediction_type": prediction_type, "gradient_checkpointing": gradient_checkpointing}
     entry = lineage_entry(command, params, config.seed, time.perf_counter() - started, data_fingerprint=train_set.fingerprint,
                           forget=forget_info, precision=precision)
     return stable_diffusion_checkpoint(unet.cpu(), vae.cpu(), text_encoder.cpu(), tokenizer, sampler, data.description, entry)

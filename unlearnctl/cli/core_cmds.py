@@ -29,6 +29,7 @@ def train(
     conditional: Annotated[bool, typer.Option("--conditional/--unconditional", help="Class-conditional (with a null class for guidance) or unconditional.", rich_help_panel=opt.MODEL_PANEL)] = True,
     text_to_image: Annotated[bool, typer.Option("--text-to-image", help="Train a latent text-to-image model instead (Stable Diffusion layout: a KL autoencoder, a CLIP tokenizer and text encoder written for the captions' words, a UNet2DConditionModel on the latents). Captions come from the data (metadata.jsonl, .txt files, npz 'captions') or are generated from the class names (digits: 'a handwritten digit eight', ...).", rich_help_panel=opt.MODEL_PANEL)] = False,
     autoencoder_steps: Annotated[int, typer.Option(help="--text-to-image: optimizer steps of the autoencoder, trained before the UNet.", rich_help_panel=opt.TRAIN_PANEL)] = 600,
+    gradient_checkpointing: Annotated[bool, typer.Option("--gradient-checkpointing", help="--text-to-image: recompute the UNet's activations in the backward pass (less memory, more time).", rich_help_panel=opt.TRAIN_PANEL)] = False,
     size: Annotated[str, typer.Option(help="Model size preset: tiny (tests), small (digits), medium, large (user data).", rich_help_panel=opt.MODEL_PANEL)] = "small",
     unet_config: Annotated[Optional[Path], typer.Option(help="JSON file of UNet2DModel config keys overriding the preset.", rich_help_panel=opt.MODEL_PANEL)] = None,
     prediction_type: Annotated[str, typer.Option(help="What the network predicts: epsilon (the noise), v_prediction (v = γ_t·ε − σ_t·x₀) or sample (x₀). Every later loss (unlearning, the attack) follows it.", rich_help_panel=opt.MODEL_PANEL)] = "epsilon",
@@ -48,10 +49,11 @@ def train(
     precision: opt.Precision = "fp32",
     quiet: opt.Quiet = False,
 ):
-    """Train a diffusion model (DDPM, linear β 1e-4→0.02, 1000 steps; ε-prediction unless --prediction-type) from scratch."""
+    """Train a diffusion model (DDPM, linear β 1e-4→0.02, 1000 steps; ε-prediction unless --prediction-type) from scratch: a pixel UNet2DModel, or with --text-to-image a latent text-to-image model (docs/text-to-image.md)."""
     from unlearnctl.checkpoint import check_output_path, save_checkpoint
     from unlearnctl.diffusion import check_prediction_type
     from unlearnctl.data import resolve_forget
+    from unlearnctl.errors import require
     from unlearnctl.models import check_preset, read_config_file
     from unlearnctl.resume import ResumeOptions, protect_output
     from unlearnctl.training import TrainConfig, train_model
@@ -59,6 +61,10 @@ def train(
     check_output_path(out)
     if grid:
         check_output_path(grid, suffix=".png")
+    require(text_to_image or not gradient_checkpointing, "--gradient-checkpointing is for --text-to-image models")
+    require(not text_to_image or (not checkpoint_every and resume is None),
+            "--checkpoint-every and --resume are not available with --text-to-image yet")
+    require(autoencoder_steps >= 1, f"--autoencoder-steps must be at least 1, got {autoencoder_steps}")
     resume_options = ResumeOptions.for_output(out, checkpoint_every, resume)
     check_preset(size)
     opt.check_precision(precision, device)
@@ -70,15 +76,12 @@ def train(
     train_images = len(split.train) if exclude.empty else len(resolve_forget(exclude, split).retain)
     note_batch_draws(batch_size, {"training": train_images}, quiet)
     if text_to_image:
-        from unlearnctl.errors import require
         from unlearnctl.text_to_image import train_text_to_image
 
-        require(not checkpoint_every and resume is None, "--checkpoint-every and --resume are not available with --text-to-image yet")
-        require(autoencoder_steps >= 1, f"--autoencoder-steps must be at least 1, got {autoencoder_steps}")
         with ProgressBars(quiet) as progress:
             checkpoint = train_text_to_image(split, config=config, autoencoder_steps=autoencoder_steps, unet_overrides=overrides,
                                              exclude=exclude, device=device, progress=progress, precision=precision,
-                                             prediction_type=prediction_type)
+                                             prediction_type=prediction_type, gradient_checkpointing=gradient_checkpointing)
     else:
         with protect_output(out, resume_options), ProgressBars(quiet) as progress:
             checkpoint = train_model(split, conditional=conditional, preset=size, unet_overrides=overrides, config=config,
