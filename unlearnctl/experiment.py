@@ -110,8 +110,8 @@ def read_toml(path: str | Path) -> dict[str, Any]:
     """The TOML file's data; a missing or malformed file raises :class:`BadInputError`."""
     try:
         import tomllib
-    except ModuleNotFoundError:  # Python 3.10
-        raise BadInputError("experiment files need Python 3.11 or newer (the standard library's tomllib)") from None
+    except ModuleNotFoundError:  # Python 3.10: the same parser, from PyPI (a dependency there)
+        import tomli as tomllib
     path = Path(path)
     require(path.is_file(), f"experiment file {path} does not exist")
     try:
