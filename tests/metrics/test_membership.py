@@ -153,3 +153,17 @@ def test_epsilon_bound_reports_its_ceiling():
     assert not epsilon_lower_bound(rng.normal(0.5, 1, 400), rng.normal(0, 1, 400))["capped"]
     assert epsilon_ceiling(1, 10) == 0.0  # one test member: no bound above 0 is possible
     assert epsilon_ceiling(100, 100) == pytest.approx(3.29, abs=0.01)
+
+
+def test_fast_balanced_accuracy_equals_the_roc_curve_figure():
+    """The bootstrap's one-sort balanced accuracy against sklearn's ROC curve, ties included."""
+    import numpy as np
+
+    from unlearnctl.metrics.membership import attack_figures, balanced_accuracy
+
+    rng = np.random.default_rng(3)
+    for m, n, levels in [(40, 30, 1000), (25, 60, 5), (1, 7, 3), (50, 50, 2)]:
+        members = rng.integers(0, levels, m) + rng.normal(0.3, 1, m).round(1) * (levels > 5)
+        nonmembers = rng.integers(0, levels, n).astype(float)
+        assert balanced_accuracy(members, nonmembers) == pytest.approx(
+            attack_figures(members, nonmembers)["balanced_accuracy"], abs=1e-12)
