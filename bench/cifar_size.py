@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common import ROOT, build_runner, interleaved, load_average, loop_step, machine, table
+from common import ROOT, build_runner, fine_tuning_methods, interleaved, load_average, loop_step, machine, table
 
 CLASSES = 10
 CIFAR_UNET = dict(  # google/ddpm-cifar10-32's unet/config.json (architecture keys)
@@ -79,7 +79,10 @@ def run_command(args: list[str]) -> tuple[float, float, int]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of one naive and one siss step (after 1 warm-up)")
+    parser.add_argument("--methods", type=lambda text: [m for m in text.split(",") if m],
+                        help="comma-separated methods to time, the first the reference (default: every registered "
+                             "fine-tuning method); docs/performance.md ran naive,siss")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of one step per method (after 1 warm-up)")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--sample-batch", type=int, default=16, help="images per sampling call")
     parser.add_argument("--sample-steps", type=int, default=5, help="DDIM steps per sampling call")
@@ -113,11 +116,12 @@ def main(argv: list[str] | None = None) -> int:
     forget_set = resolve_forget(ForgetSpec(classes=("c0",)), split)
 
     # 1) unlearning steps, interleaved
-    runners = {m: build_runner(checkpoint, split, forget_set, m, batch_size=args.batch_size) for m in ("naive", "siss")}
-    timed = interleaved({m: (lambda r=r: loop_step(*r)) for m, r in runners.items()}, rounds=args.rounds, reference="naive")
+    methods = args.methods or fine_tuning_methods()
+    runners = {m: build_runner(checkpoint, split, forget_set, m, batch_size=args.batch_size) for m in methods}
+    timed = interleaved({m: (lambda r=r: loop_step(*r)) for m, r in runners.items()}, rounds=args.rounds, reference=methods[0])
     step_rows = [[m, row["median_s"], row["min_s"], row["ratio"], args.rounds, args.batch_size] for m, row in timed.items()]
     print(table(f"Unlearning step, CIFAR-10 architecture (median of {args.rounds} interleaved rounds after 1 warm-up; "
-                f"load {load_average()})", ["method", "s / step (median)", "s / step (min)", "× naive", "steps timed", "batch"],
+                f"load {load_average()})", ["method", "s / step (median)", "s / step (min)", f"× {methods[0]}", "steps timed", "batch"],
                 step_rows), flush=True)
     del runners
 
@@ -137,13 +141,14 @@ def main(argv: list[str] | None = None) -> int:
     # 3) peak RSS of the commands
     rows = [import_row]
     s = str(args.unlearn_steps)
-    for method in ("naive", "siss"):
+    for method in methods:
         wall, peak, code = run_command(["unlearn", "--model", str(model), "--method", method, "--forget-class", "c0", "--steps", s,
                                         "--batch-size", str(args.batch_size), "--out", str(out / f"{method}.safetensors"), "-q"])
         rows.append([f"unlearn --method {method} ({s} steps, batch {args.batch_size})", peak, wall, code, load_average()])
         print(f"  {rows[-1][0]}: {peak:.0f} MiB, {wall:.1f} s, exit {code}", flush=True)
-    wall, peak, code = run_command(["evaluate", "--model", str(out / "siss.safetensors"), "--num-samples", str(args.eval_samples),
-                                    "--steps", str(args.eval_steps), "--json", str(out / "siss.json"), "-q"])
+    evaluated = out / f"{methods[-1]}.safetensors"
+    wall, peak, code = run_command(["evaluate", "--model", str(evaluated), "--num-samples", str(args.eval_samples),
+                                    "--steps", str(args.eval_steps), "--json", str(evaluated.with_suffix(".json")), "-q"])
     rows.append([f"evaluate ({args.eval_samples} samples, DDIM {args.eval_steps}, default batch)", peak, wall, code, load_average()])
     print(table("Peak RSS per command, CIFAR-10 architecture (fresh process each)",
                 ["command", "peak RSS MiB", "wall s", "exit", "load"], rows))
