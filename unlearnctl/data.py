@@ -437,26 +437,31 @@ def check_compatible(data: dict[str, Any], unet_config: dict[str, Any], conditio
 
 @dataclass(frozen=True)
 class ForgetSpec:
-    """What to forget: classes, training-set indices, the canary, and/or images from a file.
+    """What to forget: classes, training-set indices, the canary, images from a file, and/or (text-to-image
+    models) concepts by prompt.
 
-    Classes are picked as :func:`class_index` says: by name (``"8"``, ``"canary"``) or ``index:N``.
+    Classes are picked as :func:`class_index` says: by name (``"8"``, ``"canary"``) or ``index:N``. A forget
+    prompt names a concept: the training images captioned exactly so, and images the base model draws for it.
     """
 
     classes: tuple[str, ...] = ()
     indices: tuple[int, ...] = ()
     canary: bool = False
     images: str | None = None
+    prompts: tuple[str, ...] = ()
 
     @property
     def empty(self) -> bool:
-        return not (self.classes or self.indices or self.canary or self.images)
+        return not (self.classes or self.indices or self.canary or self.images or self.prompts)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"classes": list(self.classes), "indices": list(self.indices), "canary": self.canary, "images": self.images}
+        spec = {"classes": list(self.classes), "indices": list(self.indices), "canary": self.canary, "images": self.images}
+        return {**spec, "prompts": list(self.prompts)} if self.prompts else spec  # pixel records stay as they were
 
     @classmethod
     def from_dict(cls, spec: dict[str, Any]) -> "ForgetSpec":
-        return cls(tuple(spec.get("classes", ())), tuple(spec.get("indices", ())), bool(spec.get("canary")), spec.get("images"))
+        return cls(tuple(spec.get("classes", ())), tuple(spec.get("indices", ())), bool(spec.get("canary")),
+                   spec.get("images"), tuple(spec.get("prompts", ())))
 
 
 @dataclass
