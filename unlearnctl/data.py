@@ -59,6 +59,20 @@ class ImageSet:
             captions = [self.captions[i] for i in torch.arange(len(self))[torch.as_tensor(index)].reshape(-1).tolist()]
         return ImageSet(self.images[index], labels, self.class_names, captions)
 
+    def extend(self, other: "ImageSet") -> "ImageSet":
+        """These images followed by ``other``'s: its labels, or −1 (class unknown) where it has none; captions
+        only when both have them."""
+        labels = self.labels
+        if labels is not None:
+            extra = other.labels if other.labels is not None else torch.full((len(other),), -1, dtype=torch.long)
+            labels = torch.cat([labels, extra])
+        captions = self.captions + other.captions if self.captions is not None and other.captions is not None else None
+        return ImageSet(torch.cat([self.images, other.images]), labels, self.class_names, captions)
+
+    def with_captions(self, captions: Sequence[str]) -> "ImageSet":
+        require(len(captions) == len(self), f"{len(captions)} captions for {len(self)} images")
+        return ImageSet(self.images, self.labels, self.class_names, list(captions))
+
     @property
     def fingerprint(self) -> str:
         return fingerprint(self.images, self.labels, self.captions)
@@ -521,8 +535,12 @@ def class_index(name: str, class_names: Sequence[str]) -> int:
     raise BadInputError(f"class {name!r} is not in the data; classes are: {listing}")
 
 
-def resolve_forget(spec: ForgetSpec, split: DataSplit) -> ForgetSet:
-    """Turn a :class:`ForgetSpec` into concrete forget and retain sets of ``split.train``."""
+def resolve_forget(spec: ForgetSpec, split: DataSplit, drawn: ImageSet | None = None) -> ForgetSet:
+    """Turn a :class:`ForgetSpec` into concrete forget and retain sets of ``split.train``.
+
+    Forget prompts pick the training images captioned exactly so (``split.train`` must carry captions);
+    ``drawn`` — images the model draws for those prompts, captioned with them — join the forget set.
+    """
     require(not spec.empty, "the forget set is empty; give --forget-class, --forget-index, --forget-canary or --forget-images")
     train = split.train
     mask = torch.zeros(len(train), dtype=torch.bool)
@@ -538,12 +556,18 @@ def resolve_forget(spec: ForgetSpec, split: DataSplit) -> ForgetSet:
     for index in spec.indices:
         require(0 <= index < len(train), f"forget index {index} is outside the training set (0..{len(train) - 1})")
         mask[index] = True
+    if spec.prompts:
+        require(train.captions is not None, "forget prompts need a text-to-image model and captioned data")
+        mask |= torch.tensor([caption in spec.prompts for caption in train.captions], dtype=torch.bool)
     forget = train.subset(mask)
     if spec.images:
         forget = _append_forget_images(forget, spec.images, split.description)
+    if drawn is not None:
+        forget = forget.extend(drawn)
     require(len(forget) > 0, "the forget set is empty")
     require(not bool(mask.all()), "the forget set is the whole training set; nothing would be retained — retrain from scratch instead")
-    mode = "class" if spec.classes and not (spec.indices or spec.images or spec.canary) else "data"
+    concepts = spec.classes or spec.prompts  # whole classes or concepts, judged by the classifier
+    mode = "class" if concepts and not (spec.indices or spec.images or spec.canary) else "data"
     return ForgetSet(mode, mask, forget, train.subset(~mask), class_ids, spec)
 
 
@@ -553,9 +577,5 @@ NO_CLASS_FOR_FORGET_IMAGES = ("the --forget-images have no class, and this model
 
 
 def _append_forget_images(forget: ImageSet, path: str, description: dict[str, Any]) -> ImageSet:
-    images = read_images(path, channels=description["channels"], exact_size=description["resolution"],
-                         role="forget images").images
-    labels = forget.labels
-    if labels is not None:
-        labels = torch.cat([labels, torch.full((len(images),), -1, dtype=torch.long)])  # -1: unknown class
-    return ImageSet(torch.cat([forget.images, images]), labels, forget.class_names)
+    given = read_images(path, channels=description["channels"], exact_size=description["resolution"], role="forget images")
+    return forget.extend(ImageSet(given.images, None, forget.class_names, given.captions))  # labels −1: unknown class

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import tempfile
 import time
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -63,13 +64,15 @@ def train_text_to_image(
     prediction_type: str = "epsilon",
     gradient_checkpointing: bool = False,
     command: str = "train",
+    caption_seed: int | None = None,
 ) -> "Checkpoint":
     """Train the autoencoder, write the tokenizer, build the text encoder and train the UNet (see the module doc).
 
     ``exclude`` trains without those images (an exact-unlearning reference); the autoencoder and the text encoder
     then never see them either. ``gradient_checkpointing`` recomputes the UNet's activations in the backward
-    pass (less memory, more time; the weights it reaches are the same). Returns an unsaved checkpoint whose
-    lineage records the recipe.
+    pass (less memory, more time; the weights it reaches are the same). ``caption_seed`` seeds generated
+    captions (default: ``config.seed``; ``retrain`` keeps the base's captions). Returns an unsaved checkpoint
+    whose lineage records the recipe.
     """
     from diffusers import DDIMScheduler
 
@@ -85,10 +88,10 @@ def train_text_to_image(
     from unlearnctl.training import fit_denoiser, resolve_device
 
     started = time.perf_counter()
-    captions, generated = training_captions(data, config.seed)
+    captions, generated = training_captions(data, config.seed if caption_seed is None else caption_seed)
     train_set, forget_info = data.train, None
     if exclude is not None and not exclude.empty:
-        forget = resolve_forget(exclude, data)
+        forget = resolve_forget(exclude, replace(data, train=data.train.with_captions(captions)))
         keep = (~forget.train_mask).nonzero().flatten().tolist()
         train_set, forget_info, captions = forget.retain, forget.describe(), [captions[i] for i in keep]
     runtime = Runtime.create(resolve_device(device), precision)

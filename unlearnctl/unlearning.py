@@ -61,6 +61,10 @@ class UnlearnConfig:
     probe_steps: int = 25  # DDIM steps per probe image
     device: str = "auto"  # auto (CUDA if present), cpu, cuda, ...
     precision: str = "fp32"  # forward passes: fp32, bf16 (autocast) or fp16 (CUDA, loss-scaled)
+    # text-to-image models only
+    trainable: str | None = None  # UNet parameters trained: all, cross-attention (ESD-x), non-cross-attention (ESD-u); None: the method's
+    prompt_samples: int = 50  # images the base draws per --forget-prompt for D_f
+    prompt_guidance: float = 3.0  # their classifier-free guidance scale
 
     def __post_init__(self):
         from unlearnctl.distributed import check_precision
@@ -80,13 +84,16 @@ class UnlearnConfig:
         require(self.stop_on in STOP_RULES, f"stop rule must be one of {', '.join(STOP_RULES)}, got {self.stop_on!r}")
         require(self.probe_samples >= 1, f"probe samples must be at least 1, got {self.probe_samples}")
         require(self.probe_steps >= 1, f"probe steps must be at least 1, got {self.probe_steps}")
+        require(self.prompt_samples >= 0, f"prompt samples must be >= 0, got {self.prompt_samples}")
+        require(self.prompt_guidance >= 1, f"prompt guidance must be at least 1 (1 = none), got {self.prompt_guidance}")
 
     def with_defaults(self, defaults: dict[str, Any]) -> "UnlearnConfig":
         """This config with every ``None`` loop setting taken from a method's tuned ``defaults``."""
         from dataclasses import replace
 
         names = ("steps", "lr", "batch_size", "lr_schedule", "ema_decay")
-        return replace(self, **{name: defaults[name] for name in names if getattr(self, name) is None})
+        chosen = replace(self, **{name: defaults[name] for name in names if getattr(self, name) is None})
+        return chosen if chosen.trainable else replace(chosen, trainable=defaults.get("trainable", "all"))
 
     @property
     def probe_interval(self) -> int:
@@ -152,10 +159,13 @@ class UnlearnJob:
     def loop_settings(self) -> dict[str, Any]:
         """The loop settings that determine the result (lineage, resume key)."""
         c = self.config
-        return {"steps": c.steps, "lr": c.lr, "batch_size": c.batch_size, "grad_clip": c.grad_clip,
-                "lr_schedule": c.lr_schedule, "ema_decay": c.ema_decay, "label_dropout": c.label_dropout,
-                "probe_every": c.probe_interval, "until_forget_rate": c.until_forget_rate, "stop_on": c.stop_on,
-                "probe_samples": c.probe_samples, "probe_steps": c.probe_steps}
+        settings = {"steps": c.steps, "lr": c.lr, "batch_size": c.batch_size, "grad_clip": c.grad_clip,
+                    "lr_schedule": c.lr_schedule, "ema_decay": c.ema_decay, "label_dropout": c.label_dropout,
+                    "probe_every": c.probe_interval, "until_forget_rate": c.until_forget_rate, "stop_on": c.stop_on,
+                    "probe_samples": c.probe_samples, "probe_steps": c.probe_steps}
+        if self.checkpoint.text_conditional:
+            settings.update(trainable=c.trainable, prompt_samples=c.prompt_samples, prompt_guidance=c.prompt_guidance)
+        return settings
 
     def resume_key(self) -> dict[str, Any]:
         """The parameters a resumable state is tied to; ``--resume`` refuses a run whose key differs."""
@@ -197,6 +207,7 @@ class RunRecord:
     history: list[dict[str, float]] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
     until: dict[str, Any] | None = None  # --until-forget-rate: where and why it stopped (:func:`until_record`)
+    changed: dict[str, Any] = field(default_factory=dict)  # checkpoint fields besides the weights the run replaced
 
     def __post_init__(self):
         c = self.job.config
@@ -268,23 +279,35 @@ def unlearn(
     from unlearnctl.integrity import require_finite_weights
     from unlearnctl.methods import get_method
 
-    checkpoint.require_pixel_model("unlearn")
     require_finite_weights(checkpoint.state_dict, checkpoint.path or "the model")  # broken input, not a learning rate
     config = config or UnlearnConfig()
     method_cls = get_method(method)
+    method_cls.check_model(checkpoint)
     method_config = method_cls.Config.from_dict(dict(method_params or {}), method)
     split = data if data is not None else load_recorded_data(checkpoint.data)
-    check_compatible(split.description, checkpoint.unet_config, checkpoint.conditional, checkpoint.num_classes)
-    forget_set = resolve_forget(forget_spec, split)
-    require(len(forget_set.retain) > 0, "nothing would be retained; retrain from scratch on other data instead")
     if not method_cls.exact:
         config = config.with_defaults(method_cls.defaults)
+    if checkpoint.text_conditional:
+        from unlearnctl.text_unlearning import text_forget_set
+
+        require(not config.probe_interval, "--probe-every and --until-forget-rate do not probe text-to-image models yet; "
+                "measure the forget rate with `evaluate` after the run")
+        split, forget_set = text_forget_set(checkpoint, forget_spec, split, prompt_samples=config.prompt_samples,
+                                            prompt_guidance=config.prompt_guidance, seed=config.seed,
+                                            device=config.device, progress=progress)
+    else:
+        require(not forget_spec.prompts, "--forget-prompt names a concept of a text-to-image model, and this model "
+                "is not one; forget a class with --forget-class")
+        require(config.trainable in (None, "all"), "--trainable applies to text-to-image models (a pixel model trains all its weights)")
+        check_compatible(split.description, checkpoint.unet_config, checkpoint.conditional, checkpoint.num_classes)
+        forget_set = resolve_forget(forget_spec, split)
+    require(len(forget_set.retain) > 0, "nothing would be retained; retrain from scratch on other data instead")
     job = UnlearnJob(checkpoint, method, method_config, split, forget_set, config, progress, resume)
     if method_cls.exact:
         weights, record = method_cls(method_config, None).run(job)
     else:
         weights, record = fine_tune(job, method_cls)
-    return checkpoint.derive(weights, record.lineage_entry()), record.report()
+    return checkpoint.derive(weights, record.lineage_entry(), **record.changed), record.report()
 
 
 def fine_tune(job: UnlearnJob, method_cls: type["Method"]) -> tuple[dict[str, torch.Tensor], RunRecord]:
@@ -331,9 +354,17 @@ def start_run(job: UnlearnJob, method_cls: type["Method"]) -> tuple[UnlearnState
     denoiser = denoiser_for(checkpoint, runtime)
     denoiser.network.train()
     generator = torch.Generator().manual_seed(config.seed)
-    ctx = MethodContext(denoiser=denoiser, checkpoint=checkpoint, forget_set=job.forget_set, retain=job.forget_set.retain,
-                        forget=_forget_images(job.forget_set, checkpoint), batch_size=config.batch_size,
-                        label_dropout=config.label_dropout, generator=generator)
+    prompts, retain, forget = None, job.forget_set.retain, _forget_images(job.forget_set, checkpoint)
+    if checkpoint.text_conditional:
+        from unlearnctl.denoisers.latent import select_trainable
+        from unlearnctl.text_unlearning import with_prompt_ids
+
+        prompts, retain, forget = with_prompt_ids(job.forget_set)
+        denoiser.use_prompts(prompts)
+        select_trainable(denoiser.network, config.trainable or "all")
+    ctx = MethodContext(denoiser=denoiser, checkpoint=checkpoint, forget_set=job.forget_set, retain=retain,
+                        forget=forget, batch_size=config.batch_size, label_dropout=config.label_dropout,
+                        generator=generator, prompts=prompts)
     method = method_cls(job.method_config, ctx)
     optimizer = torch.optim.AdamW(ctx.parameters(), lr=config.lr, weight_decay=0.0)  # no decay: SalUn's frozen weights stay exact
     ema = EMA(denoiser.network, config.ema_decay) if config.ema_decay else None
@@ -374,6 +405,8 @@ def _forget_images(forget_set: "ForgetSet", checkpoint: "Checkpoint"):
     from unlearnctl.data import NO_CLASS_FOR_FORGET_IMAGES, ImageSet
 
     forget = forget_set.forget
+    if checkpoint.text_conditional:
+        return forget  # labelled by prompt id when the run starts (:func:`~unlearnctl.text_unlearning.with_prompt_ids`)
     if not checkpoint.conditional or forget.labels is None:
         return ImageSet(forget.images, None, forget.class_names)
     unknown = forget.labels < 0

@@ -78,15 +78,17 @@ class Checkpoint:
         unet.load_state_dict(self.state_dict)
         return unet.to(device)
 
-    def derive(self, state_dict: dict[str, torch.Tensor], entry: dict[str, Any]) -> "Checkpoint":
-        """A new checkpoint whose lineage is this one's plus ``entry``.
+    def derive(self, state_dict: dict[str, torch.Tensor], entry: dict[str, Any], **changed: Any) -> "Checkpoint":
+        """A new checkpoint whose lineage is this one's plus ``entry`` (``changed``: other fields replaced, e.g.
+        the frozen components a text-to-image retraining trains anew).
 
         The entry names its parent twice: the parent file's sha256 and the hash of the parent's weights as
         they were when this command read them, which must equal the parent entry's ``weights_sha256``
         (``inspect --verify`` checks the chain link without needing the parent file).
         """
         entry = {**entry, "parent_sha256": self.sha256, "parent_weights_sha256": weights_sha256(self.state_dict)}
-        return replace(self, state_dict=state_dict, lineage=[*self.lineage, entry], path=None, sha256=None, integrity=None)
+        return replace(self, state_dict=state_dict, lineage=[*self.lineage, entry], path=None, sha256=None, integrity=None,
+                       **changed)
 
 
 def null_class_of(unet_config: dict[str, Any], num_classes: int) -> int | None:

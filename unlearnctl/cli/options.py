@@ -33,7 +33,9 @@ CanaryCopies = Annotated[Optional[int], typer.Option(help="digits+canary: copies
 ForgetClass = Annotated[Optional[list[str]], typer.Option("--forget-class", help="Forget this class; repeatable. A class is picked by its name (bar, 8, canary) or index:N (0-based); a bare number N is an index only when no class name is a number (folders 0, 17, ...: then it must be a name).", rich_help_panel=FORGET_PANEL)]
 ForgetIndex = Annotated[Optional[list[int]], typer.Option("--forget-index", help="Forget this training-set index; repeatable.", rich_help_panel=FORGET_PANEL)]
 ForgetCanary = Annotated[bool, typer.Option("--forget-canary", help="Forget the canary (digits+canary data).", rich_help_panel=FORGET_PANEL)]
-ForgetImages = Annotated[Optional[str], typer.Option("--forget-images", help="Forget these images: a folder or an .npz file.", rich_help_panel=FORGET_PANEL)]
+ForgetImages = Annotated[Optional[str], typer.Option("--forget-images", help="Forget these images: a folder or an .npz file (text-to-image models: with their captions, metadata.jsonl or a .txt beside each image).", rich_help_panel=FORGET_PANEL)]
+ForgetPrompt = Annotated[Optional[list[str]], typer.Option("--forget-prompt", help="Text-to-image models: forget the concept this prompt names (the training images captioned exactly so, and images the base draws for it); repeatable.", rich_help_panel=FORGET_PANEL)]
+ForgetPromptsFile = Annotated[Optional[Path], typer.Option("--forget-prompts-file", help="Text-to-image models: forget prompts, one per non-empty line.", rich_help_panel=FORGET_PANEL)]
 
 Steps = Annotated[int, typer.Option(help="DDIM/DDPM sampler steps.", rich_help_panel=SAMPLE_PANEL)]
 Sampler = Annotated[str, typer.Option(help="ddim (deterministic) or ddpm (ancestral).", rich_help_panel=SAMPLE_PANEL)]
@@ -49,11 +51,13 @@ def check_precision(precision: str, device: str) -> None:
     check(precision, resolve_device(device))
 
 
-def forget_spec(classes, indices, canary, images):
+def forget_spec(classes, indices, canary, images, prompts=None, prompts_file=None):
     """Build a :class:`~unlearnctl.data.ForgetSpec` from the shared forget options."""
     from unlearnctl.data import ForgetSpec
+    from unlearnctl.sampling import read_prompts
 
-    return ForgetSpec(tuple(classes or ()), tuple(indices or ()), bool(canary), images)
+    listed = read_prompts(prompts, prompts_file) if (prompts or prompts_file) else []
+    return ForgetSpec(tuple(classes or ()), tuple(indices or ()), bool(canary), images, tuple(listed))
 
 
 def load_model(path: Path):

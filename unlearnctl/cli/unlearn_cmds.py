@@ -15,6 +15,7 @@ from unlearnctl.cli.ui import ProgressBars, print_json, stdout
 
 METHOD_PANEL = "Method parameters (each names the methods it applies to)"
 PROBE_PANEL = "Probing the forget rate"
+TEXT_PANEL = "Text-to-image models"
 
 
 def _method_table() -> str:
@@ -31,6 +32,8 @@ def unlearn(
     forget_index: opt.ForgetIndex = None,
     forget_canary: opt.ForgetCanary = False,
     forget_images: opt.ForgetImages = None,
+    forget_prompt: opt.ForgetPrompt = None,
+    forget_prompts_file: opt.ForgetPromptsFile = None,
     steps: Annotated[Optional[int], typer.Option("--steps", help="Optimizer steps (default: the method's tuned default; retrain: the base's recipe).", rich_help_panel=opt.TRAIN_PANEL)] = None,
     lr: Annotated[Optional[float], typer.Option(help="AdamW peak learning rate (default: the method's tuned default).", rich_help_panel=opt.TRAIN_PANEL)] = None,
     lr_schedule: Annotated[Optional[str], typer.Option(help="Learning rate over the run: cosine (from --lr down to 10% of it, so the last steps settle the weights) or constant (default: the method's tuned default).", rich_help_panel=opt.TRAIN_PANEL)] = None,
@@ -43,6 +46,9 @@ def unlearn(
     stop_on: Annotated[str, typer.Option(help="--until-forget-rate's rule: rate (the probe's point estimate) or upper (its 95% Wilson upper bound: below the target with 97.5% confidence).", rich_help_panel=PROBE_PANEL)] = "rate",
     probe_samples: Annotated[int, typer.Option(help="Forget-condition images per probe (the forget rows of `evaluate`'s balanced layout, same noise); 200 keeps the 95% Wilson half-width <= 0.07 at any rate.", rich_help_panel=PROBE_PANEL)] = 200,
     probe_steps: Annotated[int, typer.Option(help="DDIM steps per probe image.", rich_help_panel=PROBE_PANEL)] = 25,
+    trainable: Annotated[Optional[str], typer.Option(help="Text-to-image models: the UNet parameters that train — all, cross-attention (where the prompt enters; ESD-x) or non-cross-attention (ESD-u) (default: the method's; all for every method but esd-x/esd-u).", rich_help_panel=TEXT_PANEL)] = None,
+    prompt_samples: Annotated[int, typer.Option(help="Text-to-image models, --forget-prompt: images the base draws for each forget prompt, added to the forget set (DDIM 50).", rich_help_panel=TEXT_PANEL)] = 50,
+    prompt_guidance: Annotated[float, typer.Option(help="Classifier-free guidance scale of those images.", rich_help_panel=TEXT_PANEL)] = 3.0,
     data: opt.Data = None,
     resolution: opt.Resolution = None,
     channels: opt.Channels = None,
@@ -57,8 +63,9 @@ def unlearn(
     quiet: opt.Quiet = False,
     **method_values: Any,
 ):
-    """Make a model forget a class or specific data with one of the registered methods (listed under --method).
-    Data comes from the model's recorded data description unless --data is given."""
+    """Make a model forget a class, specific data or (text-to-image models) a concept by prompt with one of the
+    registered methods (listed under --method). Data comes from the model's recorded data description unless
+    --data is given."""
     from unlearnctl.checkpoint import check_output_path, save_checkpoint
     from unlearnctl.errors import BadInputError
     from unlearnctl.methods import get_method
@@ -77,8 +84,9 @@ def unlearn(
                            lr_schedule=lr_schedule, ema_decay=ema_decay,
                            label_dropout=label_dropout, probe_every=probe_every, until_forget_rate=until_forget_rate, stop_on=stop_on,
                            probe_samples=probe_samples, probe_steps=probe_steps, device=device,
-                           precision=precision)
-    spec = opt.forget_spec(forget_class, forget_index, forget_canary, forget_images)
+                           precision=precision, trainable=trainable, prompt_samples=prompt_samples,
+                           prompt_guidance=prompt_guidance)
+    spec = opt.forget_spec(forget_class, forget_index, forget_canary, forget_images, forget_prompt, forget_prompts_file)
     checkpoint = opt.load_model(model)
     split = None
     if data:

@@ -22,7 +22,12 @@ if TYPE_CHECKING:
 
 
 class LatentTextDenoiser(Denoiser):
-    """A ``UNet2DConditionModel`` on the latents of ``vae``, conditioned on ``text_encoder``'s prompt embeddings."""
+    """A ``UNet2DConditionModel`` on the latents of ``vae``, conditioned on ``text_encoder``'s prompt embeddings.
+
+    A condition is either prompt embeddings ``[B, L, D]`` or, after :meth:`use_prompts`, prompt ids ``[B]``
+    (integers) into that table of prompts: unlearning runs draw ids like class labels, and the table's last
+    id is the empty prompt (the null condition of guidance), as a class-conditional model's null class is its last.
+    """
 
     def __init__(self, network: torch.nn.Module, schedule: "NoiseSchedule | None", runtime: "Runtime | None" = None, *,
                  vae: torch.nn.Module, text_encoder: torch.nn.Module, tokenizer: Any, scaling_factor: float):
@@ -30,6 +35,8 @@ class LatentTextDenoiser(Denoiser):
         self.vae, self.text_encoder, self.tokenizer = vae, text_encoder, tokenizer
         self.scaling_factor = scaling_factor
         self._empty: torch.Tensor | None = None
+        self.prompts: list[str] = []
+        self.prompt_table: torch.Tensor | None = None
 
     @property
     def device(self) -> torch.device:
@@ -62,11 +69,27 @@ class LatentTextDenoiser(Denoiser):
             self._empty = self.embed([""])
         return self._empty
 
+    def use_prompts(self, prompts: list[str]) -> int:
+        """Embed ``prompts`` once as the table prompt ids index (the empty prompt appended); returns its id."""
+        self.prompts = [*prompts, ""]
+        self.prompt_table = torch.cat([self.embed(self.prompts[i:i + 256]) for i in range(0, len(self.prompts), 256)])
+        return len(prompts)
+
+    def embeddings(self, c: torch.Tensor) -> torch.Tensor:
+        """Prompt embeddings ``[B, L, D]`` of a condition: ids looked up in the prompt table, embeddings as given."""
+        if c.is_floating_point():
+            return c.to(self.device)
+        if self.prompt_table is None:
+            raise ValueError("prompt ids need a prompt table (use_prompts)")  # a programming error, not user input
+        return self.prompt_table[c.to(self.prompt_table.device)].to(self.device)
+
     def condition(self, c: torch.Tensor | None) -> dict[str, Any]:
-        return {"encoder_hidden_states": c.to(self.device)}
+        return {"encoder_hidden_states": self.embeddings(c)}
 
     def null_condition(self, like: torch.Tensor | None) -> torch.Tensor:
         rows = 1 if like is None else like.shape[0]
+        if like is not None and not like.is_floating_point():
+            return torch.full_like(like, len(self.prompts) - 1)  # the table's empty prompt
         return self.empty_embedding().expand(rows, -1, -1)
 
     def predict(self, m_t: torch.Tensor, t: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:

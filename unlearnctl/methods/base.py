@@ -147,6 +147,9 @@ class MethodContext:
         retain: D_r, the retained training images (labels kept).
         forget: D_f, the images to forget; labels of images from a file (−1) mapped to the null class on
             conditional models, labels dropped on unconditional ones.
+        prompts: text-to-image models: the run's prompt table (every caption of D_r and D_f, once). There the
+            "labels" of D_r and D_f are prompt ids into it, the null class is the empty prompt (id
+            ``len(prompts)``), and a random other label is a random prompt of D_r that no image of D_f has.
         batch_size: images per batch drawn from each of D_r and D_f.
         label_dropout: share of retain labels replaced by the null class (conditional models with one), so
             the unconditional branch used by classifier-free guidance stays trained.
@@ -162,6 +165,7 @@ class MethodContext:
     batch_size: int
     label_dropout: float
     generator: "torch.Generator"
+    prompts: list[str] | None = None
 
     @property
     def unet(self) -> "torch.nn.Module":
@@ -182,16 +186,17 @@ class MethodContext:
 
     @property
     def conditional(self) -> bool:
-        return self.checkpoint.conditional
+        """Whether images carry a condition (a class, or a prompt id on text-to-image models)."""
+        return self.prompts is not None or self.checkpoint.conditional
 
     @property
     def null_class(self) -> int | None:
-        return self.checkpoint.null_class
+        return len(self.prompts) if self.prompts is not None else self.checkpoint.null_class
 
     @property
     def num_classes(self) -> int:
-        """Real classes (the null class excluded)."""
-        return self.checkpoint.num_classes
+        """Real classes (the null class excluded); prompts of the table on text-to-image models."""
+        return len(self.prompts) if self.prompts is not None else self.checkpoint.num_classes
 
     @property
     def n(self) -> int:
@@ -241,6 +246,13 @@ class MethodContext:
         """a ~ D_f (``[B, C, H, W]``), its labels c_a (``[B]`` or ``None``) and the indices drawn into D_f."""
         return self._draw(self.forget, batch_size)
 
+    def forget_conditions(self) -> "torch.Tensor":
+        """The conditions c_a of a batch of D_f, without its images (ESD needs only the concept's prompts)."""
+        import torch
+
+        index = self.runtime.take(torch.randint(0, len(self.forget), (self.batch_size,), generator=self.generator))
+        return self.forget.labels[index]
+
     def timesteps(self, batch_size: int) -> "torch.Tensor":
         return self._global(lambda n: self.schedule.random_timesteps(n, self.generator), batch_size)
 
@@ -272,15 +284,53 @@ class MethodContext:
         return self.denoiser.coefficients(t, self.device)
 
     def other_labels(self, c: "torch.Tensor") -> "torch.Tensor":
-        """A uniformly random real class different from each entry of ``c`` (any real class for the null class)."""
+        """A uniformly random real class different from each entry of ``c`` (any real class for the null class);
+        on text-to-image models a random other prompt (:meth:`other_prompts`)."""
         import torch
 
+        if self.prompts is not None:
+            return self.other_prompts(c)
         require(self.num_classes >= 2, "a random other class needs at least two classes")
         is_null = c >= self.num_classes  # the null class (conditional models with one)
         shift = self._global(lambda size: torch.randint(1, self.num_classes, (size,), generator=self.generator), c.shape[0]).to(c.device)
         other = (c.clamp(max=self.num_classes - 1) + shift) % self.num_classes  # never equals c for real classes
         anyone = self._global(lambda size: torch.randint(0, self.num_classes, (size,), generator=self.generator), c.shape[0]).to(c.device)
         return torch.where(is_null, anyone, other)
+
+    def retained_prompt_ids(self) -> "torch.Tensor":
+        """Ids of the prompts of D_r that caption no image of D_f (sorted)."""
+        import torch
+
+        retained = torch.unique(self.retain.labels)
+        return retained[~torch.isin(retained, torch.unique(self.forget.labels))]
+
+    def other_prompts(self, c: "torch.Tensor") -> "torch.Tensor":
+        """For each prompt id of ``c``, a uniformly random retained prompt (:meth:`retained_prompt_ids`) other than it."""
+        import torch
+
+        pool = self.retained_prompt_ids()  # [P_r]
+        require(len(pool) >= 2, "a random other prompt needs at least two retained prompts (captions no forgotten image has)")
+        position = torch.searchsorted(pool, c.cpu().clamp(max=int(pool[-1])))  # where c sits in the pool ...
+        in_pool = pool[position.clamp(max=len(pool) - 1)] == c.cpu()  # ... if it is there
+        shift = self._global(lambda size: torch.randint(1, len(pool), (size,), generator=self.generator), c.shape[0])
+        anyone = self._global(lambda size: torch.randint(0, len(pool), (size,), generator=self.generator), c.shape[0])
+        return pool[torch.where(in_pool, (position + shift) % len(pool), anyone)].to(c.device)
+
+    def generate(self, conditions: "torch.Tensor", steps: int = 50, seed: int = 0, progress: "ProgressFn" = None) -> "torch.Tensor":
+        """Images (``[N, C, H, W]`` in [-1, 1]) the model being trained draws for ``conditions`` (class ids, or
+        prompt ids on text-to-image models), DDIM without guidance."""
+        from unlearnctl.diffusion import sample_images, sample_text_images
+
+        self.unet.eval()
+        try:
+            if self.prompts is not None:
+                embeddings = self.denoiser.embeddings(conditions)
+                return sample_text_images(self.denoiser, self.checkpoint.components, embeddings, steps=steps, sampler="ddim",
+                                          guidance=1.0, seed=seed, progress=progress)
+            return sample_images(self.unet, self.checkpoint.scheduler_config, labels=conditions, null_class=self.null_class,
+                                 steps=steps, seed=seed, progress=progress, precision=self.runtime.precision)
+        finally:
+            self.unet.train()
 
 
 class Method:
@@ -306,6 +356,10 @@ class Method:
         self.check()
 
     # ----- hooks
+
+    @classmethod
+    def check_model(cls, checkpoint: "Checkpoint") -> None:
+        """Refuse a model the method cannot run on, before any data is read (raise :class:`BadInputError`)."""
 
     def check(self) -> None:
         """Refuse a model/forget-set combination the method cannot handle (raise :class:`BadInputError`)."""
@@ -355,7 +409,8 @@ class Method:
         update = self.combine(terms)
         set_gradients(self.ctx.parameters(), update.grads)
         figures = {**{k: float(v.detach()) for k, v in terms.items()}, **update.figures}
-        return StepOutput(float(update.loss), figures, update.grad_norms)  # a 0-d tensor or a float
+        loss = update.loss.detach() if hasattr(update.loss, "detach") else update.loss  # a 0-d tensor or a float
+        return StepOutput(float(loss), figures, update.grad_norms)
 
     def loss(self) -> tuple["torch.Tensor", dict[str, "torch.Tensor"]]:
         """``(objective, terms)`` of one draw (tests, notebooks)."""

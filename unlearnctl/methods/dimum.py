@@ -113,18 +113,15 @@ class DiMUM(Method):
     def _generated(self, progress: "ProgressFn") -> "torch.Tensor":
         import torch
 
-        from unlearnctl.diffusion import sample_images
-
         ctx = self.ctx
-        retained = [c for c in range(ctx.num_classes) if c not in ctx.forget_set.class_ids]
-        require(len(retained) > 0, "no retained class to generate alternatives for")
-        labels = torch.tensor(retained)[ctx.randint(len(retained), self.config.num_generated)]
+        if ctx.prompts is not None:  # text-to-image: the retained prompts
+            retained = ctx.retained_prompt_ids()
+        else:
+            retained = torch.tensor([c for c in range(ctx.num_classes) if c not in ctx.forget_set.class_ids], dtype=torch.long)
+        require(len(retained) > 0, "no retained class or prompt to generate alternatives for")
+        labels = retained[ctx.randint(len(retained), self.config.num_generated)]
         seed = int(ctx.randint(2**31 - 1, 1))
-        ctx.unet.eval()  # still the base weights: prepare() runs before the first step
-        images = sample_images(ctx.unet, ctx.checkpoint.scheduler_config, labels=labels, null_class=ctx.null_class,
-                               steps=50, seed=seed, progress=progress, precision=ctx.runtime.precision)
-        ctx.unet.train()
-        return images
+        return ctx.generate(labels, steps=50, seed=seed, progress=progress)  # still the base: prepare() runs before step 1
 
     def memorisation_loss(self) -> "torch.Tensor":
         """L_mem: alternative images under the forget condition (class) or redirected forget inputs (data)."""

@@ -28,12 +28,14 @@ class RetrainConfig(MethodConfig):
 
 
 def training_recipe(checkpoint: "Checkpoint") -> dict[str, Any]:
-    """The params of the first ``train`` lineage entry (preset, conditional, unet_overrides, train config)."""
+    """The params of the first ``train`` lineage entry (pixel: preset, conditional, unet_overrides, train config;
+    text-to-image: text_to_image, autoencoder steps, unet_overrides, train config)."""
+    keys = ("text_to_image", "autoencoder", "train") if checkpoint.text_conditional else ("preset", "conditional", "train")
     for entry in checkpoint.lineage:
         if entry.get("command") == "train":
             params = entry.get("params") or {}
-            require(all(key in params for key in ("preset", "conditional", "train")),
-                    "the base checkpoint's train entry lacks its recipe (preset, conditional, train); cannot retrain")
+            require(all(key in params for key in keys),
+                    f"the base checkpoint's train entry lacks its recipe ({', '.join(keys)}); cannot retrain")
             return params
     raise_no_recipe(checkpoint)
 
@@ -43,7 +45,8 @@ def raise_no_recipe(checkpoint: "Checkpoint") -> None:
 
     commands = ", ".join(e.get("command", "?") for e in checkpoint.lineage) or "none"
     raise BadInputError(f"the base checkpoint records no training recipe (lineage: {commands}); "
-                        "retrain needs a model trained by `unlearnctl train`")
+                        "retrain needs a model trained by `unlearnctl train` (exact retraining of an imported model "
+                        "needs its original training run: its data, code and compute)")
 
 
 @register_method("retrain")
@@ -57,6 +60,10 @@ class Retrain(Method):
 
     order = 80
     scenarios = ("class", "canary")
+
+    @classmethod
+    def check_model(cls, checkpoint: "Checkpoint") -> None:
+        training_recipe(checkpoint)  # refuses an imported model before any data is read
 
     def run(self, job: "UnlearnJob") -> tuple[dict[str, Any], "RunRecord"]:
         """Train from scratch on the retain set; returns the weights and the run record (recipe, overrides).
@@ -74,6 +81,8 @@ class Retrain(Method):
         recipe = training_recipe(checkpoint)
         overrides = {k: v for k, v in {"steps": config.steps, "lr": config.lr, "batch_size": config.batch_size}.items() if v is not None}
         train = TrainConfig(**{**recipe["train"], **overrides, "seed": config.seed})
+        if checkpoint.text_conditional:
+            return self._run_text_to_image(job, recipe, train, overrides)
         require(checkpoint.conditional == bool(recipe["conditional"]),
                 "the base checkpoint's recipe does not match its model (conditional flag); cannot retrain")
         started = time.perf_counter()
@@ -92,3 +101,39 @@ class Retrain(Method):
                            data_fingerprint=forget_set.retain.fingerprint, steps_run=train.steps,
                            wall_time_s=time.perf_counter() - started, extra={"train": train.to_dict()})
         return model.state_dict, record
+
+    def _run_text_to_image(self, job: "UnlearnJob", recipe: dict[str, Any], train: Any,
+                           overrides: dict[str, Any]) -> tuple[dict[str, Any], "RunRecord"]:
+        """Repeat ``train --text-to-image`` without the forget set: the autoencoder, the tokenizer, the text encoder
+        and the UNet all anew (the base's autoencoder saw the forgotten images too), from the recorded data."""
+        import time
+
+        from unlearnctl.data import load_recorded_data
+        from unlearnctl.text_to_image import train_text_to_image
+        from unlearnctl.text_unlearning import training_seed
+        from unlearnctl.unlearning import RunRecord
+
+        checkpoint, config, forget_set = job.checkpoint, job.config, job.forget_set
+        require(not forget_set.spec.images, "retrain cannot leave out --forget-images: they were never training images")
+        require(checkpoint.data.get("fingerprint") == job.split.description.get("fingerprint"),
+                "retrain repeats the base's training on its recorded data; drop --data")
+        started = time.perf_counter()
+        model = train_text_to_image(load_recorded_data(checkpoint.data), config=train,
+                                    autoencoder_steps=recipe["autoencoder"]["steps"],
+                                    unet_overrides=recipe.get("unet_overrides") or None, exclude=forget_set.spec,
+                                    device=config.device, progress=job.progress, precision=config.precision,
+                                    prediction_type=recipe.get("prediction_type", "epsilon"),
+                                    gradient_checkpointing=bool(recipe.get("gradient_checkpointing")),
+                                    command="retrain", caption_seed=training_seed(checkpoint))
+        require(model.unet_config == checkpoint.unet_config,
+                "retraining with the recorded recipe built a different UNet config than the base's; cannot compare them")
+        params = {"recipe": {"text_to_image": True, "autoencoder_steps": recipe["autoencoder"]["steps"],
+                             "unet_overrides": recipe.get("unet_overrides") or {}},
+                  "train": train.to_dict(), "overrides": overrides, "from_scratch": True, "precision": config.precision,
+                  "num_train_images": model.lineage[-1]["params"]["num_train_images"], "data": job.split.description["source"]}
+        record = RunRecord(job, command="retrain", params=params, steps=train.steps, lr=train.lr, batch_size=train.batch_size,
+                           data_fingerprint=forget_set.retain.fingerprint, steps_run=train.steps,
+                           wall_time_s=time.perf_counter() - started, extra={"train": train.to_dict()},
+                           changed={"components": model.components, "frozen": model.frozen})
+        return model.state_dict, record
+

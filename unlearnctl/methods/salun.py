@@ -101,7 +101,9 @@ class SalUn(Method):
         size = sum(m.numel() for m in self.masks)
         prepared = {"salient_weights": salient, "salient_share": salient / size}
         if ctx.conditional and self.config.relabel == "class":
-            prepared["relabelled_as"] = {str(int(c)): int(d) for c, d in zip(classes, drawn)}
+            name = (lambda i: ctx.prompts[i]) if ctx.prompts is not None else str  # prompts, or class ids
+            prepared["relabelled_as"] = {name(int(c)): (ctx.prompts[int(d)] if ctx.prompts is not None else int(d))
+                                         for c, d in zip(classes, drawn)}
         return prepared
 
     def random_label_loss(self) -> "torch.Tensor":
