@@ -106,6 +106,10 @@ def evaluation_samples(checkpoint: "Checkpoint", forget_set: "ForgetSet", num_sa
     images that, balanced over every condition as :func:`~unlearnctl.metrics.evaluate.evaluate` samples
     them, give each forget condition ``ceil(num_samples / forget conditions)`` rows (unconditional models:
     ``num_samples`` itself)."""
+    if checkpoint.text_conditional:
+        from unlearnctl.metrics.text import text_evaluation_samples
+
+        return text_evaluation_samples(forget_set, num_samples)
     require(num_samples >= 1, f"number of samples must be at least 1, got {num_samples}")
     conditions = forget_conditions(checkpoint, forget_set)
     if conditions is None:
@@ -155,9 +159,18 @@ def measure_forgetting(
     Returns ``forget_rate`` with its ``_count``, ``_n`` and 95% Wilson ``_ci95_low``/``_ci95_high``
     (:func:`~unlearnctl.metrics.intervals.rate_fields`), ``num_samples`` (= ``forget_rate_n``), ``mode``,
     ``eval_num_samples`` and, in data mode, ``threshold``.
+
+    Text-to-image models (``forget_set`` from :func:`unlearnctl.metrics.text.resolve_text_forget`): the forget
+    prompts' rows of the text evaluation's layout, by :func:`unlearnctl.metrics.text.measure_text_forgetting`.
     """
     from unlearnctl.metrics.intervals import rate_fields
 
+    if checkpoint.text_conditional:
+        from unlearnctl.metrics.text import measure_text_forgetting
+
+        return measure_text_forgetting(unet, checkpoint, forget_set, classifier=classifier, threshold=threshold,
+                                       num_samples=num_samples, steps=steps, guidance=guidance, seed=seed,
+                                       batch_size=batch_size, eval_num_samples=eval_num_samples)
     if eval_num_samples is None:
         eval_num_samples = evaluation_samples(checkpoint, forget_set, num_samples)
     labels, rows = evaluation_forget_rows(checkpoint, forget_set, eval_num_samples)
