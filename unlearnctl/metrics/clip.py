@@ -47,6 +47,9 @@ def load_clip(folder: str | Path, device: torch.device | str = "cpu") -> Clip:
     from transformers import CLIPModel, CLIPProcessor
 
     path = check_clip_folder(folder)
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()  # progress is the CLI's (stderr stays one line per event)
     try:
         model = CLIPModel.from_pretrained(path, local_files_only=True, use_safetensors=True)
         processor = CLIPProcessor.from_pretrained(path, local_files_only=True)
@@ -75,9 +78,8 @@ def clip_scores(clip: Clip, images: torch.Tensor, prompts: list[str], batch_size
     for start in range(0, len(images), batch_size):
         inputs = clip.processor(text=prompts[start:start + batch_size], images=list(pixels[start:start + batch_size]),
                                 return_tensors="pt", padding=True, truncation=True)
-        image = model.get_image_features(pixel_values=inputs["pixel_values"].to(device))  # B×P
-        text = model.get_text_features(input_ids=inputs["input_ids"].to(device),
-                                       attention_mask=inputs["attention_mask"].to(device))  # B×P
-        cosine = torch.nn.functional.cosine_similarity(image.float(), text.float(), dim=-1)
+        out = model(**{key: value.to(device) for key, value in inputs.items()})
+        image, text = out.image_embeds.float(), out.text_embeds.float()  # B×P each: the projections E_I, E_T
+        cosine = torch.nn.functional.cosine_similarity(image, text, dim=-1)  # pair i: image i with prompt i
         scores.append(100 * cosine.clamp(min=0).cpu())
     return torch.cat(scores)
