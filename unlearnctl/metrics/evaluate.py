@@ -465,7 +465,7 @@ class Evaluation:
             row_labels = None
             if kind == "retained" and samples.labels is not None:
                 retained = samples.labels[samples.retain].unique().tolist()
-                row_labels = [names[i] if i < len(names) else str(i) for i in retained]
+                row_labels = [names[i] if 0 <= i < len(names) else str(i) for i in retained]
                 title = f"{model}: retained classes, one row each"
             elif kind == "retained":
                 title = f"{model}: samples (unconditional)"
