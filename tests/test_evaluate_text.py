@@ -137,6 +137,14 @@ def test_a_concept_named_by_prompt_gets_its_class_or_is_refused(t2i, tmp_path, c
     assert forget["class_ids"] == [CROSS] and forget["prompts"] == {"3": ["a drawing of a cross"]}
     assert {evaluation.samples.prompts[i] for i in torch.nonzero(evaluation.samples.forget).flatten().tolist()} == {"a drawing of a cross"}
 
+    # a concept recorded in the lineage (as unlearn records --forget-prompt) is found there
+    from dataclasses import replace
+
+    entry = {"command": "unlearn", "forget": {"spec": ForgetSpec(prompts=("a cross",)).to_dict()}}
+    recorded = run_evaluation(replace(t2i, lineage=[*t2i.lineage, entry]), None, fast(metrics=("forget",), num_samples=8))
+    assert recorded.result["provenance"]["forget"]["source"] == "lineage"
+    assert recorded.result["provenance"]["forget"]["prompts"] == {"3": ["a cross"]}
+
     given = run_evaluation(t2i, ForgetSpec(prompts=("a purple elephant",)), fast(metrics=("forget",), num_samples=8,
                                                                                   concept_class="box"))
     assert given.result["provenance"]["forget"]["class_ids"] == [2]

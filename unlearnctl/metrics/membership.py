@@ -12,7 +12,8 @@ standard one for diffusion models: a training image is denoised better than an u
    *shared by every image*, so scores differ only through the images:
    ``L_r(x) = 1/K Σ_k ||ε_θ(γ_{t_k} x + σ_{t_k} ε_rk, t_k, c) − ε_rk||²`` (mean over pixels; ``c`` the
    image's class for conditional models, the null class when unknown; a model without a null class
-   refuses images of unknown class). The attack score is
+   refuses images of unknown class; a text-to-image model: on the image's VAE latent, ``c`` its caption's
+   embedding). The attack score is
    ``−L(x)`` with ``L = mean_r L_r``: lower loss → "member".
 3. **Attack figures** on ``−L``: ROC AUC, balanced accuracy (best threshold: max over τ of
    ``(TPR + TNR)/2``), TPR at 1% FPR, and the AUC's standard deviation over the ``R`` repeats (each
