@@ -120,6 +120,8 @@ def evaluate(
     result = evaluation.result
     if classifier and result["provenance"]["classifier"] is None:
         note(f"--classifier {classifier} was not used: no metric run here needs a classifier", quiet)
+    if clip_model and "clip" not in result["provenance"]["metrics_run"]:
+        note(f"--clip-model {clip_model} was not used: {result['provenance']['skipped'].get('clip', 'not requested')}", quiet)
     _print_result(result)
     if json_out:
         import json

@@ -470,7 +470,8 @@ class Evaluation:
             elif kind == "retained":
                 title = f"{model}: samples (unconditional)"
             else:
-                what = f"class {', '.join(map(str, forget['classes']))}" if forget.get("classes") else "the forget set"
+                what = (f"class {', '.join(map(str, forget['classes']))}" if forget.get("classes") else
+                        f"prompt {', '.join(repr(p) for p in forget['prompts'])}" if forget.get("prompts") else "the forget set")
                 title = f"{model}: forget condition ({what})"
             pngs[kind] = grid_png(images, nrow=per_condition, title=title, row_labels=row_labels)
         return pngs
