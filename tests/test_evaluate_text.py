@@ -16,6 +16,7 @@ import torch
 from unlearnctl.data import ForgetSpec
 from unlearnctl.metrics.evaluate import EvalConfig, run_evaluation
 from unlearnctl.metrics.membership import AuditConfig
+from test_text_to_image import _refused  # one line on stderr, exit 2, nothing written
 
 FAST_AUDIT = AuditConfig(repeats=1, timesteps=(50, 200))
 CROSS = 3  # tests/conftest.py SHAPE_NAMES: bar, column, box, cross
@@ -68,15 +69,6 @@ def rule_classifier(monkeypatch):
     rule = DomainClassifier(BrightnessNet(), ["bar", "column", "box", "cross"], None, None)
     monkeypatch.setattr(classifier_module, "resolve_classifier", lambda *a, **k: rule)
     return rule
-
-
-def _refused(cli, tmp_path, *args, message: str) -> None:
-    before = set(tmp_path.rglob("*"))
-    result = cli(*args)
-    assert result.code == 2, result.err
-    lines = [line for line in result.err.splitlines() if line.strip()]
-    assert len(lines) == 1 and message in lines[0], result.err
-    assert set(tmp_path.rglob("*")) == before  # nothing written
 
 
 def test_concept_evaluation_writes_every_figure_with_its_interval(t2i, tmp_path, cli):

@@ -163,8 +163,6 @@ def measure_forgetting(
     Text-to-image models (``forget_set`` from :func:`unlearnctl.metrics.text.resolve_text_forget`): the forget
     prompts' rows of the text evaluation's layout, by :func:`unlearnctl.metrics.text.measure_text_forgetting`.
     """
-    from unlearnctl.metrics.intervals import rate_fields
-
     if checkpoint.text_conditional:
         from unlearnctl.metrics.text import measure_text_forgetting
 
@@ -174,10 +172,7 @@ def measure_forgetting(
     if eval_num_samples is None:
         eval_num_samples = evaluation_samples(checkpoint, forget_set, num_samples)
     labels, rows = evaluation_forget_rows(checkpoint, forget_set, eval_num_samples)
-    require(len(rows) > 0, f"evaluate --num-samples {eval_num_samples} samples no forget-condition image")
-    config = unet.config
-    generator = torch.Generator().manual_seed(seed)  # evaluate's draw: every row, then the forget rows kept
-    noise = torch.randn((eval_num_samples, config.in_channels, config.sample_size, config.sample_size), generator=generator)[rows]
+    noise = probe_noise(unet, eval_num_samples, rows, seed)
     was_training = unet.training
     unet.eval()
     try:
@@ -186,6 +181,24 @@ def measure_forgetting(
                                seed=seed, batch_size=batch_size, noise=noise)
     finally:
         unet.train(was_training)
+    return score_probe(images, forget_set, classifier, threshold, eval_num_samples)
+
+
+def probe_noise(network: torch.nn.Module, eval_num_samples: int, rows: torch.Tensor, seed: int) -> torch.Tensor:
+    """The initial noise of ``rows`` in ``evaluate``'s draw for ``eval_num_samples`` images: every row drawn
+    from ``seed`` (in ``network``'s input shape), then the given rows kept."""
+    require(len(rows) > 0, f"evaluate --num-samples {eval_num_samples} samples no forget-condition image")
+    config = network.config
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn((eval_num_samples, config.in_channels, config.sample_size, config.sample_size), generator=generator)[rows]
+
+
+def score_probe(images: torch.Tensor, forget_set: "ForgetSet", classifier: "DomainClassifier | None",
+                threshold: float | None, eval_num_samples: int) -> dict[str, Any]:
+    """A probe's forget-condition samples scored as the ``forget`` group scores them (:func:`measure_forgetting`'s
+    return value)."""
+    from unlearnctl.metrics.intervals import rate_fields
+
     found: dict[str, Any] = {"num_samples": len(images), "mode": forget_set.mode, "eval_num_samples": eval_num_samples}
     if forget_set.mode == "class":
         require(classifier is not None, "class forgetting is measured with the domain classifier; pass one")

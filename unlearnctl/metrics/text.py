@@ -283,8 +283,7 @@ def measure_text_forgetting(
     ``mode``, ``eval_num_samples`` and, in data mode, ``threshold`` — as
     :func:`~unlearnctl.metrics.forget.measure_forgetting`, which calls this for text-to-image models.
     """
-    from unlearnctl.metrics.forget import class_forget_counts, data_forget_hits, data_forget_threshold, nearest_distance
-    from unlearnctl.metrics.intervals import rate_fields
+    from unlearnctl.metrics.forget import probe_noise, score_probe
 
     require(isinstance(forget_set, TextForgetSet), "a text-to-image model's forget set comes from "
             "unlearnctl.metrics.text.resolve_text_forget (its prompts)")
@@ -292,10 +291,7 @@ def measure_text_forgetting(
         eval_num_samples = text_evaluation_samples(forget_set, num_samples)
     plan = text_sample_plan(forget_set.retain, forget_set, eval_num_samples)
     rows = torch.nonzero(plan.forget).flatten()
-    require(len(rows) > 0, f"evaluate --num-samples {eval_num_samples} samples no forget-condition image")
-    config = network.config
-    generator = torch.Generator().manual_seed(seed)  # evaluate's draw: every row, then the forget rows kept
-    noise = torch.randn((eval_num_samples, config.in_channels, config.sample_size, config.sample_size), generator=generator)[rows]
+    noise = probe_noise(network, eval_num_samples, rows, seed)  # evaluate's initial latents of these rows
     was_training = network.training
     network.eval()
     try:
@@ -304,13 +300,4 @@ def measure_text_forgetting(
                                         sampler=sampler, guidance=guidance, seed=seed, batch_size=batch_size, noise=noise)
     finally:
         network.train(was_training)
-    found: dict[str, Any] = {"num_samples": len(images), "mode": forget_set.mode, "eval_num_samples": eval_num_samples}
-    if forget_set.mode == "class":
-        require(classifier is not None, "a concept's forget rate is measured with the domain classifier; pass one")
-        hits = class_forget_counts(images, forget_set.class_ids, classifier)["hits"]
-    else:
-        if threshold is None:
-            threshold = data_forget_threshold(forget_set.forget.images, forget_set.retain.images)
-        hits = data_forget_hits(nearest_distance(images, forget_set.forget.images), threshold)
-        found["threshold"] = threshold
-    return {**rate_fields("forget_rate", hits, len(images)), **found}
+    return score_probe(images, forget_set, classifier, threshold, eval_num_samples)
