@@ -281,3 +281,20 @@ def test_membership_audit_on_latents_equals_a_direct_loss(t2i, shapes_split):
         t = torch.full((2,), 100, dtype=torch.long)
         predicted = unet(schedule.add_noise(z, eps, t), t, encoder_hidden_states=c).sample
     assert torch.allclose(losses[0], ((predicted - eps) ** 2).mean(dim=(1, 2, 3)), atol=1e-5)
+
+
+def test_a_captioned_canary_takes_the_place_of_its_class_in_the_layout():
+    from unlearnctl.captions import class_captions, class_prompt
+    from unlearnctl.data import load_data
+    from unlearnctl.metrics.text import captioned_split, resolve_text_forget, text_sample_plan
+
+    split = captioned_split(load_data("digits+canary", canary_copies=12), seed=0)
+    forget = resolve_text_forget(ForgetSpec(canary=True), split)
+    canary = split.class_names.index("canary")
+    assert forget.mode == "data" and forget.class_ids == [canary] and len(forget.forget) == 12
+    assert set(forget.prompts) == {canary} and set(forget.prompts[canary]) <= set(class_captions("canary"))
+    plan = text_sample_plan(forget.retain, forget, 110)  # 10 digits + the canary's captions: 10 rows each
+    assert int(plan.forget.sum()) == 10 and set(plan.labels[plan.forget].tolist()) == {canary}
+    assert {plan.prompts[i] for i in torch.nonzero(plan.forget).flatten().tolist()} == set(forget.prompts[canary])
+    retained = torch.nonzero(plan.retain).flatten().tolist()
+    assert len(retained) == 100 and {plan.prompts[i] for i in retained} == {class_prompt(str(d)) for d in range(10)}
