@@ -74,9 +74,12 @@ def rule_classifier(monkeypatch):
 def test_concept_evaluation_writes_every_figure_with_its_interval(t2i, tmp_path, cli):
     out = tmp_path / "e.json"
     result = cli("evaluate", "-m", t2i.path, "--forget-class", "cross", "-n", "20", "--steps", "2", "--audit-repeats", "1",
-                 "--audit-timesteps", "50,200", "--bootstrap-rounds", "20", "--device", "cpu", "--json", out, "--quiet")
+                 "--audit-timesteps", "50,200", "--bootstrap-rounds", "20", "--device", "cpu", "--json", out, "--quiet",
+                 "--grid", tmp_path / "g.png", "--save-samples", tmp_path / "samples")
     assert result.code == 0, result.err
     found = json.loads(out.read_text())
+    assert (tmp_path / "g.png").is_file() and (tmp_path / "g-forget.png").is_file()
+    assert len(list((tmp_path / "samples" / "forget").glob("*.png"))) == 5
     # 20 samples over 4 conditions: the three retained classes' prompts and the concept's prompts
     assert (found["num_samples"], found["num_retain_samples"], found["num_forget_samples"]) == (20, 15, 5)
     for key in ("forget_rate", "forget_confident_rate", "retain_accuracy"):
