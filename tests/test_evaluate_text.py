@@ -301,3 +301,20 @@ def test_a_captioned_canary_takes_the_place_of_its_class_in_the_layout():
     assert {plan.prompts[i] for i in torch.nonzero(plan.forget).flatten().tolist()} == set(forget.prompts[canary])
     retained = torch.nonzero(plan.retain).flatten().tolist()
     assert len(retained) == 100 and {plan.prompts[i] for i in retained} == {class_prompt(str(d)) for d in range(10)}
+
+
+def test_an_imported_pipeline_is_evaluated_on_given_data(tmp_path, cli, shapes_npz, rule_classifier):
+    from sd_common import save_tiny_sd
+
+    rule_classifier.channels = 3  # the rule reads RGB here
+    model = tmp_path / "sd.safetensors"
+    assert cli("import", save_tiny_sd(tmp_path), "--out", model).code == 0  # 16 px RGB; records no data
+    out = tmp_path / "e.json"
+    args = ("evaluate", "-m", model, "--data", f"npz:{shapes_npz}", "--forget-prompt", "a cross", "-n", "8", "--steps", "2",
+            "--metric", "forget", "--metric", "retain", "--device", "cpu", "--json", out, "--quiet")
+    _refused(cli, tmp_path, *args, "--resolution", "12", "--channels", "3", message="data resolution 12 does not match the model's 16")
+    result = cli(*args, "--resolution", "16", "--channels", "3")
+    assert result.code == 0, result.err
+    found = json.loads(out.read_text())
+    assert found["forget_rate_n"] == 2 and found["retain_accuracy_n"] == 6
+    assert found["provenance"]["forget"]["prompts"] == {"3": ["a cross"]}

@@ -519,12 +519,10 @@ def run_evaluation(
     # 1) resolve: data, forget set, plan, classifier, feature space — all failures before sampling
     split = split or load_recorded_data(checkpoint.data)
     if text:
-        from unlearnctl.metrics.text import caption_seed, captioned_split, resolve_text_forget, text_sample_plan
+        from unlearnctl.metrics.text import (caption_seed, captioned_split, check_text_data, resolve_text_forget,
+                                             text_sample_plan)
 
-        for key in ("resolution", "channels"):
-            require(split.description[key] == checkpoint.data.get(key, split.description[key]),
-                    f"data {key} {split.description[key]} does not match the model's {checkpoint.data.get(key)}; "
-                    "give the --data the model was trained on")
+        check_text_data(split.description, checkpoint)
         split = captioned_split(split, caption_seed(checkpoint))
     else:
         check_compatible(split.description, checkpoint.unet_config, checkpoint.conditional, checkpoint.num_classes)

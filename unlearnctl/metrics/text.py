@@ -71,6 +71,22 @@ class TextPlan:
 # --------------------------------------------------------------------------------------------- captions
 
 
+def image_shape(checkpoint: "Checkpoint") -> tuple[int, int]:
+    """``(resolution, channels)`` of the images the model draws: the UNet's latent size × the VAE's downsampling
+    (2 per level after the first, as ``StableDiffusionPipeline`` sizes its default image), the VAE's channels."""
+    vae = checkpoint.components["vae"]["config"]
+    return checkpoint.unet_config["sample_size"] * 2 ** (len(vae["block_out_channels"]) - 1), int(vae["in_channels"])
+
+
+def check_text_data(description: dict[str, Any], checkpoint: "Checkpoint") -> None:
+    """Refuse (exit 2) data whose images are not the size and channels the model draws."""
+    resolution, channels = image_shape(checkpoint)
+    require(description["resolution"] == resolution,
+            f"data resolution {description['resolution']} does not match the model's {resolution}; pass --resolution {resolution}")
+    require(description["channels"] == channels,
+            f"data has {description['channels']} channels, the model {channels}; pass --channels {channels}")
+
+
 def caption_seed(checkpoint: "Checkpoint") -> int:
     """The seed of the newest from-scratch training run (its generated captions were drawn with it), else 0."""
     from unlearnctl.provenance import ROOT_COMMANDS
