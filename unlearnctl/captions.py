@@ -56,6 +56,12 @@ def class_prompt(class_name: str) -> str:
     return _fill(PROMPT_TEMPLATE if _is_digit(class_name) else NAME_PROMPT_TEMPLATE, class_name)
 
 
+def class_captions(class_name: str) -> tuple[str, ...]:
+    """Every caption :func:`digit_captions` can write for a class, :func:`class_prompt`'s wording first:
+    ``class_captions("8")[:2] == ("a handwritten digit eight", "a drawing of the number 8")``."""
+    return tuple(_fill(template, class_name) for template in _templates(class_name))
+
+
 def digit_captions(labels: Sequence[int], class_names: Sequence[str], seed: int = 0) -> list[str]:
     """One caption per label, its template drawn at random (deterministic given ``seed``).
 

@@ -249,6 +249,7 @@ def sample_text_images(
     seed: int = 0,
     batch_size: int = 500,
     progress: ProgressFn = None,
+    noise: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Images in ``[-1, 1]`` for prompt embeddings ``[N, L, D]``, as ``StableDiffusionPipeline`` draws them.
 
@@ -256,7 +257,8 @@ def sample_text_images(
     generator), scaled by the sampler's ``init_noise_sigma``; each step scales the model input, and with
     ``guidance > 1`` runs the unconditional branch on ``negative`` (default: the empty prompt) and mixes
     ``out_neg + w (out_c − out_neg)``; the latents are decoded by the VAE. Same seed, steps, sampler and
-    prompts give the pipeline's images (up to float rounding of batching).
+    prompts give the pipeline's images (up to float rounding of batching). ``noise``: these initial latents
+    ``[N, C, h, w]`` instead (rows of a larger draw: a probe generating part of an evaluation's samples).
     """
     total = int(prompts.shape[0])
     require(total >= 1, "give at least one prompt")
@@ -264,7 +266,9 @@ def sample_text_images(
     device = denoiser.device
     config = denoiser.network.config
     generator = torch.Generator().manual_seed(seed)
-    noise = torch.randn((total, config.in_channels, config.sample_size, config.sample_size), generator=generator)
+    if noise is None:
+        noise = torch.randn((total, config.in_channels, config.sample_size, config.sample_size), generator=generator)
+    require(noise.shape[0] == total, f"{noise.shape[0]} initial latents for {total} prompts")
     negative = denoiser.null_condition(prompts) if negative is None else negative
     images = [noise[:0, :0]]
     batches = list(range(0, total, batch_size))

@@ -23,11 +23,11 @@ def fast(**overrides) -> EvalConfig:
 
 
 def test_registry_lists_groups_and_validates_names():
-    assert metric_names() == ["quality", "forget", "retain", "membership"]
+    assert metric_names() == ["quality", "forget", "retain", "membership", "clip"]
     keys = result_keys()
     assert {"fid", "kid", "precision", "recall", "forget_rate", "retain_accuracy", "membership_auc",
             "membership_epsilon_lb", "membership_loss_ratio"} <= keys.keys()
-    with pytest.raises(BadInputError, match="choose from quality, forget, retain, membership"):
+    with pytest.raises(BadInputError, match="choose from quality, forget, retain, membership, clip"):
         get_metric("qualty")
     with pytest.raises(ValueError, match="already registered"):
         register_metric("quality", keys={"other": "x"})

@@ -27,12 +27,15 @@ def evaluate(
     forget_index: opt.ForgetIndex = None,
     forget_canary: opt.ForgetCanary = False,
     forget_images: opt.ForgetImages = None,
+    forget_prompt: Annotated[Optional[list[str]], typer.Option("--forget-prompt", help="Text-to-image models: the concept to score, named by a prompt; repeatable. Its class is the class whose captions include exactly this prompt, else --concept-class.", rich_help_panel=opt.FORGET_PANEL)] = None,
+    concept_class: Annotated[Optional[str], typer.Option("--concept-class", help="Text-to-image models: the class (name or index:N) the --forget-prompt concept belongs to, for its forget rate.", rich_help_panel=opt.FORGET_PANEL, show_default=False)] = None,
     num_samples: Annotated[int, typer.Option("--num-samples", "-n", help="Images to generate (conditional models: balanced over all classes, the forgotten ones included).", rich_help_panel=opt.SAMPLE_PANEL)] = 10_000,
     steps: opt.Steps = 50,
     sampler: opt.Sampler = "ddim",
     guidance: opt.Guidance = 1.0,
     sample_batch_size: Annotated[Optional[int], typer.Option("--sample-batch-size", help="Images per UNet call when sampling and auditing (default: from the model's size, 1e13 / (parameters × pixels), at most 1000; docs/metrics.md).", rich_help_panel=opt.SAMPLE_PANEL, show_default=False)] = None,
-    metric: Annotated[Optional[list[str]], typer.Option("--metric", help="Metric group to run: quality, forget, retain, membership; repeatable (default: every one that applies).", rich_help_panel=EVAL_PANEL)] = None,
+    metric: Annotated[Optional[list[str]], typer.Option("--metric", help="Metric group to run: quality, forget, retain, membership, clip; repeatable (default: every one that applies).", rich_help_panel=EVAL_PANEL)] = None,
+    clip_model: Annotated[Optional[Path], typer.Option("--clip-model", help="Text-to-image models: a folder of local CLIP weights (save_pretrained: config, .safetensors, tokenizer and preprocessor files) for the CLIP score; without it the score is skipped. Nothing is downloaded.", rich_help_panel=EVAL_PANEL, show_default=False)] = None,
     feature_extractor: Annotated[str, typer.Option(help="FID/KID/precision/recall features: domain-classifier (trained per data set, cached) or inception-v3-compat (needs --inception-weights).", rich_help_panel=EVAL_PANEL)] = "domain-classifier",
     inception_weights: Annotated[Optional[Path], typer.Option(help="Local torch-fidelity InceptionV3 weights (.pth weights-only or .safetensors); sha256 recorded. Nothing is downloaded.", rich_help_panel=EVAL_PANEL)] = None,
     audit_samples: Annotated[Optional[int], typer.Option(help="Membership audit: cap on members and on non-members (seeded subsets; default min(1000, --num-samples)).", rich_help_panel=EVAL_PANEL, show_default=False)] = None,
@@ -59,7 +62,10 @@ def evaluate(
     """Score a model: FID/KID/precision/recall (torch-fidelity), forget rate, retain accuracy, membership audit.
 
     What was forgotten comes from --forget-* or, when absent, from the model's lineage; with neither,
-    only quality is measured. Exit 3 when a --gate fails (the --json file is still written).
+    only quality is measured. Text-to-image models: the forget rate of a concept (--forget-class,
+    --forget-prompt) or the memorisation rate of captioned images, retained prompts' accuracy, FID on
+    retained prompts, the CLIP score with --clip-model, the audit on latents (docs/text-to-image.md).
+    Exit 3 when a --gate fails (the --json file is still written).
     """
     from unlearnctl.checkpoint import atomic_write_text, check_output_path
     from unlearnctl.errors import BadInputError, GateFailed
@@ -71,6 +77,10 @@ def evaluate(
         from unlearnctl.metrics.classifier import check_safetensors_file
 
         check_safetensors_file(classifier)  # a pickle or a missing file fails before anything is loaded
+    if clip_model:
+        from unlearnctl.metrics.clip import check_clip_folder
+
+        check_clip_folder(clip_model)
     for text in gate or []:
         parse_gate(text)  # syntax first: a typo costs nothing
     opt.check_precision(precision, device)
@@ -95,16 +105,23 @@ def evaluate(
                           max_images=audit_samples),
         audit_reference=str(audit_reference) if audit_reference else None,
         classifier_cache=str(classifier_cache) if classifier_cache else None, device=device, precision=precision,
-        classifier=str(classifier) if classifier else None,
+        classifier=str(classifier) if classifier else None, concept_class=concept_class,
+        clip_model=str(clip_model) if clip_model else None,
     )
     checkpoint = opt.load_model(model)
     split = opt.load_model_data(data, resolution, channels, checkpoint) if data else None
     spec = opt.forget_spec(forget_class, forget_index, forget_canary, forget_images)
+    if forget_prompt:
+        from dataclasses import replace
+
+        spec = replace(spec, prompts=tuple(forget_prompt))
     with ProgressBars(quiet) as progress:
         evaluation = run_evaluation(checkpoint, spec, config, progress, split=split, gates=gate, baseline=base)
     result = evaluation.result
     if classifier and result["provenance"]["classifier"] is None:
         note(f"--classifier {classifier} was not used: no metric run here needs a classifier", quiet)
+    if clip_model and "clip" not in result["provenance"]["metrics_run"]:
+        note(f"--clip-model {clip_model} was not used: {result['provenance']['skipped'].get('clip', 'not requested')}", quiet)
     _print_result(result)
     if json_out:
         import json

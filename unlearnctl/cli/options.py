@@ -83,5 +83,10 @@ def load_model_data(data: str, resolution: int | None, channels: int | None, che
     split = load_data(data, resolution=resolution, channels=channels, split_seed=recorded.get("split_seed", 0),
                       heldout_fraction=recorded.get("heldout_fraction", DEFAULT_HELDOUT_FRACTION),
                       canary_copies=recorded.get("canary_copies"))
-    check_compatible(split.description, checkpoint.unet_config, checkpoint.conditional, checkpoint.num_classes)
+    if checkpoint.text_conditional:  # a latent UNet's size is the latents': compare with the images it draws
+        from unlearnctl.metrics.text import check_text_data
+
+        check_text_data(split.description, checkpoint)
+    else:
+        check_compatible(split.description, checkpoint.unet_config, checkpoint.conditional, checkpoint.num_classes)
     return split

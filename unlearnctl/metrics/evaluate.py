@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from unlearnctl.checkpoint import Checkpoint
     from unlearnctl.data import DataSplit
     from unlearnctl.metrics.classifier import DomainClassifier
+    from unlearnctl.metrics.clip import Clip
     from unlearnctl.metrics.fidelity import FeatureSpace
 
 SCHEMA = "unlearnctl.evaluate/1"
@@ -48,7 +49,7 @@ class EvalConfig:
 
     num_samples: int = 10_000  # images generated (conditional: balanced over all classes)
     steps: int = 50  # sampler steps
-    sampler: str = "ddim"  # ddim (deterministic) or ddpm
+    sampler: str = "ddim"  # ddim (deterministic) or ddpm; text-to-image models also "pipeline" (the pipeline's own)
     guidance: float = 1.0  # classifier-free guidance scale (1 = none)
     seed: int = 0  # seeds sampling, KID subsets and the audit
     sample_batch_size: int | None = None  # images per UNet call; None = sampling.auto_batch_size (from the model's size)
@@ -65,9 +66,11 @@ class EvalConfig:
     classifier: str | None = None  # the user's classifier .safetensors (docs/metrics.md); None = the tool's own
     device: str = "auto"  # torch device
     precision: str = "fp32"  # UNet forward passes while sampling: fp32, bf16 (autocast) or fp16 (CUDA)
+    concept_class: str | None = None  # text-to-image: the class of the --forget-prompt concept (None = from the captions)
+    clip_model: str | None = None  # text-to-image: folder of local CLIP weights for the CLIP score (None = skipped)
 
     def __post_init__(self):
-        from unlearnctl.diffusion import SAMPLERS
+        from unlearnctl.diffusion import SAMPLERS, TEXT_SAMPLERS
         from unlearnctl.distributed import check_precision
         from unlearnctl.metrics.fidelity import FEATURE_SPACES
 
@@ -75,7 +78,8 @@ class EvalConfig:
 
         require(self.num_samples >= 1, f"number of samples must be at least 1, got {self.num_samples}")
         require(self.steps >= 1, f"sampler steps must be at least 1, got {self.steps}")
-        require(self.sampler in SAMPLERS, f"unknown sampler {self.sampler!r}; choose {' or '.join(SAMPLERS)}")
+        require(self.sampler in TEXT_SAMPLERS, f"unknown sampler {self.sampler!r}; choose {' or '.join(SAMPLERS)} "
+                "(text-to-image models also: pipeline)")
         require(self.guidance > 0, f"guidance must be positive, got {self.guidance}")
         require(self.sample_batch_size is None or self.sample_batch_size >= 1,
                 f"sample batch size must be at least 1, got {self.sample_batch_size}")
@@ -108,12 +112,14 @@ class Samples:
         labels: the class each image was generated for (``None`` for unconditional models).
         retain: bool ``[N]``: samples of retained conditions (quality, retain accuracy).
         forget: bool ``[N]``: samples of the forget condition (forget rate); all for unconditional models.
+        prompts: text-to-image models: the prompt of each image (``labels`` then holds its class, or -1).
     """
 
     images: torch.Tensor
     labels: torch.Tensor | None
     retain: torch.Tensor
     forget: torch.Tensor
+    prompts: list[str] | None = None
 
 
 @dataclass
@@ -129,6 +135,7 @@ class EvalContext:
     classifier: "DomainClassifier | None" = None
     reference: "Checkpoint | None" = None  # membership audit calibration model
     feature_space: "FeatureSpace | None" = None
+    clip: "Clip | None" = None  # text-to-image: the CLIP model of the CLIP score
     samples: Samples | None = None
     audit: AuditConfig | None = None  # the audit's parameters with the evaluation's budget applied
     sample_batch_size: int = 1000  # resolved images per UNet call
@@ -209,7 +216,7 @@ def forget(context: EvalContext) -> dict[str, Any]:
 
 
 def _retain_applies(context: EvalContext) -> str | None:
-    if not context.checkpoint.conditional:
+    if not (context.checkpoint.conditional or context.checkpoint.text_conditional):
         return "unconditional model: samples have no condition to check"
     if not context.labelled:
         return "unlabelled data: no classifier"
@@ -217,7 +224,8 @@ def _retain_applies(context: EvalContext) -> str | None:
 
 
 @register_metric("retain", keys={
-    "retain_accuracy": "share of retained-condition samples the domain classifier assigns to their condition",
+    "retain_accuracy": "share of retained-condition samples the domain classifier assigns to their condition "
+                       "(text-to-image: samples for retained classes' prompts assigned to the prompted class)",
     **rate_keys("retain_accuracy", "retained-condition samples scored"),
 }, applies=_retain_applies)
 def retain(context: EvalContext) -> dict[str, Any]:
@@ -254,6 +262,41 @@ def membership(context: EvalContext) -> dict[str, Any]:
                               progress=context.progress, reference=context.reference)
     context.details["membership"] = result.pop("details")
     return result
+
+
+def _clip_applies(context: EvalContext) -> str | None:
+    if not context.checkpoint.text_conditional:
+        return "not a text-to-image model: its samples have no prompts"
+    if context.config.clip_model is None:
+        return "no --clip-model: the CLIP score needs local CLIP weights (nothing is downloaded)"
+    return None
+
+
+@register_metric("clip", keys={
+    "clip_score": "text-to-image: mean CLIP score 100·max(cos(image, prompt), 0) of retained-prompt samples against their prompts",
+    **interval_keys("clip_score", "percentile bootstrap (samples resampled)"),
+    "clip_score_n": "retained-prompt samples behind clip_score",
+    "clip_score_forget": "text-to-image: mean CLIP score of forget-prompt samples against their prompts (falls as a concept is erased)",
+    **interval_keys("clip_score_forget", "percentile bootstrap (samples resampled)"),
+    "clip_score_forget_n": "forget-prompt samples behind clip_score_forget",
+}, applies=_clip_applies)
+def clip(context: EvalContext) -> dict[str, Any]:
+    from unlearnctl.metrics.clip import clip_scores
+    from unlearnctl.metrics.intervals import bootstrap, percentile_interval
+
+    samples, config = context.samples, context.config
+    values: dict[str, Any] = {}
+    for key, mask in (("clip_score", samples.retain), ("clip_score_forget", samples.forget)):
+        rows = torch.nonzero(mask).flatten().tolist()
+        if not rows:
+            values.update({key: None, f"{key}_ci95_low": None, f"{key}_ci95_high": None, f"{key}_n": 0})
+            continue
+        scores = clip_scores(context.clip, samples.images[rows], [samples.prompts[i] for i in rows]).double().numpy()
+        low, high = percentile_interval(bootstrap(lambda s: float(s.mean()), (scores,), config.bootstrap_rounds, config.seed))
+        values.update({key: float(scores.mean()), f"{key}_ci95_low": low, f"{key}_ci95_high": high, f"{key}_n": len(rows)})
+    context.details["clip"] = {"model": context.clip.path, "weights_sha256": context.clip.weights_sha256,
+                               "score": "100 * max(cos(image, prompt), 0)"}
+    return values
 
 
 # --------------------------------------------------------------------------------------------- resolution
@@ -422,12 +465,13 @@ class Evaluation:
             row_labels = None
             if kind == "retained" and samples.labels is not None:
                 retained = samples.labels[samples.retain].unique().tolist()
-                row_labels = [names[i] if i < len(names) else str(i) for i in retained]
+                row_labels = [names[i] if 0 <= i < len(names) else str(i) for i in retained]
                 title = f"{model}: retained classes, one row each"
             elif kind == "retained":
                 title = f"{model}: samples (unconditional)"
             else:
-                what = f"class {', '.join(map(str, forget['classes']))}" if forget.get("classes") else "the forget set"
+                what = (f"class {', '.join(map(str, forget['classes']))}" if forget.get("classes") else
+                        f"prompt {', '.join(repr(p) for p in forget['prompts'])}" if forget.get("prompts") else "the forget set")
                 title = f"{model}: forget condition ({what})"
             pngs[kind] = grid_png(images, nrow=per_condition, title=title, row_labels=row_labels)
         return pngs
@@ -467,28 +511,47 @@ def run_evaluation(
     config = config or EvalConfig()
     from unlearnctl.integrity import require_finite_weights
 
-    checkpoint.require_pixel_model("evaluate")
     require_finite_weights(checkpoint.state_dict, checkpoint.path or "the model")  # no figure, no gate, from a broken model
     started = time.perf_counter()
     timing: dict[str, float] = {}
+    text = checkpoint.text_conditional  # prompts instead of labels (metrics/text.py)
 
     # 1) resolve: data, forget set, plan, classifier, feature space — all failures before sampling
     split = split or load_recorded_data(checkpoint.data)
-    check_compatible(split.description, checkpoint.unet_config, checkpoint.conditional, checkpoint.num_classes)
-    require(checkpoint.conditional or config.guidance == 1.0, "guidance needs a class-conditional model; drop --guidance")
-    require(checkpoint.null_class is not None or config.guidance == 1.0, NO_NULL_CLASS_GUIDANCE)
+    if text:
+        from unlearnctl.metrics.text import (caption_seed, captioned_split, check_text_data, resolve_text_forget,
+                                             text_sample_plan)
+
+        check_text_data(split.description, checkpoint)
+        split = captioned_split(split, caption_seed(checkpoint))
+    else:
+        check_compatible(split.description, checkpoint.unet_config, checkpoint.conditional, checkpoint.num_classes)
+        require(config.sampler != "pipeline", "--sampler pipeline is for text-to-image models; choose ddim or ddpm")
+        require(checkpoint.conditional or config.guidance == 1.0, "guidance needs a class-conditional model; drop --guidance")
+        require(checkpoint.null_class is not None or config.guidance == 1.0, NO_NULL_CLASS_GUIDANCE)
+        require(config.concept_class is None, "--concept-class is for text-to-image models (the class of a --forget-prompt)")
+        require(forget_spec is None or not forget_spec.prompts,
+                "--forget-prompt is for text-to-image models; forget a class with --forget-class")
     forget_source = "given" if forget_spec is not None and not forget_spec.empty else None
     if forget_source is None:
         forget_spec = recorded_forget_spec(checkpoint)
         forget_source = "lineage" if forget_spec is not None else None
-    forget_set = resolve_forget(forget_spec, split) if forget_source else None
+    if forget_source:
+        forget_set = resolve_text_forget(forget_spec, split, config.concept_class) if text else resolve_forget(forget_spec, split)
+    else:
+        forget_set = None
+        require(config.concept_class is None, "--concept-class names the class of a --forget-prompt concept; give --forget-prompt TEXT")
     device = resolve_device(config.device)
     context = EvalContext(checkpoint, checkpoint.build_unet(device).eval(), split, forget_set, config, device, progress=progress)
     context.sample_batch_size, context.audit = _budget(context)
     run, skipped = _plan(context)
     require(run, "no metric can be computed for this model: " + "; ".join(f"{k}: {v}" for k, v in skipped.items()))
     sampling = any(METRICS[name].uses_samples for name in run)
-    labels, forget_ids = _sample_plan(checkpoint, forget_set, config.num_samples) if sampling else (None, [])
+    plan = text_sample_plan(context.real_retain, forget_set, config.num_samples) if sampling and text else None
+    if text:
+        labels, forget_ids = (plan.labels if plan is not None else None), []
+    else:
+        labels, forget_ids = _sample_plan(checkpoint, forget_set, config.num_samples) if sampling else (None, [])
     if gates:
         from unlearnctl.metrics.gates import parse_gates
 
@@ -510,22 +573,38 @@ def run_evaluation(
     if "quality" in run:
         context.feature_space = (classifier_space(context.classifier) if config.feature_extractor == "domain-classifier"
                                  else inception_space(config.inception_weights))
+    if "clip" in run:
+        from unlearnctl.metrics.clip import load_clip
+
+        context.clip = load_clip(config.clip_model, device)
 
     # 2) generate once
     from unlearnctl.diffusion import sample_images
 
     tick = time.perf_counter()
-    if sampling:  # under accelerate launch: each process generates a share, every process gets all
+    if plan is not None:
+        from unlearnctl.metrics.text import sample_prompt_rows
+
+        images = sample_prompt_rows(context.unet, checkpoint, plan.prompts, steps=config.steps, sampler=config.sampler,
+                                    guidance=config.guidance, seed=config.seed, batch_size=context.sample_batch_size,
+                                    precision=config.precision, progress=progress)
+        context.details["prompts"] = {"forget": sorted(set(p for p, f in zip(plan.prompts, plan.forget.tolist()) if f)),
+                                      "retained": sorted(set(p for p, f in zip(plan.prompts, plan.retain.tolist()) if f))}
+    elif sampling:  # under accelerate launch: each process generates a share, every process gets all
         images = sample_images(context.unet, checkpoint.scheduler_config, num_images=None if labels is not None else config.num_samples,
                                labels=labels, null_class=checkpoint.null_class, steps=config.steps, sampler=config.sampler,
                                guidance=config.guidance, seed=config.seed, batch_size=context.sample_batch_size, progress=progress,
                                precision=config.precision)
     else:  # nothing scores samples (e.g. --metric membership): generate none
-        size = checkpoint.unet_config["sample_size"]
-        images = torch.zeros((0, checkpoint.unet_config["in_channels"], size, size))
+        size, channels = ((split.description["resolution"], split.description["channels"]) if text else
+                          (checkpoint.unet_config["sample_size"], checkpoint.unet_config["in_channels"]))
+        images = torch.zeros((0, channels, size, size))
         labels = torch.zeros(0, dtype=torch.long) if checkpoint.conditional else None
-    retained, forgotten = _masks(checkpoint, forget_set, labels, len(images), forget_ids)
-    context.samples = Samples(images, labels, retained, forgotten)
+    if plan is not None:
+        retained, forgotten = plan.retain, plan.forget
+    else:
+        retained, forgotten = _masks(checkpoint, forget_set, labels, len(images), forget_ids)
+    context.samples = Samples(images, labels, retained, forgotten, plan.prompts if plan is not None else None)
     timing["sampling_s"] = time.perf_counter() - tick
 
     # 3) score
@@ -614,7 +693,7 @@ def _provenance(context: EvalContext, run, skipped, forget_source, timing, class
     return {
         "created": now_utc(),
         "model": {"path": str(checkpoint.path) if checkpoint.path else None, "sha256": checkpoint.sha256,
-                  "conditional": checkpoint.conditional, "lineage": lineage},
+                  "conditional": checkpoint.conditional, "text_conditional": checkpoint.text_conditional, "lineage": lineage},
         "data": {k: context.split.description.get(k) for k in ("source", "fingerprint", "num_train", "num_heldout", "resolution", "channels")},
         "forget": None if context.forget_set is None else {**context.forget_set.describe(), "source": forget_source},
         "sampler": {"name": config.sampler, "steps": config.steps, "guidance": config.guidance, "seed": config.seed,

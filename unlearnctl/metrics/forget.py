@@ -106,6 +106,10 @@ def evaluation_samples(checkpoint: "Checkpoint", forget_set: "ForgetSet", num_sa
     images that, balanced over every condition as :func:`~unlearnctl.metrics.evaluate.evaluate` samples
     them, give each forget condition ``ceil(num_samples / forget conditions)`` rows (unconditional models:
     ``num_samples`` itself)."""
+    if checkpoint.text_conditional:
+        from unlearnctl.metrics.text import text_evaluation_samples
+
+        return text_evaluation_samples(forget_set, num_samples)
     require(num_samples >= 1, f"number of samples must be at least 1, got {num_samples}")
     conditions = forget_conditions(checkpoint, forget_set)
     if conditions is None:
@@ -155,16 +159,20 @@ def measure_forgetting(
     Returns ``forget_rate`` with its ``_count``, ``_n`` and 95% Wilson ``_ci95_low``/``_ci95_high``
     (:func:`~unlearnctl.metrics.intervals.rate_fields`), ``num_samples`` (= ``forget_rate_n``), ``mode``,
     ``eval_num_samples`` and, in data mode, ``threshold``.
-    """
-    from unlearnctl.metrics.intervals import rate_fields
 
+    Text-to-image models (``forget_set`` from :func:`unlearnctl.metrics.text.resolve_text_forget`): the forget
+    prompts' rows of the text evaluation's layout, by :func:`unlearnctl.metrics.text.measure_text_forgetting`.
+    """
+    if checkpoint.text_conditional:
+        from unlearnctl.metrics.text import measure_text_forgetting
+
+        return measure_text_forgetting(unet, checkpoint, forget_set, classifier=classifier, threshold=threshold,
+                                       num_samples=num_samples, steps=steps, guidance=guidance, seed=seed,
+                                       batch_size=batch_size, eval_num_samples=eval_num_samples)
     if eval_num_samples is None:
         eval_num_samples = evaluation_samples(checkpoint, forget_set, num_samples)
     labels, rows = evaluation_forget_rows(checkpoint, forget_set, eval_num_samples)
-    require(len(rows) > 0, f"evaluate --num-samples {eval_num_samples} samples no forget-condition image")
-    config = unet.config
-    generator = torch.Generator().manual_seed(seed)  # evaluate's draw: every row, then the forget rows kept
-    noise = torch.randn((eval_num_samples, config.in_channels, config.sample_size, config.sample_size), generator=generator)[rows]
+    noise = probe_noise(unet, eval_num_samples, rows, seed)
     was_training = unet.training
     unet.eval()
     try:
@@ -173,6 +181,24 @@ def measure_forgetting(
                                seed=seed, batch_size=batch_size, noise=noise)
     finally:
         unet.train(was_training)
+    return score_probe(images, forget_set, classifier, threshold, eval_num_samples)
+
+
+def probe_noise(network: torch.nn.Module, eval_num_samples: int, rows: torch.Tensor, seed: int) -> torch.Tensor:
+    """The initial noise of ``rows`` in ``evaluate``'s draw for ``eval_num_samples`` images: every row drawn
+    from ``seed`` (in ``network``'s input shape), then the given rows kept."""
+    require(len(rows) > 0, f"evaluate --num-samples {eval_num_samples} samples no forget-condition image")
+    config = network.config
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn((eval_num_samples, config.in_channels, config.sample_size, config.sample_size), generator=generator)[rows]
+
+
+def score_probe(images: torch.Tensor, forget_set: "ForgetSet", classifier: "DomainClassifier | None",
+                threshold: float | None, eval_num_samples: int) -> dict[str, Any]:
+    """A probe's forget-condition samples scored as the ``forget`` group scores them (:func:`measure_forgetting`'s
+    return value)."""
+    from unlearnctl.metrics.intervals import rate_fields
+
     found: dict[str, Any] = {"num_samples": len(images), "mode": forget_set.mode, "eval_num_samples": eval_num_samples}
     if forget_set.mode == "class":
         require(classifier is not None, "class forgetting is measured with the domain classifier; pass one")

@@ -12,7 +12,8 @@ standard one for diffusion models: a training image is denoised better than an u
    *shared by every image*, so scores differ only through the images:
    ``L_r(x) = 1/K Σ_k ||ε_θ(γ_{t_k} x + σ_{t_k} ε_rk, t_k, c) − ε_rk||²`` (mean over pixels; ``c`` the
    image's class for conditional models, the null class when unknown; a model without a null class
-   refuses images of unknown class). The attack score is
+   refuses images of unknown class; a text-to-image model: on the image's VAE latent, ``c`` its caption's
+   embedding). The attack score is
    ``−L(x)`` with ``L = mean_r L_r``: lower loss → "member".
 3. **Attack figures** on ``−L``: ROC AUC, balanced accuracy (best threshold: max over τ of
    ``(TPR + TNR)/2``), TPR at 1% FPR, and the AUC's standard deviation over the ``R`` repeats (each
@@ -50,6 +51,7 @@ from unlearnctl.progress import ProgressFn, report
 if TYPE_CHECKING:
     from unlearnctl.checkpoint import Checkpoint
     from unlearnctl.data import DataSplit, ForgetSet
+    from unlearnctl.denoisers import Denoiser
 
 AUDIT_TIMESTEPS = (25, 50, 100, 150, 200, 300, 400)  # of 1000: where train/unseen losses differ most
 TARGET_FPR = 0.01  # the false-positive rate of membership_tpr_at_1pct_fpr
@@ -137,17 +139,20 @@ def denoising_losses(
     seed: int,
     batch_size: int = 1000,
     progress: ProgressFn = None,
+    model: "Denoiser | None" = None,
 ) -> torch.Tensor:
     """Per-image loss ``L_r(x)`` (mean over the timesteps), shape ``[repeats, N]``, with shared noise.
 
     The same seed gives the same noise for every call, so members and non-members (scored in separate
-    calls) see identical ``ε_rk``.
+    calls) see identical ``ε_rk``. ``model``: the denoiser whose space ``images`` are in and whose conditions
+    ``labels`` are (a text-to-image model: VAE latents and prompt embeddings ``[N, L, D]``); default: ``unet``
+    on pixels, conditioned on class labels.
     """
     require(all(t < schedule.num_train_timesteps for t in timesteps),
             f"audit timesteps must be below {schedule.num_train_timesteps}, got {max(timesteps)}")
     from unlearnctl.denoisers import PixelDenoiser
 
-    model = PixelDenoiser(unet, schedule)  # the loss in the model's own parameterisation (ε, v or x₀)
+    model = model or PixelDenoiser(unet, schedule)  # the loss in the model's own parameterisation (ε, v or x₀)
     device = next(unet.parameters()).device
     generator = torch.Generator().manual_seed(seed)
     noise = torch.randn((repeats, len(timesteps), *images.shape[1:]), generator=generator)  # R×K×C×H×W
@@ -165,6 +170,24 @@ def denoising_losses(
                                                                   schedule.target(t_batch, x0=x, eps=eps)).cpu()
             report(progress, "audit", r * len(timesteps) + k + 1, total)
     return losses / len(timesteps)
+
+
+def audit_losses(unet: torch.nn.Module, checkpoint: "Checkpoint", images: ImageSet, labels: torch.Tensor | None,
+                 schedule: NoiseSchedule, **common: Any) -> torch.Tensor:
+    """:func:`denoising_losses` of ``images`` under ``checkpoint``'s ``unet``: on pixels conditioned on ``labels``,
+    or for a text-to-image model on VAE latents conditioned on each image's caption embedding (``labels`` unused)."""
+    if not checkpoint.text_conditional:
+        return denoising_losses(unet, schedule, images.images, labels, **common)
+    from unlearnctl.denoisers import denoiser_for
+    from unlearnctl.runtime import Runtime
+
+    require(images.captions is not None, "the membership audit of a text-to-image model needs each image's caption")
+    denoiser = denoiser_for(checkpoint, Runtime(next(unet.parameters()).device), network=unet)
+    step = common.get("batch_size") or 1000
+    with torch.inference_mode():
+        latents = torch.cat([denoiser.encode(images.images[i:i + step]).cpu() for i in range(0, len(images), step)])  # N×c×h×w
+        embeddings = torch.cat([denoiser.embed(images.captions[i:i + step]).cpu() for i in range(0, len(images), step)])  # N×L×D
+    return denoising_losses(unet, schedule, latents, embeddings, model=denoiser, **common)
 
 
 def _condition(images: ImageSet, checkpoint: "Checkpoint") -> torch.Tensor | None:
@@ -305,6 +328,8 @@ def epsilon_ceiling(test_members: int, test_nonmembers: int, confidence: float =
 
 def check_reference(checkpoint: "Checkpoint", reference: "Checkpoint") -> None:
     """A calibration reference must see the same images and noise schedule as the audited model."""
+    require(checkpoint.text_conditional == reference.text_conditional,
+            "the audit reference must be a text-to-image model exactly when the audited model is one")
     keys = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "prediction_type")
     require(all(checkpoint.scheduler_config.get(k) == reference.scheduler_config.get(k) for k in keys),
             "the audit reference has a different noise schedule; use a model trained with the same scheduler")
@@ -374,8 +399,8 @@ def membership_audit(
     was_training = unet.training
     unet.eval()
     try:
-        loss_m = denoising_losses(unet, schedule, members.images, _condition(members, checkpoint), **common)  # R×M
-        loss_n = denoising_losses(unet, schedule, nonmembers.images, _condition(nonmembers, checkpoint), progress=progress, **common)
+        loss_m = audit_losses(unet, checkpoint, members, _condition(members, checkpoint), schedule, **common)  # R×M
+        loss_n = audit_losses(unet, checkpoint, nonmembers, _condition(nonmembers, checkpoint), schedule, progress=progress, **common)
     finally:
         unet.train(was_training)
     score_m, score_n = -loss_m, -loss_n  # R×M, R×N: higher = more member-like
@@ -384,8 +409,8 @@ def membership_audit(
         check_reference(checkpoint, reference)
         ref_unet = reference.build_unet(next(unet.parameters()).device).eval()
         cond_m, cond_n = _reference_conditions(members, nonmembers, checkpoint, reference)
-        ref_m = denoising_losses(ref_unet, schedule, members.images, cond_m, **common)
-        ref_n = denoising_losses(ref_unet, schedule, nonmembers.images, cond_n, **common)
+        ref_m = audit_losses(ref_unet, reference, members, cond_m, schedule, **common)
+        ref_n = audit_losses(ref_unet, reference, nonmembers, cond_n, schedule, **common)
         score_m, score_n = -(loss_m / ref_m).log(), -(loss_n / ref_n).log()
         calibration = {"reference": str(reference.path) if reference.path else None, "reference_sha256": reference.sha256,
                        "score": "-log(L / L_ref)", "reference_conditioning": None if cond_m is None else
