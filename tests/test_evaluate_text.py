@@ -101,7 +101,8 @@ def test_concept_evaluation_writes_every_figure_with_its_interval(t2i, tmp_path,
 def test_forget_rate_and_retain_accuracy_equal_a_direct_computation(t2i, rule_classifier):
     from unlearnctl.captions import class_captions, class_prompt
     from unlearnctl.metrics.forget import measure_forgetting
-    from unlearnctl.metrics.text import captioned_split, resolve_text_forget
+    from unlearnctl.metrics.text import resolve_text_forget
+    from unlearnctl.text_to_image import captioned_split
     from unlearnctl.data import load_recorded_data
 
     evaluation = run_evaluation(t2i, ForgetSpec(classes=("cross",)), fast(metrics=("forget", "retain"), num_samples=24))
@@ -270,7 +271,7 @@ def test_membership_audit_on_latents_equals_a_direct_loss(t2i, shapes_split):
     assert result["membership_members"] == len(unique_images(crosses)) > 20
 
     # one image, one timestep, one noise draw: the loss by hand on the VAE latent with its caption's embedding
-    from unlearnctl.metrics.text import captioned_split
+    from unlearnctl.text_to_image import captioned_split
 
     train = captioned_split(shapes_split, 0).train.subset(torch.tensor([0, 1]))
     unet = t2i.build_unet().eval()
@@ -289,7 +290,8 @@ def test_membership_audit_on_latents_equals_a_direct_loss(t2i, shapes_split):
 def test_a_captioned_canary_takes_the_place_of_its_class_in_the_layout():
     from unlearnctl.captions import class_captions, class_prompt
     from unlearnctl.data import load_data
-    from unlearnctl.metrics.text import captioned_split, resolve_text_forget, text_sample_plan
+    from unlearnctl.metrics.text import resolve_text_forget, text_sample_plan
+    from unlearnctl.text_to_image import captioned_split
 
     split = captioned_split(load_data("digits+canary", canary_copies=12), seed=0)
     forget = resolve_text_forget(ForgetSpec(canary=True), split)

@@ -295,7 +295,6 @@ def test_single_file_import_refusals(sd_folder, tmp_path, cli):
 
 
 @pytest.mark.parametrize("command", [
-    ("unlearn", "--method", "naive", "--forget-class", "1", "--out", "u.safetensors"),
     ("relearn-attack", "--aux", "retain", "--out", "a.safetensors"),
 ])
 def test_commands_that_do_not_handle_text_models_yet_refuse_them(sd_checkpoint, tmp_path, cli, command, monkeypatch):

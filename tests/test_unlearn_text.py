@@ -62,19 +62,26 @@ def test_every_fine_tuning_method_forgets_a_class_of_a_text_model(method, text_m
 def test_a_forget_prompt_takes_its_captioned_images_and_drawn_ones(text_model, tmp_path, cli):
     from unlearnctl.checkpoint import load_checkpoint
     from unlearnctl.data import load_recorded_data
-    from unlearnctl.text_unlearning import captioned_split
+    from unlearnctl.text_to_image import caption_seed, captioned_split
 
     prompt = "a picture of a bar"
     out = tmp_path / "p.safetensors"
     report = _run(cli, "-m", text_model, "--method", "salun", "--forget-prompt", prompt, "--prompt-samples", "3", "--out", out)
     base = load_checkpoint(text_model)
-    captions = captioned_split(base, load_recorded_data(base.data)).train.captions
+    captions = captioned_split(load_recorded_data(base.data), caption_seed(base)).train.captions
     exact = sum(caption == prompt for caption in captions)
     assert exact > 0 and report["forget"]["num_forget"] == exact + 3
     assert report["forget"]["mode"] == "class" and report["forget"]["spec"]["prompts"] == [prompt]
     assert set(report["prepared"]["relabelled_as"]) == {prompt}
     assert report["prepared"]["relabelled_as"][prompt] in set(captions) - {prompt}
     assert load_checkpoint(out).lineage[-1]["forget"]["spec"]["prompts"] == [prompt]
+
+
+def test_probes_measure_the_concepts_forget_rate_as_evaluate_does(text_model, tmp_path, cli):
+    report = _run(cli, "-m", text_model, "--method", "naive", "--forget-class", "bar", "--probe-every", "2",
+                  "--probe-samples", "8", "--probe-steps", "2", "--out", tmp_path / "p.safetensors")
+    assert [p["step"] for p in report["probes"]] == [0, 2]
+    assert all(p["forget_rate_n"] == 8 and 0 <= p["forget_rate"] <= 1 for p in report["probes"])
 
 
 def test_captioned_forget_images_are_forgotten_with_their_captions(text_model, shapes_npz, tmp_path, cli):
@@ -129,8 +136,6 @@ def test_refusals(text_model, tiny_conditional, shapes_npz, tmp_path, cli):
              "cross-attention", *out, message="--trainable applies to text-to-image models")
     _refused(cli, tmp_path, "-m", text_model, "--method", "naive", "--forget-class", "bar", "--trainable", "attn", *out,
              message="unknown trainable-parameter choice")
-    _refused(cli, tmp_path, "-m", text_model, "--method", "naive", "--forget-class", "bar", "--probe-every", "1", *out,
-             message="do not probe text-to-image models yet")
     _refused(cli, tmp_path, "-m", text_model, "--method", "naive", "--forget-images", shapes_npz, *out,
              message="needs its caption")
     _refused(cli, tmp_path, "-m", text_model, "--method", "naive", "--forget-prompt", " ", *out,

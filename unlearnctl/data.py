@@ -561,7 +561,7 @@ def resolve_forget(spec: ForgetSpec, split: DataSplit, drawn: ImageSet | None = 
         mask |= torch.tensor([caption in spec.prompts for caption in train.captions], dtype=torch.bool)
     forget = train.subset(mask)
     if spec.images:
-        forget = _append_forget_images(forget, spec.images, split.description)
+        forget = append_forget_images(forget, spec.images, split.description)
     if drawn is not None:
         forget = forget.extend(drawn)
     require(len(forget) > 0, "the forget set is empty")
@@ -576,6 +576,6 @@ NO_CLASS_FOR_FORGET_IMAGES = ("the --forget-images have no class, and this model
                               "(one class embedding per class); forget training images by --forget-index or --forget-class")
 
 
-def _append_forget_images(forget: ImageSet, path: str, description: dict[str, Any]) -> ImageSet:
+def append_forget_images(forget: ImageSet, path: str, description: dict[str, Any]) -> ImageSet:
     given = read_images(path, channels=description["channels"], exact_size=description["resolution"], role="forget images")
     return forget.extend(ImageSet(given.images, None, forget.class_names, given.captions))  # labels −1: unknown class

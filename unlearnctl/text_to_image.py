@@ -51,6 +51,39 @@ def training_captions(data: "DataSplit", seed: int) -> tuple[list[str], bool]:
     return digit_captions(train.labels.tolist(), data.description["class_names"], seed), True
 
 
+def caption_seed(checkpoint: "Checkpoint") -> int:
+    """The seed the model's generated captions were drawn with: its first from-scratch run's (``train``; a
+    ``retrain`` keeps its base's captions), 0 for an imported model or none recorded."""
+    from unlearnctl.provenance import ROOT_COMMANDS
+
+    roots = [e for e in checkpoint.lineage if isinstance(e, dict) and e.get("command") in ROOT_COMMANDS]
+    seed = roots[0].get("seed") if roots else None
+    return int(seed) if isinstance(seed, int) else 0
+
+
+def captioned_split(split: "DataSplit", seed: int) -> "DataSplit":
+    """``split`` with a caption on every train and held-out image: stored captions, else the generated ones
+    (:func:`training_captions` for the train split, the same draw for held-out images)."""
+    from unlearnctl.captions import digit_captions
+
+    train_captions, _ = training_captions(split, seed)
+    heldout = split.heldout
+    if heldout.captions is None and heldout.labels is not None and len(heldout):
+        heldout = replace(heldout, captions=digit_captions(heldout.labels.tolist(), split.class_names, seed))
+    return replace(split, train=replace(split.train, captions=train_captions), heldout=heldout)
+
+
+def check_text_data(description: dict[str, Any], checkpoint: "Checkpoint") -> None:
+    """Refuse (exit 2) data whose images are not the size and channels the model draws."""
+    from unlearnctl.checkpoint.validation import image_shape
+
+    resolution, channels = image_shape(checkpoint.unet_config, checkpoint.components)
+    require(description["resolution"] == resolution,
+            f"data resolution {description['resolution']} does not match the model's {resolution}; pass --resolution {resolution}")
+    require(description["channels"] == channels,
+            f"data has {description['channels']} channels, the model {channels}; pass --channels {channels}")
+
+
 def train_text_to_image(
     data: "DataSplit",
     *,

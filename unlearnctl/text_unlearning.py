@@ -8,14 +8,13 @@ A text-to-image model forgets what its forget specification names, with the capt
 * ``--forget-index`` / ``--forget-images DIR`` with captions — memorised image–caption pairs (SISS's setting).
 
 The captions are the data's own (``metadata.jsonl``, ``.txt`` files, ``.npz`` ``captions``) or, for labelled data
-without captions (the embedded digits), the ones the model trained on: :func:`training_captions` regenerates them
-from the seed of the checkpoint's ``train`` entry. The methods then see every caption as a prompt id into one
+without captions (the embedded digits), the ones the model trained on:
+:func:`~unlearnctl.text_to_image.captioned_split` regenerates them from the seed of its ``train`` entry. The methods then see every caption as a prompt id into one
 table (:func:`with_prompt_ids`), drawn and relabelled like a class label (:class:`~unlearnctl.methods.base.MethodContext`).
 """
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import torch
@@ -30,35 +29,6 @@ if TYPE_CHECKING:
 
 UNCAPTIONED_FORGET_IMAGES = ("every forget image of a text-to-image model needs its caption: give --forget-images a folder "
                              "with metadata.jsonl (file_name, text) or a .txt beside each image, or an .npz with 'captions'")
-
-
-def training_seed(checkpoint: "Checkpoint") -> int:
-    """The seed of the checkpoint's first ``train`` entry (the one its generated captions came from); 0 if imported."""
-    train = next((e for e in checkpoint.lineage if isinstance(e, dict) and e.get("command") == "train"), None)
-    return int(train.get("seed", 0)) if train else 0
-
-
-def captioned_split(checkpoint: "Checkpoint", split: "DataSplit") -> "DataSplit":
-    """``split`` whose training images carry the captions the model trained on (see the module doc)."""
-    from unlearnctl.text_to_image import training_captions
-
-    if split.train.captions is not None:
-        return split
-    captions, _ = training_captions(split, training_seed(checkpoint))
-    return replace(split, train=split.train.with_captions(captions))
-
-
-def check_text_data(checkpoint: "Checkpoint", description: dict) -> None:
-    """Refuse data whose image size or channels do not fit the model's VAE."""
-    from unlearnctl.checkpoint.components import latent_scale
-
-    vae = checkpoint.components["vae"]["config"]
-    size = checkpoint.unet_config["sample_size"] * latent_scale(checkpoint.components)
-    require(description["resolution"] == size,
-            f"data resolution {description['resolution']} does not match the model's images ({size} px: "
-            f"{checkpoint.unet_config['sample_size']} px latents); pass --resolution {size}")
-    require(description["channels"] == vae["in_channels"],
-            f"data has {description['channels']} channels, the model's autoencoder {vae['in_channels']}; pass --channels {vae['in_channels']}")
 
 
 def drawn_images(checkpoint: "Checkpoint", prompts: list[str], *, per_prompt: int, guidance: float, steps: int,
@@ -77,9 +47,10 @@ def text_forget_set(checkpoint: "Checkpoint", spec: "ForgetSpec", split: "DataSp
                     progress: ProgressFn = None) -> tuple["DataSplit", "ForgetSet"]:
     """The captioned split and the resolved forget set of a text-to-image model (the module doc says how)."""
     from unlearnctl.data import resolve_forget
+    from unlearnctl.text_to_image import caption_seed, captioned_split, check_text_data
 
-    check_text_data(checkpoint, split.description)
-    split = captioned_split(checkpoint, split)
+    check_text_data(split.description, checkpoint)
+    split = captioned_split(split, caption_seed(checkpoint))
     drawn = None
     if spec.prompts:
         require(all(prompt.strip() for prompt in spec.prompts), "a forget prompt is empty; name the concept to forget")

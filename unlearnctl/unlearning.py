@@ -290,8 +290,6 @@ def unlearn(
     if checkpoint.text_conditional:
         from unlearnctl.text_unlearning import text_forget_set
 
-        require(not config.probe_interval, "--probe-every and --until-forget-rate do not probe text-to-image models yet; "
-                "measure the forget rate with `evaluate` after the run")
         split, forget_set = text_forget_set(checkpoint, forget_spec, split, prompt_samples=config.prompt_samples,
                                             prompt_guidance=config.prompt_guidance, seed=config.seed,
                                             device=config.device, progress=progress)
@@ -509,6 +507,11 @@ class ForgetProbe:
                  progress: ProgressFn = None):
         from unlearnctl.metrics.forget import data_forget_threshold
 
+        if checkpoint.text_conditional:  # the forget prompts' rows of the text evaluation, scored as `evaluate` does
+            from unlearnctl.metrics.text import resolve_text_forget
+            from unlearnctl.text_to_image import caption_seed, captioned_split
+
+            forget_set = resolve_text_forget(forget_set.spec, captioned_split(split, caption_seed(checkpoint)))
         self.checkpoint, self.forget_set, self.config = checkpoint, forget_set, config
         self.classifier = self.threshold = None
         if forget_set.mode == "class":

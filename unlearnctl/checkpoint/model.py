@@ -69,8 +69,8 @@ class Checkpoint:
     def require_pixel_model(self, command: str) -> None:
         """Refuse (exit 2) a text-to-image model in a command that handles pixel models only so far."""
         if self.text_conditional:
-            raise BadInputError(f"{command} does not handle text-to-image models yet (sample, export, import and "
-                                "inspect do; docs/text-to-image.md)")
+            raise BadInputError(f"{command} does not handle text-to-image models yet (train, import, sample, "
+                                "unlearn, evaluate, export and inspect do; docs/text-to-image.md)")
 
     def build_unet(self, device: str | torch.device = "cpu") -> "torch.nn.Module":
         """Instantiate the UNet (:func:`unet_class`) and load the weights into it."""

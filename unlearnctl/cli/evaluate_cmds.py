@@ -27,7 +27,8 @@ def evaluate(
     forget_index: opt.ForgetIndex = None,
     forget_canary: opt.ForgetCanary = False,
     forget_images: opt.ForgetImages = None,
-    forget_prompt: Annotated[Optional[list[str]], typer.Option("--forget-prompt", help="Text-to-image models: the concept to score, named by a prompt; repeatable. Its class is the class whose captions include exactly this prompt, else --concept-class.", rich_help_panel=opt.FORGET_PANEL)] = None,
+    forget_prompt: opt.ForgetPrompt = None,
+    forget_prompts_file: opt.ForgetPromptsFile = None,
     concept_class: Annotated[Optional[str], typer.Option("--concept-class", help="Text-to-image models: the class (name or index:N) the --forget-prompt concept belongs to, for its forget rate.", rich_help_panel=opt.FORGET_PANEL, show_default=False)] = None,
     num_samples: Annotated[int, typer.Option("--num-samples", "-n", help="Images to generate (conditional models: balanced over all classes, the forgotten ones included).", rich_help_panel=opt.SAMPLE_PANEL)] = 10_000,
     steps: opt.Steps = 50,
@@ -110,11 +111,7 @@ def evaluate(
     )
     checkpoint = opt.load_model(model)
     split = opt.load_model_data(data, resolution, channels, checkpoint) if data else None
-    spec = opt.forget_spec(forget_class, forget_index, forget_canary, forget_images)
-    if forget_prompt:
-        from dataclasses import replace
-
-        spec = replace(spec, prompts=tuple(forget_prompt))
+    spec = opt.forget_spec(forget_class, forget_index, forget_canary, forget_images, forget_prompt, forget_prompts_file)
     with ProgressBars(quiet) as progress:
         evaluation = run_evaluation(checkpoint, spec, config, progress, split=split, gates=gate, baseline=base)
     result = evaluation.result

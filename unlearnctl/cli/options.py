@@ -34,7 +34,7 @@ ForgetClass = Annotated[Optional[list[str]], typer.Option("--forget-class", help
 ForgetIndex = Annotated[Optional[list[int]], typer.Option("--forget-index", help="Forget this training-set index; repeatable.", rich_help_panel=FORGET_PANEL)]
 ForgetCanary = Annotated[bool, typer.Option("--forget-canary", help="Forget the canary (digits+canary data).", rich_help_panel=FORGET_PANEL)]
 ForgetImages = Annotated[Optional[str], typer.Option("--forget-images", help="Forget these images: a folder or an .npz file (text-to-image models: with their captions, metadata.jsonl or a .txt beside each image).", rich_help_panel=FORGET_PANEL)]
-ForgetPrompt = Annotated[Optional[list[str]], typer.Option("--forget-prompt", help="Text-to-image models: forget the concept this prompt names (the training images captioned exactly so, and images the base draws for it); repeatable.", rich_help_panel=FORGET_PANEL)]
+ForgetPrompt = Annotated[Optional[list[str]], typer.Option("--forget-prompt", help="Text-to-image models: the concept this prompt names; repeatable. unlearn forgets the training images captioned exactly so and images the base draws for it; evaluate scores the samples for it against the concept's class (the class whose captions include exactly this prompt, else --concept-class).", rich_help_panel=FORGET_PANEL)]
 ForgetPromptsFile = Annotated[Optional[Path], typer.Option("--forget-prompts-file", help="Text-to-image models: forget prompts, one per non-empty line.", rich_help_panel=FORGET_PANEL)]
 
 Steps = Annotated[int, typer.Option(help="DDIM/DDPM sampler steps.", rich_help_panel=SAMPLE_PANEL)]
@@ -84,7 +84,7 @@ def load_model_data(data: str, resolution: int | None, channels: int | None, che
                       heldout_fraction=recorded.get("heldout_fraction", DEFAULT_HELDOUT_FRACTION),
                       canary_copies=recorded.get("canary_copies"))
     if checkpoint.text_conditional:  # a latent UNet's size is the latents': compare with the images it draws
-        from unlearnctl.metrics.text import check_text_data
+        from unlearnctl.text_to_image import check_text_data
 
         check_text_data(split.description, checkpoint)
     else:

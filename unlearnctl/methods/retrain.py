@@ -109,8 +109,7 @@ class Retrain(Method):
         import time
 
         from unlearnctl.data import load_recorded_data
-        from unlearnctl.text_to_image import train_text_to_image
-        from unlearnctl.text_unlearning import training_seed
+        from unlearnctl.text_to_image import caption_seed, train_text_to_image
         from unlearnctl.unlearning import RunRecord
 
         checkpoint, config, forget_set = job.checkpoint, job.config, job.forget_set
@@ -124,7 +123,7 @@ class Retrain(Method):
                                     device=config.device, progress=job.progress, precision=config.precision,
                                     prediction_type=recipe.get("prediction_type", "epsilon"),
                                     gradient_checkpointing=bool(recipe.get("gradient_checkpointing")),
-                                    command="retrain", caption_seed=training_seed(checkpoint))
+                                    command="retrain", caption_seed=caption_seed(checkpoint))
         require(model.unet_config == checkpoint.unet_config,
                 "retraining with the recorded recipe built a different UNet config than the base's; cannot compare them")
         params = {"recipe": {"text_to_image": True, "autoencoder_steps": recipe["autoencoder"]["steps"],

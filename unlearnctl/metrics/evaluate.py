@@ -519,8 +519,8 @@ def run_evaluation(
     # 1) resolve: data, forget set, plan, classifier, feature space — all failures before sampling
     split = split or load_recorded_data(checkpoint.data)
     if text:
-        from unlearnctl.metrics.text import (caption_seed, captioned_split, check_text_data, resolve_text_forget,
-                                             text_sample_plan)
+        from unlearnctl.metrics.text import resolve_text_forget, text_sample_plan
+        from unlearnctl.text_to_image import caption_seed, captioned_split, check_text_data
 
         check_text_data(split.description, checkpoint)
         split = captioned_split(split, caption_seed(checkpoint))

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from unlearnctl.data import ForgetSet, ForgetSpec, ImageSet, class_index, resolve_forget
+from unlearnctl.data import ForgetSet, ForgetSpec, ImageSet, append_forget_images, class_index, resolve_forget
 from unlearnctl.errors import BadInputError, require
 
 if TYPE_CHECKING:
@@ -69,44 +69,6 @@ class TextPlan:
 
 
 # --------------------------------------------------------------------------------------------- captions
-
-
-def image_shape(checkpoint: "Checkpoint") -> tuple[int, int]:
-    """``(resolution, channels)`` of the images the model draws: the UNet's latent size × the VAE's downsampling
-    (2 per level after the first, as ``StableDiffusionPipeline`` sizes its default image), the VAE's channels."""
-    vae = checkpoint.components["vae"]["config"]
-    return checkpoint.unet_config["sample_size"] * 2 ** (len(vae["block_out_channels"]) - 1), int(vae["in_channels"])
-
-
-def check_text_data(description: dict[str, Any], checkpoint: "Checkpoint") -> None:
-    """Refuse (exit 2) data whose images are not the size and channels the model draws."""
-    resolution, channels = image_shape(checkpoint)
-    require(description["resolution"] == resolution,
-            f"data resolution {description['resolution']} does not match the model's {resolution}; pass --resolution {resolution}")
-    require(description["channels"] == channels,
-            f"data has {description['channels']} channels, the model {channels}; pass --channels {channels}")
-
-
-def caption_seed(checkpoint: "Checkpoint") -> int:
-    """The seed of the newest from-scratch training run (its generated captions were drawn with it), else 0."""
-    from unlearnctl.provenance import ROOT_COMMANDS
-
-    roots = [e for e in checkpoint.lineage if isinstance(e, dict) and e.get("command") in ROOT_COMMANDS]
-    seed = roots[-1].get("seed") if roots else None
-    return int(seed) if isinstance(seed, int) else 0
-
-
-def captioned_split(split: "DataSplit", seed: int) -> "DataSplit":
-    """``split`` with a caption on every train and held-out image: stored captions, else the generated ones
-    (:func:`unlearnctl.text_to_image.training_captions` for the train split, the same draw for held-out images)."""
-    from unlearnctl.captions import digit_captions
-    from unlearnctl.text_to_image import training_captions
-
-    train_captions, _ = training_captions(split, seed)
-    heldout = split.heldout
-    if heldout.captions is None and heldout.labels is not None and len(heldout):
-        heldout = replace(heldout, captions=digit_captions(heldout.labels.tolist(), split.class_names, seed))
-    return replace(split, train=replace(split.train, captions=train_captions), heldout=heldout)
 
 
 # --------------------------------------------------------------------------------------------- forget set
@@ -172,22 +134,13 @@ def resolve_text_forget(spec: ForgetSpec, split: "DataSplit", concept: str | Non
         mask, class_ids = resolved.train_mask, resolved.class_ids
     forget = train.subset(mask)
     if spec.images:
-        forget = _with_captioned_images(forget, spec.images, split.description)
+        forget = append_forget_images(forget, spec.images, split.description)
+        require(forget.captions is not None, f"--forget-images {spec.images} have no captions; a text-to-image model's "
+                "memorised images are scored for their captions (metadata.jsonl or .txt files beside the images, or npz 'captions')")
     require(len(forget) > 0, "the forget set is empty")
     captions = list(dict.fromkeys(forget.captions))
     key = class_ids[0] if len(class_ids) == 1 else MEMORISED  # the canary's rows take its class's place
     return TextForgetSet("data", mask, forget, train.subset(~mask), class_ids, spec, {key: captions})
-
-
-def _with_captioned_images(forget: ImageSet, path: str, description: dict[str, Any]) -> ImageSet:
-    from unlearnctl.data import read_images
-
-    given = read_images(path, channels=description["channels"], exact_size=description["resolution"], role="forget images")
-    require(given.captions is not None, f"--forget-images {path} have no captions; a text-to-image model's memorised "
-            "images are scored for their captions (metadata.jsonl or .txt files beside the images, or npz 'captions')")
-    labels = None if forget.labels is None else torch.cat([forget.labels, torch.full((len(given),), -1, dtype=torch.long)])
-    return ImageSet(torch.cat([forget.images, given.images]), labels, forget.class_names,
-                    list(forget.captions or []) + list(given.captions))
 
 
 # --------------------------------------------------------------------------------------------- sample layout
