@@ -36,6 +36,7 @@ ForgetCanary = Annotated[bool, typer.Option("--forget-canary", help="Forget the 
 ForgetImages = Annotated[Optional[str], typer.Option("--forget-images", help="Forget these images: a folder or an .npz file (text-to-image models: with their captions, metadata.jsonl or a .txt beside each image).", rich_help_panel=FORGET_PANEL)]
 ForgetPrompt = Annotated[Optional[list[str]], typer.Option("--forget-prompt", help="Text-to-image models: the concept this prompt names; repeatable. unlearn forgets the training images captioned exactly so and images the base draws for it; evaluate scores the samples for it against the concept's class (the class whose captions include exactly this prompt, else --concept-class).", rich_help_panel=FORGET_PANEL)]
 ForgetPromptsFile = Annotated[Optional[Path], typer.Option("--forget-prompts-file", help="Text-to-image models: forget prompts, one per non-empty line.", rich_help_panel=FORGET_PANEL)]
+ConceptClass = Annotated[Optional[str], typer.Option("--concept-class", help="Text-to-image models: the class (name or index:N) the --forget-prompt concept belongs to, for its forget rate.", rich_help_panel=FORGET_PANEL, show_default=False)]
 
 Steps = Annotated[int, typer.Option(help="DDIM/DDPM sampler steps.", rich_help_panel=SAMPLE_PANEL)]
 Sampler = Annotated[str, typer.Option(help="ddim (deterministic) or ddpm (ancestral).", rich_help_panel=SAMPLE_PANEL)]
