@@ -262,7 +262,17 @@ def test_curve_step_0_is_evaluates_forget_rate(decoding_model, classifier_cache)
     assert (first["forget_rate_ci95_low"], first["forget_rate_ci95_high"]) == (result["forget_rate_ci95_low"], result["forget_rate_ci95_high"])
 
 
-def test_curve_of_a_forget_prompt_measures_its_concept(by_prompt, classifier_cache):
-    _, curve = relearn_attack(by_prompt, "retain:0.2", AttackConfig(**FAST), curve_every=1, device="cpu")
-    assert curve.forget["prompts"] == {"0": [PROMPT]} and curve.forget["class_ids"] == [0]
-    assert [p["step"] for p in curve.points] == [0, 1, 2] and all(p["forget_rate_n"] == 4 for p in curve.points)
+def test_cli_curve_of_a_forget_prompt_measures_its_concept(cli, by_prompt, tmp_path, classifier_cache):
+    """A prompt given for the curve is measured as `evaluate --forget-prompt` measures it and kept out of D_au."""
+    out, curve_json = tmp_path / "a.safetensors", tmp_path / "c.json"
+    result = cli("relearn-attack", "--model", by_prompt.path, "--out", out, "--aux", "retain:0.2", "--steps", 2,
+                 "--batch-size", 4, "--forget-prompt", "a drawing of a bar", "--curve-every", 1, "--curve-samples", 4,
+                 "--curve-sample-steps", 2, "--curve-json", curve_json, "--device", "cpu", "--quiet", "--json")
+    assert result.code == 0, result
+    curve = json.loads(curve_json.read_text())
+    assert curve["forget"]["prompts"] == {"0": ["a drawing of a bar"]} and curve["forget"]["class_ids"] == [0]
+    assert [p["step"] for p in curve["points"]] == [0, 1, 2] and all(p["forget_rate_n"] == 4 for p in curve["points"])
+    assert curve["metric"]["concept_class"] is None and "same prompts" in curve["metric"]["samples"]
+    attack = load_checkpoint(out).lineage[-1]["attack"]
+    assert {PROMPT, "a drawing of a bar"} <= set(attack["aux"]["forget_captions"])  # the lineage's prompt and the curve's
+    assert [e["spec"]["prompts"] for e in attack["excluded"]] == [[PROMPT], ["a drawing of a bar"]]

@@ -300,16 +300,18 @@ def _curve_probe(checkpoint: "Checkpoint", forget_set: "ForgetSet", split: "Data
         threshold = data_forget_threshold(forget_set.forget.images, forget_set.retain.images)
         metric["threshold"] = threshold
     total = config.curve_eval_samples or evaluation_samples(checkpoint, forget_set, config.curve_samples)
+    conditions = "labels"
     if checkpoint.text_conditional:  # the forget prompts' rows of the text evaluation's layout
         from unlearnctl.metrics.text import text_sample_plan
 
-        rows = int(text_sample_plan(forget_set.retain, forget_set, total).forget.sum())
+        rows, conditions = int(text_sample_plan(forget_set.retain, forget_set, total).forget.sum()), "prompts"
+        metric["concept_class"] = config.concept_class
     else:
         rows = len(evaluation_forget_rows(checkpoint, forget_set, total)[1])
     metric.update(num_samples=rows, sampler="ddim", sample_steps=config.curve_sample_steps,
                   guidance=1.0, seed=config.curve_seed, eval_num_samples=total,
                   samples=f"the forget-condition rows of `evaluate --num-samples {total} --steps {config.curve_sample_steps} "
-                          f"--sampler ddim --seed {config.curve_seed}` (same labels, same initial noise)")
+                          f"--sampler ddim --seed {config.curve_seed}` (same {conditions}, same initial noise)")
 
     def probe(unet: "torch.nn.Module") -> dict[str, Any]:
         return measure_forgetting(unet, checkpoint, forget_set, classifier=classifier, threshold=threshold,
