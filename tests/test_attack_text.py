@@ -225,6 +225,15 @@ def test_cli_refuses_forget_captions_and_uncaptioned_folders(cli, by_prompt, tmp
     _refused(cli, tmp_path, *args, "--aux", f"folder:{tmp_path / 'bare'}", message="needs a caption per image")
     _refused(cli, tmp_path, *args, "--concept-class", "bar", "--forget-class", "bar", "--curve-every", 1,
              message="--concept-class names the class of --forget-prompt concepts")
+    _refused(cli, tmp_path, *args, "--concept-class", "bar", "--forget-prompt", "a bar",
+             message="no curve is recorded; add --curve-every K")
+
+
+def test_cli_pixel_models_refuse_prompts(cli, tiny_conditional, tmp_path):
+    args = ("--model", tiny_conditional.path, "--out", tmp_path / "a.safetensors", "--steps", 1, "--curve-every", 1,
+            "--device", "cpu", "--quiet")
+    _refused(cli, tmp_path, *args, "--forget-prompt", "a bar", message="--forget-prompt names a concept of a text-to-image model")
+    _refused(cli, tmp_path, *args, "--forget-class", "bar", "--concept-class", "bar", message="--concept-class is for text-to-image models")
 
 
 @pytest.fixture(scope="module")

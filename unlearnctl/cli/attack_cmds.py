@@ -79,6 +79,8 @@ def relearn_attack(
 
         require(curve_every > 0, "--classifier scores the relearning curve, but no curve is recorded; add --curve-every K")
         check_safetensors_file(classifier)  # a pickle or a missing file fails before any work
+    require(concept_class is None or curve_every > 0, "--concept-class names the class of the curve's --forget-prompt "
+            "concept, but no curve is recorded; add --curve-every K")
     opt.check_precision(precision, device)
     config = AttackConfig(steps=steps, lr=lr, batch_size=batch_size, label_dropout=label_dropout, seed=seed,
                           num_generated=num_generated, generate_steps=generate_steps, curve_samples=curve_samples,
