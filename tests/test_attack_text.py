@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from test_attack import assert_point_is_evaluation
 from test_unlearn_text import text_model  # noqa: F401  (the tiny text-to-image model, a module fixture)
 from unlearnctl.attacks import AuxContext, get_aux_source
 from unlearnctl.attacks.dimra import AttackConfig, build_aux_data, recorded_forget_sets, relearn_attack
@@ -264,11 +265,7 @@ def test_curve_step_0_is_evaluates_forget_rate(decoding_model, classifier_cache)
     assert total == 24 * 4 and curve.metric["num_samples"] == 24 and curve.metric["mode"] == "class"
     assert [p["step"] for p in curve.points] == [0, 1] and curve.forget["class_ids"] == [0]
     result = evaluate(model, config=EvalConfig(num_samples=total, steps=3, seed=3, metrics=("forget",), device="cpu"))
-    first = curve.points[0]
-    assert result["num_forget_samples"] == first["num_samples"] == first["forget_rate_n"] == 24
-    assert 0 < result["forget_rate_count"] < 24  # a rate of 0 or 1 would agree by chance
-    assert first["forget_rate_count"] == result["forget_rate_count"] and first["forget_rate"] == result["forget_rate"]
-    assert (first["forget_rate_ci95_low"], first["forget_rate_ci95_high"]) == (result["forget_rate_ci95_low"], result["forget_rate_ci95_high"])
+    assert_point_is_evaluation(curve.points[0], result, 24)
 
 
 def test_cli_curve_of_a_forget_prompt_measures_its_concept(cli, by_prompt, tmp_path, classifier_cache):
