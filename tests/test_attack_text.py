@@ -165,14 +165,16 @@ def test_folder_pairs_and_the_refusals(by_prompt, tmp_path):
 # --------------------------------------------------------------------------------------------- the attack
 
 
+@pytest.mark.parametrize("forgotten", ["by_class", "by_prompt"])
 @pytest.mark.parametrize("aux", ["retain:0.5", "generated:4", "folder"])
-def test_attack_fine_tunes_on_the_captions_embeddings(aux, by_class, tmp_path, monkeypatch):
+def test_attack_fine_tunes_on_the_captions_embeddings(aux, forgotten, request, tmp_path, monkeypatch):
     import unlearnctl.training as training
     from unlearnctl.denoisers import denoiser_for
     from unlearnctl.runtime import Runtime
 
+    model = request.getfixturevalue(forgotten)  # the unlearned model under attack
     if aux == "folder":
-        aux = f"folder:{clean_folder(by_class, tmp_path / 'aux')[0]}"
+        aux = f"folder:{clean_folder(model, tmp_path / 'aux')[0]}"
     seen = {}
     fit = training.fit_denoiser
 
@@ -181,15 +183,16 @@ def test_attack_fine_tunes_on_the_captions_embeddings(aux, by_class, tmp_path, m
         return fit(denoiser, data, config, **kw)
 
     monkeypatch.setattr(training, "fit_denoiser", spy)
-    attacked, curve = relearn_attack(by_class, aux, AttackConfig(**FAST), device="cpu")
+    attacked, curve = relearn_attack(model, aux, AttackConfig(**FAST), device="cpu")
     data, conditions = seen["data"], seen["conditions"]
-    expected = denoiser_for(by_class, Runtime.create("cpu")).embed(data.captions)
+    expected = denoiser_for(model, Runtime.create("cpu")).embed(data.captions)
     assert conditions.shape == expected.shape and conditions.shape[0] == len(data)
     torch.testing.assert_close(conditions, expected.cpu())
-    assert curve is None and any(not torch.equal(by_class.state_dict[k], attacked.state_dict[k]) for k in by_class.state_dict)
-    assert attacked.frozen.keys() == by_class.frozen.keys() and attacked.components == by_class.components
+    assert curve is None and any(not torch.equal(model.state_dict[k], attacked.state_dict[k]) for k in model.state_dict)
+    assert attacked.frozen.keys() == model.frozen.keys() and attacked.components == model.components
     recorded = attacked.lineage[-1]["attack"]["aux"]
     assert recorded["spec"] == aux and recorded["shared_captions"] == recorded["shared_images"] == 0
+    assert not set(data.captions) & set(recorded["forget_captions"]) and PROMPT in recorded["forget_captions"]
 
 
 def test_cli_records_spec_dropped_copies_and_captions(cli, by_index, tmp_path):
