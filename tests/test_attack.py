@@ -200,11 +200,15 @@ def test_curve_step_0_is_evaluates_forget_rate(unlearned, classifier_cache):
     total = curve.metric["eval_num_samples"]
     assert total == 30 * len(unlearned.data["class_names"]) and curve.metric["num_samples"] == 30
     result = evaluate(model, config=EvalConfig(num_samples=total, steps=4, seed=3, metrics=("forget",), device="cpu"))
-    first = curve.points[0]
-    assert result["num_forget_samples"] == first["num_samples"] == first["forget_rate_n"] == 30
-    assert 0 < result["forget_rate_count"] < 30  # a rate of 0 or 1 would agree by chance
-    assert first["forget_rate_count"] == result["forget_rate_count"] and first["forget_rate"] == result["forget_rate"]
-    assert (first["forget_rate_ci95_low"], first["forget_rate_ci95_high"]) == (result["forget_rate_ci95_low"], result["forget_rate_ci95_high"])
+    assert_point_is_evaluation(curve.points[0], result, 30)
+
+
+def assert_point_is_evaluation(point: dict, result: dict, n: int) -> None:
+    """A curve point equals an evaluation's forget rate on ``n`` samples: the same count, rate and interval."""
+    assert result["num_forget_samples"] == point["num_samples"] == point["forget_rate_n"] == n
+    assert 0 < result["forget_rate_count"] < n  # a rate of 0 or 1 would agree by chance
+    assert point["forget_rate_count"] == result["forget_rate_count"] and point["forget_rate"] == result["forget_rate"]
+    assert (point["forget_rate_ci95_low"], point["forget_rate_ci95_high"]) == (result["forget_rate_ci95_low"], result["forget_rate_ci95_high"])
 
 
 def test_relearn_area_is_the_trapezoid_mean_with_the_wilson_envelope():

@@ -292,12 +292,3 @@ def test_single_file_import_refusals(sd_folder, tmp_path, cli):
     _refused(cli, tmp_path, "import", single, "--out", tmp_path / "m.safetensors", message="give --config DIR")
     _refused(cli, tmp_path, "import", single, "--config", sd_folder, "--out", tmp_path / "m.safetensors",
              message=f"diffusers could not read {single}")
-
-
-@pytest.mark.parametrize("command", [
-    ("relearn-attack", "--aux", "retain", "--out", "a.safetensors"),
-])
-def test_commands_that_do_not_handle_text_models_yet_refuse_them(sd_checkpoint, tmp_path, cli, command, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    _refused(cli, tmp_path, command[0], "-m", sd_checkpoint.path, *command[1:],
-             message=f"{command[0]} does not handle text-to-image models yet")

@@ -16,8 +16,14 @@ spec                   auxiliary data
 ``npz:PATH``           an ``.npz`` with ``images`` (uint8) and, for conditional models, ``labels``
 =====================  ================================================================================
 
-Every source goes through :mod:`unlearnctl.attacks.guard`: exact and near copies of forget images are
-dropped from the sources the tool builds itself and refused in sources the user gives.
+Text-to-image models fine-tune on image–caption pairs: ``retain`` keeps the training captions, ``generated``
+samples the retained prompts (each retained class's :func:`~unlearnctl.captions.class_prompt`, or for unlabelled
+data the retained images' captions) and captions each image with its prompt, ``folder``/``npz`` need captions
+(``metadata.jsonl``, ``.txt`` files, npz ``captions``).
+
+Every source goes through :mod:`unlearnctl.attacks.guard`: exact and near copies of forget images — and, for
+text-to-image models, captions equal to a forget prompt — are dropped from the sources the tool builds itself
+and refused in sources the user gives.
 
 ``get_aux_source(name)`` returns a registered source; unknown names raise :class:`BadInputError` listing
 the valid ones. The CLI's ``--aux`` help comes from here. Torch is imported inside function bodies only,
@@ -45,7 +51,8 @@ class AuxContext:
 
     Attributes:
         checkpoint: the model under attack (``generated`` samples from it; labels map to its classes).
-        split: the model's recorded training data (members), reloaded and fingerprint-checked.
+        split: the model's recorded training data (members), reloaded and fingerprint-checked; for text-to-image
+            models with every training image's caption (:func:`~unlearnctl.text_to_image.captioned_split`).
         forget_sets: every forget set the lineage records (plus the curve's): what must stay out.
         seed: seeds subsets and generation.
         num_generated: default image count of ``generated``.
@@ -67,6 +74,14 @@ class AuxContext:
     def forgotten_classes(self) -> list[int]:
         """Class indices some forget set removes (class forgetting and the canary)."""
         return sorted({c for forget_set in self.forget_sets for c in forget_set.class_ids})
+
+    @property
+    def forget_captions(self) -> set[str]:
+        """Captions no auxiliary pair may carry: every forget prompt and every forget image's caption."""
+        captions = {prompt for forget_set in self.forget_sets for prompt in forget_set.spec.prompts}
+        for forget_set in self.forget_sets:
+            captions.update(forget_set.forget.captions or ())
+        return captions
 
     def excluded_mask(self) -> "torch.Tensor":
         """Bool mask over ``split.train``: True = in some forget set."""

@@ -15,6 +15,10 @@ The loop is :func:`unlearnctl.training.fit_denoiser` — the same loss, batches,
 as training — with a constant learning rate and no EMA. With ``curve_every = K`` the forget rate of
 :func:`unlearnctl.metrics.forget.measure_forgetting` is recorded at step 0, every K steps and at the end,
 with the same sampling seed each time, so the curve shows relearning rather than sampling noise.
+
+Text-to-image models (issue 15) are attacked the same way on image–caption pairs: the condition c of an
+auxiliary image is its caption's prompt embedding, 10% replaced by the empty prompt's, exactly as
+``train --text-to-image`` trains; the guard also keeps every forget prompt out of the auxiliary captions.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from __future__ import annotations
 import csv
 import io
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Callable
 
 from unlearnctl.attacks import AuxContext, AuxSource, parse_aux_spec
@@ -65,6 +69,7 @@ class AttackConfig:
     curve_seed: int = 0  # curve: the same initial noise at every point
     curve_eval_samples: int | None = None  # curve: the `evaluate --num-samples` whose forget rows it regenerates (None: the fewest giving curve_samples)
     classifier: str | None = None  # curve, class mode: the user's classifier .safetensors (docs/metrics.md); None = the tool's own
+    concept_class: str | None = None  # curve, text-to-image models: the class of a --forget-prompt concept (None: the class whose captions include it)
 
     def __post_init__(self):
         require(self.steps >= 1, f"attack steps must be at least 1, got {self.steps}")
@@ -170,29 +175,57 @@ class RelearnCurve:
 # --------------------------------------------------------------------------------------------- forget sets
 
 
+def rebuild_forget_set(spec: "ForgetSpec", split: "DataSplit") -> "ForgetSet":
+    """The forget set of ``spec`` on ``split`` as far as it is data (a text-to-image model's split carries captions).
+
+    A ``--forget-prompt`` concept was forgotten as the training images captioned exactly so *and* images the base
+    model drew for the prompt (:func:`unlearnctl.text_unlearning.text_forget_set`). The drawn images cannot be
+    redrawn from the unlearned model, so only the training part is rebuilt (possibly empty); the prompts
+    themselves stay out of the auxiliary captions (:attr:`~unlearnctl.attacks.AuxContext.forget_captions`).
+    """
+    import torch
+
+    from unlearnctl.data import ForgetSet, resolve_forget
+
+    train = split.train
+    only_drawn = bool(spec.prompts) and not any(caption in spec.prompts for caption in train.captions or ())
+    if only_drawn and replace(spec, prompts=()).empty:  # no training image is captioned with the prompts: only drawn ones
+        nothing = torch.zeros(len(train), dtype=torch.bool)
+        return ForgetSet("class", nothing, train.subset(nothing), train, [], spec)
+    return resolve_forget(spec, split)
+
+
+def _key(forget_set: "ForgetSet") -> tuple[str, tuple[str, ...]]:
+    """Identical forget sets appear once: same images (fingerprint) and same forget prompts."""
+    return forget_set.fingerprint, tuple(sorted(forget_set.spec.prompts))
+
+
 def recorded_forget_sets(checkpoint: "Checkpoint", split: "DataSplit") -> list["ForgetSet"]:
     """Every forget set the lineage records (``forget`` blocks), rebuilt on ``split`` and fingerprint-checked.
 
-    Identical forget sets (same fingerprint) appear once.
+    Identical forget sets appear once. A forget set with prompts (``--forget-prompt``) is rebuilt without the
+    images the base drew for them (:func:`rebuild_forget_set`), so its recorded fingerprint — which covers
+    those images — is not compared; the rest of such a spec is rebuilt and excluded as any other.
     """
-    from unlearnctl.data import ForgetSpec, resolve_forget
+    from unlearnctl.data import ForgetSpec
 
-    found: dict[str, "ForgetSet"] = {}
+    found: dict[tuple[str, tuple[str, ...]], "ForgetSet"] = {}
     for i, entry in enumerate(checkpoint.lineage):
         block = entry.get("forget") if isinstance(entry, dict) else None
         if not isinstance(block, dict) or not isinstance(block.get("spec"), dict):
             continue
         where = f"lineage entry {i} ({entry.get('command', '?')})"
+        spec = ForgetSpec.from_dict(block["spec"])
         try:
-            forget_set = resolve_forget(ForgetSpec.from_dict(block["spec"]), split)
+            forget_set = rebuild_forget_set(spec, split)
         except BadInputError as exc:
             raise BadInputError(f"{where} records a forget set that cannot be rebuilt ({exc}); without it the attack "
                                 "cannot prove its auxiliary data excludes it") from None
         recorded = block.get("fingerprint")
-        require(recorded in (None, forget_set.fingerprint),
+        require(bool(spec.prompts) or recorded in (None, forget_set.fingerprint),
                 f"{where}: its forget set now resolves to other images (fingerprint {forget_set.fingerprint} != "
                 f"recorded {recorded}); the data changed since unlearning")
-        found.setdefault(forget_set.fingerprint, forget_set)
+        found.setdefault(_key(forget_set), forget_set)
     return list(found.values())
 
 
@@ -211,24 +244,32 @@ def build_aux_data(source: AuxSource, arg: str, context: AuxContext) -> tuple["I
     """Build the auxiliary set of ``source`` and pass it through the forget-set guard.
 
     Returns the images to fine-tune on and the facts the lineage records about them: spec, size,
-    fingerprint, class counts, the copies dropped, the forget fingerprints and the shared-image count (0).
+    fingerprint, class counts, the copies dropped, the forget fingerprints and the shared-image count (0);
+    for text-to-image models also the pairs dropped for a forget caption, those captions and the shared count (0).
     """
     import torch
 
-    from unlearnctl.attacks.guard import assert_disjoint, exclude_forget_copies, near_copy_threshold
+    from unlearnctl.attacks.guard import (assert_captions_disjoint, assert_disjoint, exclude_forget_captions,
+                                          exclude_forget_copies, near_copy_threshold)
 
     spec = f"{source.name}:{arg}" if arg else source.name
     candidates, details = source.build(arg, context)
     require(len(candidates) > 0, f"auxiliary source {spec} produced no images")
     found: dict[str, Any] = {"dropped_exact_copies": 0, "dropped_near_copies": 0, "near_copy_threshold": None}
     aux, shared = candidates, 0
-    if context.forget_sets:
+    if any(len(forget_set.forget) for forget_set in context.forget_sets):
         forget_images = torch.cat([forget_set.forget.images for forget_set in context.forget_sets])
         retained = context.split.train.images[~context.excluded_mask()]
         threshold = near_copy_threshold(forget_images, retained)
         aux, found = exclude_forget_copies(candidates, forget_images, threshold, refuse=source.user_data, origin=spec)
         require(len(aux) > 0, f"every image of auxiliary source {spec} copies a forget image; nothing is left to attack with")
         shared = assert_disjoint(aux.images, forget_images)
+    if context.checkpoint.text_conditional:  # the guard extends to captions: no forget prompt among them
+        forget_captions = context.forget_captions
+        aux, dropped = exclude_forget_captions(aux, forget_captions, refuse=source.user_data, origin=spec)
+        require(len(aux) > 0, f"every caption of auxiliary source {spec} is a forget prompt; nothing is left to attack with")
+        found.update(dropped, forget_captions=sorted(forget_captions),
+                     shared_captions=assert_captions_disjoint(aux.captions, forget_captions))
     counts = None
     if aux.labels is not None:
         names = aux.class_names or [str(c) for c in range(int(aux.labels.max()) + 1)]
@@ -259,10 +300,18 @@ def _curve_probe(checkpoint: "Checkpoint", forget_set: "ForgetSet", split: "Data
         threshold = data_forget_threshold(forget_set.forget.images, forget_set.retain.images)
         metric["threshold"] = threshold
     total = config.curve_eval_samples or evaluation_samples(checkpoint, forget_set, config.curve_samples)
-    metric.update(num_samples=len(evaluation_forget_rows(checkpoint, forget_set, total)[1]), sampler="ddim", sample_steps=config.curve_sample_steps,
+    conditions = "labels"
+    if checkpoint.text_conditional:  # the forget prompts' rows of the text evaluation's layout
+        from unlearnctl.metrics.text import text_sample_plan
+
+        rows, conditions = int(text_sample_plan(forget_set.retain, forget_set, total).forget.sum()), "prompts"
+        metric["concept_class"] = config.concept_class
+    else:
+        rows = len(evaluation_forget_rows(checkpoint, forget_set, total)[1])
+    metric.update(num_samples=rows, sampler="ddim", sample_steps=config.curve_sample_steps,
                   guidance=1.0, seed=config.curve_seed, eval_num_samples=total,
                   samples=f"the forget-condition rows of `evaluate --num-samples {total} --steps {config.curve_sample_steps} "
-                          f"--sampler ddim --seed {config.curve_seed}` (same labels, same initial noise)")
+                          f"--sampler ddim --seed {config.curve_seed}` (same {conditions}, same initial noise)")
 
     def probe(unet: "torch.nn.Module") -> dict[str, Any]:
         return measure_forgetting(unet, checkpoint, forget_set, classifier=classifier, threshold=threshold,
@@ -332,7 +381,8 @@ def relearn_attack(
             ``npz:PATH`` (see :mod:`unlearnctl.attacks`).
         config: the attack recipe (default :class:`AttackConfig`).
         curve_forget_spec: what the curve measures; default the newest forget set in the lineage. It is
-            also kept out of the auxiliary data.
+            also kept out of the auxiliary data. Text-to-image models: measured as ``evaluate`` measures it
+            (:func:`unlearnctl.metrics.text.resolve_text_forget`, with ``config.concept_class``).
         curve_every: record the forget rate every this many steps (and at steps 0 and ``config.steps``);
             0 = no curve.
         data: the model's training data when its recorded source cannot be reloaded as recorded; the
@@ -343,35 +393,51 @@ def relearn_attack(
             the curve points measured so far are part of the state.
         precision: forward passes of the fine-tuning (and of the curve's samples): fp32, bf16 or fp16 (CUDA).
     """
+    import torch
+
     from unlearnctl.checkpoint import lineage_entry, weights_sha256
     from unlearnctl.errors import NonFiniteFailure
-    from unlearnctl.data import check_compatible, resolve_forget
+    from unlearnctl.data import check_compatible
     from unlearnctl.denoisers import denoiser_for
     from unlearnctl.runtime import Runtime
     from unlearnctl.training import fit_denoiser, resolve_device
 
     from unlearnctl.integrity import require_finite_weights
 
-    checkpoint.require_pixel_model("relearn-attack")
     require_finite_weights(checkpoint.state_dict, checkpoint.path or "the model")
     config = config or AttackConfig()
     source, arg = parse_aux_spec(aux_spec)
     require(curve_every >= 0, f"curve interval must be >= 0 steps, got {curve_every}")
+    text = checkpoint.text_conditional  # image–caption pairs, prompts instead of labels
+    require(text or config.concept_class is None, "--concept-class is for text-to-image models (the class of a --forget-prompt)")
+    require(text or curve_forget_spec is None or not curve_forget_spec.prompts,
+            "--forget-prompt names a concept of a text-to-image model, and this model is not one; give --forget-class")
     started = time.perf_counter()
 
     # 1. What must stay out: every forget set of the lineage, plus the curve's.
     split = data if data is not None else _recorded_data(checkpoint)
-    check_compatible(split.description, checkpoint.unet_config, checkpoint.conditional, checkpoint.num_classes)
+    if text:  # the captions the model trained on (generated ones regenerated from its training seed)
+        from unlearnctl.text_to_image import caption_seed, captioned_split, check_text_data
+
+        check_text_data(split.description, checkpoint)
+        split = captioned_split(split, caption_seed(checkpoint))
+    else:
+        check_compatible(split.description, checkpoint.unet_config, checkpoint.conditional, checkpoint.num_classes)
     forget_sets = recorded_forget_sets(checkpoint, split)
     curve_set = None
     if curve_forget_spec is not None and not curve_forget_spec.empty:
-        curve_set = resolve_forget(curve_forget_spec, split)
-        if curve_set.fingerprint not in {f.fingerprint for f in forget_sets}:
+        curve_set = rebuild_forget_set(curve_forget_spec, split)
+        if _key(curve_set) not in {_key(f) for f in forget_sets}:
             forget_sets.append(curve_set)
     elif curve_every:
         require(bool(forget_sets), "--curve-every needs what to measure: give --forget-class, --forget-index, "
-                "--forget-canary or --forget-images (the model's lineage records no forget set)")
+                "--forget-canary, --forget-images or --forget-prompt (the model's lineage records no forget set)")
         curve_set = forget_sets[-1]
+    measured = curve_set
+    if text and curve_set is not None and curve_every:  # measured as `evaluate` scores a text model's forget set
+        from unlearnctl.metrics.text import resolve_text_forget
+
+        measured = resolve_text_forget(curve_set.spec, split, config.concept_class)
 
     checkpointer = None
     if resume is not None:  # the parameters that determine the result; --resume refuses any change
@@ -390,9 +456,12 @@ def relearn_attack(
     # 3. Fine-tune with the training loss, measuring the forget rate along the way.
     denoiser = denoiser_for(checkpoint, Runtime.create(resolved_device, precision))
     unet = denoiser.network
+    conditions = None
+    if text:  # one prompt embedding [L, D] per auxiliary image: its caption's, as `train --text-to-image` trains
+        conditions = torch.cat([denoiser.embed(aux.captions[i:i + 512]) for i in range(0, len(aux), 512)]).cpu()  # N×L×D
     curve, on_step = None, None
-    if curve_every and curve_set is not None:
-        curve, on_step = _curve_recorder(checkpoint, curve_set, split, config, curve_every, aux_info, checkpointer, progress)
+    if curve_every and measured is not None:
+        curve, on_step = _curve_recorder(checkpoint, measured, split, config, curve_every, aux_info, checkpointer, progress)
         if checkpointer is None or checkpointer.resumed is None:
             on_step(0, unet)
     params = {"attack": "dimra", "aux": aux_info["spec"], "config": config.to_dict(), "curve_every": curve_every,
@@ -400,7 +469,8 @@ def relearn_attack(
               "precision": precision}
     try:
         weights = fit_denoiser(denoiser, aux, config.train_config(), progress=progress, task="relearn-attack",
-                               on_step=on_step, checkpointer=checkpointer, conditional=checkpoint.conditional)
+                               on_step=on_step, checkpointer=checkpointer, conditional=checkpoint.conditional,
+                               conditions=conditions)
     except NonFiniteFailure as exc:
         if exc.weights is not None:
             entry = lineage_entry("relearn-attack", params, config.seed, time.perf_counter() - started,

@@ -10,7 +10,10 @@ that *does* know it (from the checkpoint's lineage), so it can prove the claim i
    distance from any retained training image to a forget image) is a copy too;
 3. after the copies are dropped (sources the tool builds itself) or refused (sources the user gives),
    :func:`assert_disjoint` checks that the per-image hash sets of the auxiliary and forget data do not
-   intersect, and the attack records both fingerprints and the count of shared images (0) in the lineage.
+   intersect, and the attack records both fingerprints and the count of shared images (0) in the lineage;
+4. **forget captions** (text-to-image models) — an auxiliary caption equal to a forget prompt (a
+   ``--forget-prompt`` of any recorded forget set, or a caption of a forget image) is dropped or refused
+   like an image copy (:func:`exclude_forget_captions`), and :func:`assert_captions_disjoint` checks the result.
 """
 
 from __future__ import annotations
@@ -101,4 +104,27 @@ def assert_disjoint(aux: torch.Tensor, forget: torch.Tensor) -> int:
     shared = set(image_hashes(aux)) & set(image_hashes(forget))
     if shared:
         raise RuntimeFailure(f"the auxiliary data shares {len(shared)} images with the forget set; attack aborted")
+    return 0
+
+
+def exclude_forget_captions(aux: ImageSet, forget_captions: set[str], *, refuse: bool, origin: str
+                            ) -> tuple[ImageSet, dict[str, Any]]:
+    """Drop (``refuse=False``) or refuse (``refuse=True``: raise) auxiliary image–caption pairs whose caption is
+    a forget prompt or a forget image's caption (exact string match). Returns the cleaned set and the count."""
+    hits = torch.tensor([caption in forget_captions for caption in aux.captions], dtype=torch.bool)
+    count = int(hits.sum())
+    if refuse and count:
+        first = int(hits.nonzero()[0])
+        raise BadInputError(
+            f"auxiliary data {origin} holds {count} images captioned with a forget prompt (first: image #{first}, "
+            f"{aux.captions[first]!r}); an attack may not train on the forget prompts — remove or recaption them"
+        )
+    return (aux.subset(~hits) if count else aux), {"dropped_forget_captions": count}
+
+
+def assert_captions_disjoint(captions: list[str], forget_captions: set[str]) -> int:
+    """Check that no auxiliary caption is a forget caption; returns the shared count (0). A failure is a bug."""
+    shared = set(captions) & forget_captions
+    if shared:
+        raise RuntimeFailure(f"the auxiliary data holds {len(shared)} forget captions; attack aborted")
     return 0

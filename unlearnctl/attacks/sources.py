@@ -1,7 +1,8 @@
 """The auxiliary data sources of the relearning attack (registered in :mod:`unlearnctl.attacks`).
 
 Each source returns an :class:`~unlearnctl.data.ImageSet` whose labels index the model's classes
-(``None`` for unconditional models) and a dict of details for the lineage. The forget-set guard runs
+(``None`` for unconditional models) — for text-to-image models with a caption per image — and a dict of
+details for the lineage. The forget-set guard runs
 afterwards, in :func:`unlearnctl.attacks.dimra.build_aux_data`, for every source alike.
 """
 
@@ -26,10 +27,11 @@ def _parse_number(arg: str, kind: type, what: str, example: str):
 
 
 def _for_model(images: "ImageSet", context: AuxContext) -> "ImageSet":
-    """Unconditional models train without labels."""
+    """Unconditional models train without labels; text-to-image models on the captions (labels kept for the counts)."""
     from unlearnctl.data import ImageSet
 
-    return images if context.checkpoint.conditional else ImageSet(images.images, None, images.class_names)
+    checkpoint = context.checkpoint
+    return images if checkpoint.conditional or checkpoint.text_conditional else ImageSet(images.images, None, images.class_names)
 
 
 @register_aux_source("retain", syntax="retain[:FRACTION]",
@@ -62,6 +64,8 @@ def generated_source(arg: str, context: AuxContext) -> tuple["ImageSet", dict[st
     count = _parse_number(arg, int, "generated image count", "generated:500") if arg else context.num_generated
     require(count >= 1, f"generated image count must be at least 1, got {count}")
     checkpoint = context.checkpoint
+    if checkpoint.text_conditional:
+        return _generated_pairs(count, context)
     unet = checkpoint.build_unet(context.device).eval()
     labels, classes = None, None
     if checkpoint.conditional:
@@ -78,18 +82,62 @@ def generated_source(arg: str, context: AuxContext) -> tuple["ImageSet", dict[st
     return ImageSet(images, labels, names), details
 
 
+def retained_prompts(context: AuxContext) -> tuple[list[str], list[int] | None]:
+    """The prompts a text-to-image model still draws, and their classes (``None`` for unlabelled data): each
+    class no forget set removes, prompted as evaluation prompts it (:func:`~unlearnctl.captions.class_prompt`),
+    or the retained images' distinct captions; forget captions (:attr:`AuxContext.forget_captions`) left out."""
+    from unlearnctl.captions import class_prompt
+
+    train, forbidden = context.split.train, context.forget_captions
+    if train.labels is not None and train.class_names:
+        forgotten = set(context.forgotten_classes)
+        pairs = [(class_prompt(name), c) for c, name in enumerate(train.class_names) if c not in forgotten]
+        pairs = [(prompt, c) for prompt, c in pairs if prompt not in forbidden]
+        return [prompt for prompt, _ in pairs], [c for _, c in pairs]
+    retained = train.subset(~context.excluded_mask()).captions or []
+    return [prompt for prompt in sorted(set(retained)) if prompt not in forbidden], None
+
+
+def _generated_pairs(count: int, context: AuxContext) -> tuple["ImageSet", dict[str, Any]]:
+    """``count`` samples of a text-to-image model for its retained prompts (equally many each), captioned with them."""
+    import torch
+
+    from unlearnctl.data import ImageSet
+    from unlearnctl.text_unlearning import drawn_images
+
+    prompts, classes = retained_prompts(context)
+    require(bool(prompts), "every prompt of the model is a forget prompt; nothing to generate auxiliary data from")
+    per_prompt = math.ceil(count / len(prompts))
+    drawn = drawn_images(context.checkpoint, prompts, per_prompt=per_prompt, guidance=1.0, steps=context.generate_steps,
+                         seed=context.seed, device=context.device, progress=context.progress)
+    if classes is not None:  # each image's class, for the lineage's class counts
+        labels = torch.tensor([c for c in classes for _ in range(per_prompt)], dtype=torch.long)
+        drawn = ImageSet(drawn.images, labels, drawn.class_names, drawn.captions)
+    details = {"count": count, "prompts": prompts, "classes": classes, "sampler": "ddim",
+               "sample_steps": context.generate_steps, "guidance": 1.0, "sample_seed": context.seed}
+    return drawn.subset(torch.arange(count)), details
+
+
+UNCAPTIONED_AUX = ("the model is text-to-image, so auxiliary data {spec} needs a caption per image (metadata.jsonl with "
+                   "file_name and text, or a .txt beside each image; an npz 'captions' string array)")
+
+
 def _file_source(kind: str, arg: str, context: AuxContext) -> tuple["ImageSet", dict[str, Any]]:
     import torch
 
+    from unlearnctl.checkpoint.validation import image_shape
     from unlearnctl.data import ImageSet, class_index, read_images
 
     require(bool(arg), f"auxiliary source {kind} needs a path: {kind}:PATH")
     path = Path(arg)
     checkpoint = context.checkpoint
-    resolution, channels = checkpoint.unet_config["sample_size"], checkpoint.unet_config["in_channels"]
+    resolution, channels = image_shape(checkpoint.unet_config, checkpoint.components)  # latent models: the images they draw
     read = read_images(path, channels=channels, resolution=resolution, role="auxiliary data", kind=kind)  # resized if needed
     images, labels, names = read.images, read.labels, read.class_names
     model_names = list(checkpoint.data.get("class_names") or [])
+    if checkpoint.text_conditional:  # fine-tuned on the captions; class folders, if any, are not needed
+        require(read.captions is not None, UNCAPTIONED_AUX.format(spec=f"{kind}:{arg}"))
+        return ImageSet(images, None, model_names, read.captions), {"path": str(path), "num_files": len(images)}
     mapped = None
     if checkpoint.conditional:
         require(labels is not None, f"the model is class-conditional, so auxiliary data {kind}:{arg} needs labels "

@@ -66,12 +66,6 @@ class Checkpoint:
         ``None`` when the model has none: unconditional, or one class embedding per class."""
         return null_class_of(self.unet_config, self.num_classes)
 
-    def require_pixel_model(self, command: str) -> None:
-        """Refuse (exit 2) a text-to-image model in a command that handles pixel models only so far."""
-        if self.text_conditional:
-            raise BadInputError(f"{command} does not handle text-to-image models yet (train, import, sample, "
-                                "unlearn, evaluate, export and inspect do; docs/text-to-image.md)")
-
     def build_unet(self, device: str | torch.device = "cpu") -> "torch.nn.Module":
         """Instantiate the UNet (:func:`unet_class`) and load the weights into it."""
         unet = build_unet(self.unet_config)

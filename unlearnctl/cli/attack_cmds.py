@@ -34,6 +34,9 @@ def relearn_attack(
     forget_index: opt.ForgetIndex = None,
     forget_canary: opt.ForgetCanary = False,
     forget_images: opt.ForgetImages = None,
+    forget_prompt: opt.ForgetPrompt = None,
+    forget_prompts_file: opt.ForgetPromptsFile = None,
+    concept_class: opt.ConceptClass = None,
     curve_json: Annotated[Optional[Path], typer.Option(help="Write the curve as JSON (schema: docs/attack.md).", rich_help_panel=CURVE_PANEL)] = None,
     curve_csv: Annotated[Optional[Path], typer.Option(help="Write the curve as CSV: step, forget_rate, num_samples, mode, method, aux, model_sha256.", rich_help_panel=CURVE_PANEL)] = None,
     curve_samples: Annotated[int, typer.Option(help="Images sampled for the forget condition per curve point.", rich_help_panel=CURVE_PANEL)] = D.curve_samples,
@@ -55,6 +58,7 @@ def relearn_attack(
     The attacker has the weights and the label format, not the forget set. The auxiliary data excludes every
     forget set in the model's lineage (exact and near copies; fingerprints recorded). With --curve-every the
     forget rate is measured along the attack; the forget set measured defaults to the lineage's newest.
+    Text-to-image models fine-tune on image–caption pairs, and no auxiliary caption may be a forget prompt.
     """
     from unlearnctl.attacks import parse_aux_spec
     from unlearnctl.attacks.dimra import relearn_attack as attack
@@ -75,11 +79,14 @@ def relearn_attack(
 
         require(curve_every > 0, "--classifier scores the relearning curve, but no curve is recorded; add --curve-every K")
         check_safetensors_file(classifier)  # a pickle or a missing file fails before any work
+    require(concept_class is None or curve_every > 0, "--concept-class names the class of the curve's --forget-prompt "
+            "concept, but no curve is recorded; add --curve-every K")
     opt.check_precision(precision, device)
     config = AttackConfig(steps=steps, lr=lr, batch_size=batch_size, label_dropout=label_dropout, seed=seed,
                           num_generated=num_generated, generate_steps=generate_steps, curve_samples=curve_samples,
-                          curve_sample_steps=curve_sample_steps, classifier=str(classifier) if classifier else None)
-    forget = opt.forget_spec(forget_class, forget_index, forget_canary, forget_images)
+                          curve_sample_steps=curve_sample_steps, classifier=str(classifier) if classifier else None,
+                          concept_class=concept_class)
+    forget = opt.forget_spec(forget_class, forget_index, forget_canary, forget_images, forget_prompt, forget_prompts_file)
     checkpoint = opt.load_model(model)
     split = opt.load_model_data(data, resolution, channels, checkpoint) if data else None
     heading = f"DiMRA on {model} with --aux {aux}: {steps} steps, lr {lr:g}, batch {batch_size}"
@@ -110,6 +117,8 @@ def _print_summary(attacked, curve, out: Path, curve_files: list[Path], as_json:
         "shared_images": aux["shared_images"],
         "dropped_copies": aux["dropped_exact_copies"] + aux["dropped_near_copies"],
     }
+    if "dropped_forget_captions" in aux:  # text-to-image models
+        summary.update(dropped_captions=aux["dropped_forget_captions"], shared_captions=aux["shared_captions"])
     if curve is not None:
         record = curve.lineage_record()
         summary.update(forget_rate_before=curve.before, forget_rate_after=curve.after, relearn_gap=curve.relearn_gap,

@@ -29,7 +29,7 @@ def evaluate(
     forget_images: opt.ForgetImages = None,
     forget_prompt: opt.ForgetPrompt = None,
     forget_prompts_file: opt.ForgetPromptsFile = None,
-    concept_class: Annotated[Optional[str], typer.Option("--concept-class", help="Text-to-image models: the class (name or index:N) the --forget-prompt concept belongs to, for its forget rate.", rich_help_panel=opt.FORGET_PANEL, show_default=False)] = None,
+    concept_class: opt.ConceptClass = None,
     num_samples: Annotated[int, typer.Option("--num-samples", "-n", help="Images to generate (conditional models: balanced over all classes, the forgotten ones included).", rich_help_panel=opt.SAMPLE_PANEL)] = 10_000,
     steps: opt.Steps = 50,
     sampler: opt.Sampler = "ddim",
