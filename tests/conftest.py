@@ -124,3 +124,19 @@ def classifier_cache(tmp_path_factory):
         split = load_data(source)
         save_classifier(train_classifier(split, epochs=2), cache_path(split, root / "classifiers"))
     return root
+
+
+@pytest.fixture(scope="session")
+def text_model(shapes_npz, tmp_path_factory) -> Path:
+    """A tiny text-to-image model trained on the shapes with generated captions (a few steps: the code path;
+    its 2-step autoencoder decodes grey images)."""
+    from unlearnctl.checkpoint import save_checkpoint
+    from unlearnctl.data import load_data
+    from unlearnctl.text_to_image import train_text_to_image
+    from unlearnctl.training import TrainConfig
+
+    path = tmp_path_factory.mktemp("t2i") / "t2i.safetensors"
+    model = train_text_to_image(load_data(f"npz:{shapes_npz}"), config=TrainConfig(steps=4, batch_size=8, warmup_steps=1),
+                                autoencoder_steps=2, device="cpu")
+    save_checkpoint(model, path)
+    return path

@@ -11,7 +11,6 @@ import pytest
 import torch
 
 from test_attack import assert_point_is_evaluation
-from test_unlearn_text import text_model  # noqa: F401  (the tiny text-to-image model, a module fixture)
 from unlearnctl.attacks import AuxContext, get_aux_source
 from unlearnctl.attacks.dimra import AttackConfig, build_aux_data, recorded_forget_sets, relearn_attack
 from unlearnctl.checkpoint import lineage_entry, load_checkpoint, save_checkpoint

@@ -4,7 +4,6 @@ exact retraining of the embedded default, and the refusals (one line, exit 2, no
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,21 +13,6 @@ from unlearnctl.methods import available_methods, get_method
 
 FINE_TUNING = [name for name in available_methods(exact=False)]
 TINY = ("--steps", "2", "--batch-size", "4", "--quiet", "--json")
-
-
-@pytest.fixture(scope="module")
-def text_model(shapes_npz, tmp_path_factory) -> Path:
-    """A tiny text-to-image model trained on the shapes with generated captions (a few steps: the code path)."""
-    from unlearnctl.checkpoint import save_checkpoint
-    from unlearnctl.data import load_data
-    from unlearnctl.text_to_image import train_text_to_image
-    from unlearnctl.training import TrainConfig
-
-    path = tmp_path_factory.mktemp("t2i") / "t2i.safetensors"
-    model = train_text_to_image(load_data(f"npz:{shapes_npz}"), config=TrainConfig(steps=4, batch_size=8, warmup_steps=1),
-                                autoencoder_steps=2, device="cpu")
-    save_checkpoint(model, path)
-    return path
 
 
 def _run(cli, *args) -> dict:

@@ -143,7 +143,7 @@ def train_text_to_image(
         unet.enable_gradient_checkpointing()
     denoiser = LatentTextDenoiser(unet, NoiseSchedule(schedule), runtime, vae=vae, text_encoder=text_encoder,
                                   tokenizer=tokenizer, scaling_factor=float(vae.config.scaling_factor))
-    embeddings = torch.cat([denoiser.embed(captions[i:i + 512]) for i in range(0, len(captions), 512)]).cpu()
+    embeddings = denoiser.embed(captions).cpu()
     weights = fit_denoiser(denoiser, train_set, config, progress=progress, task=command, conditions=embeddings)
     unet.load_state_dict(weights)
     sampler = DDIMScheduler.from_config({**schedule, "set_alpha_to_one": False})

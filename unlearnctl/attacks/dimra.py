@@ -393,8 +393,6 @@ def relearn_attack(
             the curve points measured so far are part of the state.
         precision: forward passes of the fine-tuning (and of the curve's samples): fp32, bf16 or fp16 (CUDA).
     """
-    import torch
-
     from unlearnctl.checkpoint import lineage_entry, weights_sha256
     from unlearnctl.errors import NonFiniteFailure
     from unlearnctl.data import check_compatible
@@ -458,7 +456,7 @@ def relearn_attack(
     unet = denoiser.network
     conditions = None
     if text:  # one prompt embedding [L, D] per auxiliary image: its caption's, as `train --text-to-image` trains
-        conditions = torch.cat([denoiser.embed(aux.captions[i:i + 512]) for i in range(0, len(aux), 512)]).cpu()  # N×L×D
+        conditions = denoiser.embed(aux.captions).cpu()  # N×L×D
     curve, on_step = None, None
     if curve_every and measured is not None:
         curve, on_step = _curve_recorder(checkpoint, measured, split, config, curve_every, aux_info, checkpointer, progress)

@@ -56,12 +56,15 @@ class LatentTextDenoiser(Denoiser):
     # ----- conditions
 
     @torch.no_grad()
-    def embed(self, prompts: list[str]) -> torch.Tensor:
-        """Prompt embeddings ``[len(prompts), L, D]`` (float32), as ``StableDiffusionPipeline.encode_prompt``
-        computes them (:func:`unlearnctl.textenc.encode_prompts`)."""
+    def embed(self, prompts: list[str], batch_size: int = 512) -> torch.Tensor:
+        """Prompt embeddings ``[len(prompts), L, D]`` (float32, on the model's device), as
+        ``StableDiffusionPipeline.encode_prompt`` computes them (:func:`unlearnctl.textenc.encode_prompts`),
+        ``batch_size`` prompts per text-encoder call."""
         from unlearnctl.textenc import encode_prompts
 
-        return encode_prompts(self.tokenizer, self.text_encoder, list(prompts), self.device).float()
+        prompts = list(prompts)
+        return torch.cat([encode_prompts(self.tokenizer, self.text_encoder, prompts[i:i + batch_size], self.device).float()
+                          for i in range(0, len(prompts), batch_size)])
 
     def empty_embedding(self) -> torch.Tensor:
         """The empty prompt's embedding ``[1, L, D]`` (cached)."""
@@ -72,7 +75,7 @@ class LatentTextDenoiser(Denoiser):
     def use_prompts(self, prompts: list[str]) -> int:
         """Embed ``prompts`` once as the table prompt ids index (the empty prompt appended); returns its id."""
         self.prompts = [*prompts, ""]
-        self.prompt_table = torch.cat([self.embed(self.prompts[i:i + 256]) for i in range(0, len(self.prompts), 256)])
+        self.prompt_table = self.embed(self.prompts)
         return len(prompts)
 
     def embeddings(self, c: torch.Tensor) -> torch.Tensor:

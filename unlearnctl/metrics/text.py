@@ -40,7 +40,6 @@ if TYPE_CHECKING:
     from unlearnctl.metrics.classifier import DomainClassifier
 
 MEMORISED = -1  # label of the sample rows of memorised images' captions (no single class)
-EMBED_BATCH = 512  # prompts per text-encoder call
 
 
 @dataclass
@@ -206,7 +205,7 @@ def sample_prompt_rows(
     device = next(network.parameters()).device
     denoiser = denoiser_for(checkpoint, Runtime.create(device, precision), network=network)
     unique = list(dict.fromkeys(prompts))
-    table = torch.cat([denoiser.embed(unique[i:i + EMBED_BATCH]).cpu() for i in range(0, len(unique), EMBED_BATCH)])
+    table = denoiser.embed(unique).cpu()
     row = {prompt: i for i, prompt in enumerate(unique)}
     embeddings = table[torch.tensor([row[p] for p in prompts])]  # N×L×D
     return sample_text_images(denoiser, checkpoint.components, embeddings, steps=steps, sampler=sampler, guidance=guidance,
