@@ -83,12 +83,15 @@ def generate_from_prompts(
     device: str = "auto",
     progress: ProgressFn = None,
     precision: str = "fp32",
+    network: torch.nn.Module | None = None,
+    noise: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Sample a text-to-image checkpoint: ``per_prompt`` images for each prompt, grouped by prompt, as
     ``StableDiffusionPipeline`` would draw them for the same list of prompts (:func:`sample_text_images`).
 
     ``negative_prompt`` replaces the empty prompt in the unconditional branch of classifier-free guidance
-    (used only when ``guidance > 1``)."""
+    (used only when ``guidance > 1``). ``network``: sample this UNet (one under training; its device is used)
+    instead of the checkpoint's; ``noise``: these initial latents instead of ``seed``'s."""
     from unlearnctl.denoisers import denoiser_for
     from unlearnctl.diffusion import sample_text_images
     from unlearnctl.runtime import Runtime
@@ -97,13 +100,17 @@ def generate_from_prompts(
     require(bool(prompts), "give at least one prompt (--prompt TEXT or --prompts-file)")
     require(per_prompt >= 1, f"images per prompt must be at least 1, got {per_prompt}")
     require(guidance >= 1.0, f"guidance scale must be at least 1 (1 = none), got {guidance}")
-    denoiser = denoiser_for(checkpoint, Runtime.create(resolve_device(device), precision))
-    denoiser.network.eval()
-    rows = [prompt for prompt in prompts for _ in range(per_prompt)]
-    embeddings = denoiser.embed(rows)
-    negative = None if negative_prompt is None else denoiser.embed([negative_prompt]).expand(len(rows), -1, -1)
+    where = next(network.parameters()).device if network is not None else resolve_device(device)
+    denoiser = denoiser_for(checkpoint, Runtime.create(where, precision), network=network)
+    if network is None:
+        denoiser.network.eval()
+    unique = list(dict.fromkeys(prompts))
+    table = denoiser.embed(unique)  # each distinct prompt encoded once
+    row = {prompt: i for i, prompt in enumerate(unique)}
+    embeddings = table[torch.tensor([row[prompt] for prompt in prompts for _ in range(per_prompt)])]  # N×L×D
+    negative = None if negative_prompt is None else denoiser.embed([negative_prompt]).expand(len(embeddings), -1, -1)
     return sample_text_images(denoiser, checkpoint.components, embeddings, negative=negative, steps=steps, sampler=sampler,
-                              guidance=guidance, seed=seed, batch_size=batch_size, progress=progress)
+                              guidance=guidance, seed=seed, batch_size=batch_size, progress=progress, noise=noise)
 
 
 def read_prompts(prompts: list[str] | None, prompts_file: Path | None) -> list[str]:

@@ -182,34 +182,13 @@ def text_sample_plan(reference: ImageSet, forget_set: TextForgetSet | None, num_
     return TextPlan(prompts, torch.tensor(labels, dtype=torch.long), ~forget_mask, forget_mask)
 
 
-def sample_prompt_rows(
-    network: torch.nn.Module,
-    checkpoint: "Checkpoint",
-    prompts: list[str],
-    *,
-    steps: int = 50,
-    sampler: str = "ddim",
-    guidance: float = 1.0,
-    seed: int = 0,
-    batch_size: int = 500,
-    precision: str = "fp32",
-    noise: torch.Tensor | None = None,
-    progress=None,
-) -> torch.Tensor:
-    """One image per prompt row from ``network`` (the checkpoint's UNet, or one under training), as
-    :func:`unlearnctl.sampling.generate_from_prompts` draws them; ``noise``: these initial latents."""
-    from unlearnctl.denoisers import denoiser_for
-    from unlearnctl.diffusion import sample_text_images
-    from unlearnctl.runtime import Runtime
+def sample_prompt_rows(network: torch.nn.Module, checkpoint: "Checkpoint", prompts: list[str], **sampling: Any) -> torch.Tensor:
+    """One image per prompt row from ``network`` (the checkpoint's UNet, or one under training):
+    :func:`unlearnctl.sampling.generate_from_prompts` with ``per_prompt=1`` (guidance 1 and DDIM unless given)."""
+    from unlearnctl.sampling import generate_from_prompts
 
-    device = next(network.parameters()).device
-    denoiser = denoiser_for(checkpoint, Runtime.create(device, precision), network=network)
-    unique = list(dict.fromkeys(prompts))
-    table = denoiser.embed(unique).cpu()
-    row = {prompt: i for i, prompt in enumerate(unique)}
-    embeddings = table[torch.tensor([row[p] for p in prompts])]  # N×L×D
-    return sample_text_images(denoiser, checkpoint.components, embeddings, steps=steps, sampler=sampler, guidance=guidance,
-                              seed=seed, batch_size=batch_size, progress=progress, noise=noise)
+    return generate_from_prompts(checkpoint, prompts, per_prompt=1, network=network,
+                                 **{"guidance": 1.0, "sampler": "ddim", **sampling})
 
 
 # --------------------------------------------------------------------------------------------- probes
