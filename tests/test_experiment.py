@@ -28,6 +28,19 @@ def two_methods() -> list[str]:
     return available_methods("class", exact=False)[-2:]
 
 
+def scenario_toml(methods: str) -> str:
+    """One class scenario (forget 8 of the digits, no retrain) with the ``methods`` value given."""
+    return f"""
+[[scenarios]]
+name = "class"
+prefix = ""
+data = "digits"
+forget = {{ classes = ["8"] }}
+retrain = false
+methods = {methods}
+"""
+
+
 def tiny_toml(seeds="[0, 1]", attack_steps=3) -> str:
     first, second = two_methods()
     return f"""
@@ -39,15 +52,7 @@ preset = "tiny"
 steps = 30
 batch_size = 32
 warmup_steps = 5
-
-[[scenarios]]
-name = "class"
-prefix = ""
-data = "digits"
-forget = {{ classes = ["8"] }}
-retrain = false
-methods = {{ "{first}" = {{ lr = 2e-4 }}, "{second}" = {{}} }}
-
+{scenario_toml(f'{{ "{first}" = {{ lr = 2e-4 }}, "{second}" = {{}} }}')}
 [unlearn]
 steps = 3
 
@@ -250,14 +255,7 @@ def test_the_dimra_reproduction_file_is_a_valid_experiment(cli, tmp_path):
 
 
 def grid_toml(methods: str, evaluation: str = "") -> str:
-    return f"""
-[[scenarios]]
-name = "class"
-prefix = ""
-data = "digits"
-forget = {{ classes = ["8"] }}
-retrain = false
-methods = {methods}
+    return f"""{scenario_toml(methods)}
 [evaluation]
 num_samples = 20
 {evaluation}
