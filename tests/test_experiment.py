@@ -28,6 +28,19 @@ def two_methods() -> list[str]:
     return available_methods("class", exact=False)[-2:]
 
 
+def scenario_toml(methods: str) -> str:
+    """One class scenario (forget 8 of the digits, no retrain) with the ``methods`` value given."""
+    return f"""
+[[scenarios]]
+name = "class"
+prefix = ""
+data = "digits"
+forget = {{ classes = ["8"] }}
+retrain = false
+methods = {methods}
+"""
+
+
 def tiny_toml(seeds="[0, 1]", attack_steps=3) -> str:
     first, second = two_methods()
     return f"""
@@ -39,15 +52,7 @@ preset = "tiny"
 steps = 30
 batch_size = 32
 warmup_steps = 5
-
-[[scenarios]]
-name = "class"
-prefix = ""
-data = "digits"
-forget = {{ classes = ["8"] }}
-retrain = false
-methods = {{ "{first}" = {{ lr = 2e-4 }}, "{second}" = {{}} }}
-
+{scenario_toml(f'{{ "{first}" = {{ lr = 2e-4 }}, "{second}" = {{}} }}')}
 [unlearn]
 steps = 3
 
@@ -247,3 +252,89 @@ def test_the_dimra_reproduction_file_is_a_valid_experiment(cli, tmp_path):
     lines = result.out.strip().splitlines()
     assert sum("attack " in line for line in lines) == 3 * 5 * 6
     assert not (tmp_path / "out").exists()
+
+
+def grid_toml(methods: str, evaluation: str = "") -> str:
+    return f"""{scenario_toml(methods)}
+[evaluation]
+num_samples = 20
+{evaluation}
+"""
+
+
+def test_a_grid_point_is_a_run_named_other_than_its_method():
+    first, second = two_methods()
+    text = grid_toml(f'{{ "{first}" = {{}}, "{first}-s3" = {{ method = "{first}", steps = 3 }}, '
+                     f'"{first}-s5" = {{ method = "{first}", steps = 5, lr = 1e-4 }}, "{second}" = {{ method = "{second}" }} }}')
+    experiment = parse_experiment(__import__("tomllib").loads(text))
+    unlearn = {s.outputs[0]: s for s in build_stages(experiment) if s.kind == "unlearn"}
+    assert list(unlearn) == [f"{first}.safetensors", f"{first}-s3.safetensors", f"{first}-s5.safetensors", f"{second}.safetensors"]
+    assert [s.params["method"] for s in unlearn.values()] == [first, first, first, second]
+    assert unlearn[f"{first}-s3.safetensors"].params["loop"] == {"steps": 3}
+    assert unlearn[f"{first}-s5.safetensors"].params["loop"] == {"steps": 5, "lr": 1e-4}
+    assert all("method" not in s.params["method_params"] for s in unlearn.values())
+    # the plain form (no method key, or the run's own name) is recorded as before: stage digests stay put
+    assert experiment.scenarios[0].methods[first] == {} and experiment.scenarios[0].methods[second] == {}
+    plain = parse_experiment(__import__("tomllib").loads(grid_toml(f'["{first}", "{second}"]')))
+    plain_unlearn = {s.outputs[0]: s.params_digest for s in build_stages(plain) if s.kind == "unlearn"}
+    assert plain_unlearn[f"{second}.safetensors"] == unlearn[f"{second}.safetensors"].params_digest
+
+
+@pytest.mark.parametrize("methods, match", [
+    ('{ "NAME-x" = { method = "no-such-method" } }', "unknown method"),
+    ('{ base = { method = "NAME" } }', "not base or retrain"),
+    ('{ "a b" = { method = "NAME" } }', "must be a word"),
+    ('{ OTHER = { method = "NAME" } }', "is a method's name"),
+    ('{ "NAME-x" = { method = 3 } }', "must be a method name"),
+    ('{ "NAME-x" = { method = "retrain" } }', "retrain is the reference"),
+])
+def test_a_bad_grid_point_is_refused(methods, match):
+    first, second = two_methods()
+    text = grid_toml(methods.replace("NAME", first).replace("OTHER", second))
+    with pytest.raises(BadInputError, match=match):
+        parse_experiment(__import__("tomllib").loads(text))
+
+
+def test_evaluation_metrics_select_the_metric_groups():
+    from unlearnctl.experiment import _eval_config
+
+    first = two_methods()[0]
+    experiment = parse_experiment(__import__("tomllib").loads(grid_toml(f'["{first}"]', 'metrics = ["forget", "retain"]')))
+    config = _eval_config(experiment.evaluation, seed=0, reference=None, device="cpu")
+    assert config.metrics == ("forget", "retain")
+    without = parse_experiment(__import__("tomllib").loads(grid_toml(f'["{first}"]')))
+    assert "metrics" not in without.evaluation  # absent: every group, and the demo's stage digests unchanged
+    for bad, match in (('metrics = "forget"', "must be a non-empty list"), ("metrics = []", "must be a non-empty list"),
+                       ('metrics = ["nope"]', "nope")):
+        with pytest.raises(BadInputError, match=match):
+            parse_experiment(__import__("tomllib").loads(grid_toml(f'["{first}"]', bad)))
+
+
+def test_the_siss_pareto_file_is_a_grid_of_siss_runs(cli, tmp_path):
+    """examples/siss-pareto.toml (docs/methods.md, SISS's Pareto front): 3 steps × 3 learning rates and the default."""
+    experiment = load_experiment(ROOT / "examples" / "siss-pareto.toml")
+    unlearn = [s for s in build_stages(experiment) if s.kind == "unlearn" and s.params["method"] != "retrain"]
+    assert len(unlearn) == 10 and {s.params["method"] for s in unlearn} == {"siss"}
+    grid = {(s.params["loop"]["steps"], s.params["loop"]["lr"]) for s in unlearn if s.params["loop"]}
+    assert grid == {(steps, lr) for steps in (100, 200, 400) for lr in (3e-5, 1e-4, 3e-4)}
+    assert experiment.evaluation["num_samples"] // 10 >= 500  # forget-condition samples per point
+    result = cli("run", ROOT / "examples" / "siss-pareto.toml", "--out", tmp_path / "out", "--dry-run")
+    assert result.code == 0, result.err
+
+
+def test_the_siss_pareto_file_runs_quick_and_its_table_marks_the_front(classifier_cache, tmp_path):
+    out = tmp_path / "out"
+    result = subprocess.run(cli_command(ROOT / "examples" / "siss-pareto.toml", out, "--quick"),
+                            env=cli_env(classifier_cache), capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    evaluation = json.loads((out / "siss-s2-lr3e-5.json").read_text())
+    assert evaluation["forget_rate_count"] is not None and evaluation.get("membership_auc") is None  # no audit: not in metrics
+    sys.path.insert(0, str(ROOT / "bench"))
+    from siss_pareto import points, table
+
+    found = {p["name"]: p for p in points(out)}
+    assert {name: (p["steps"], p["lr"]) for name, p in found.items()} == {"siss-s2-lr3e-5": (2, 3e-5), "siss-s4-lr3e-4": (4, 3e-4)}
+    assert any(p["pareto"] for p in found.values())
+    text = table(out)
+    assert len(text.splitlines()) == 2 + 1 + len(found)  # header and rule, base, the points
+    assert f"({evaluation['forget_rate_count']}/{evaluation['forget_rate_n']})" in text

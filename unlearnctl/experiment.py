@@ -50,7 +50,7 @@ RESERVED = ("report", "comparison", "experiment")  # file stems the run itself w
 TOP_KEYS = ("title", "seeds", "train", "scenarios", "unlearn", "attacks", "evaluation", "quick")
 SCENARIO_KEYS = ("name", "prefix", "data", "conditional", "forget", "retrain", "methods", "audit_reference")
 FORGET_KEYS = ("classes", "indices", "canary", "images")
-EVAL_KEYS = ("num_samples", "steps", "sampler", "guidance", "audit_repeats", "audit_max_images", "bootstrap_rounds")
+EVAL_KEYS = ("num_samples", "steps", "sampler", "guidance", "audit_repeats", "audit_max_images", "bootstrap_rounds", "metrics")
 ATTACK_EXTRA = ("name", "aux", "curve_every")  # attack keys beyond AttackConfig's fields
 
 
@@ -67,7 +67,8 @@ class Scenario:
     conditional: bool
     forget: dict[str, Any]  # ForgetSpec.to_dict()
     retrain: bool  # exact retraining as the reference
-    methods: dict[str, dict[str, Any]]  # fine-tuning method → its parameters (loop and method-specific)
+    methods: dict[str, dict[str, Any]]  # run name → its parameters (loop and method-specific; "method": the
+                                        # registered method when the run name is not one, e.g. a grid point)
     audit_reference: tuple[str, str] | None  # (scenario, "base" or "retrain") calibrating the membership audit
 
     @property
@@ -237,6 +238,10 @@ def parse_experiment(data: dict[str, Any], origin: str = "experiment", *, quick:
     evaluation = dict(_table(data.get("evaluation", {}), "table evaluation"))
     _known(evaluation, EVAL_KEYS, "table evaluation")
     for key, value in evaluation.items():
+        if key == "metrics":  # metric groups to run (evaluate --metric); absent = every one that applies
+            require(isinstance(value, list) and value and all(isinstance(m, str) for m in value),
+                    f"evaluation.metrics must be a non-empty list of metric groups, got {value!r}")
+            continue
         _check_type(value, "ddim" if key == "sampler" else 1, f"evaluation.{key}")
     evaluation = {"num_samples": 1000, "steps": 25, "audit_repeats": 4, "audit_max_images": 1000} | evaluation
     require(isinstance(evaluation["num_samples"], int) and evaluation["num_samples"] >= 10,
@@ -286,14 +291,24 @@ def _scenario(raw: dict[str, Any], index: int, unlearn_keys: tuple[str, ...]) ->
         methods = {m: {} for m in methods_raw}
     elif isinstance(methods_raw, dict):
         methods = {m: dict(_table(p, f"{where}: methods.{m}")) for m, p in methods_raw.items()}
+        for run, params in methods.items():  # a run named other than its method (a grid point): method = "NAME"
+            require(run.replace("-", "").replace("_", "").isalnum() and run not in ("base", "retrain"),
+                    f"{where}: methods.{run}: a run name must be a word (letters, digits, - or _), not base or retrain")
+            method = params.get("method", run)
+            require(isinstance(method, str), f"{where}: methods.{run}.method must be a method name, got {method!r}")
+            require(method == run or run not in available_methods(),
+                    f"{where}: methods.{run} is a method's name; it cannot run method {method!r} (name the run otherwise)")
+            if method == run:
+                params.pop("method", None)  # the plain form: the run is the method (recipes and stage digests unchanged)
     else:
         raise BadInputError(f"{where}: methods must be \"all\", a list of names or a table of name = {{parameters}}, "
                             f"got {methods_raw!r}")
-    for method, params in methods.items():
+    for run, params in methods.items():
+        method = params.get("method", run)
         require(method != "retrain", f"{where}: retrain is the reference; set retrain = true instead of listing it")
         cls = get_method(method)
         require(not cls.exact, f"{where}: {method} is an exact method; only fine-tuning methods are listed")
-        cls.Config.from_dict({k: v for k, v in params.items() if k not in unlearn_keys}, method)
+        cls.Config.from_dict({k: v for k, v in params.items() if k not in unlearn_keys + ("method",)}, method)
 
     reference = raw.get("audit_reference")
     if reference is not None:
@@ -384,10 +399,11 @@ def build_stages(experiment: Experiment) -> list["Stage"]:
                                     {**data, "method": "retrain", "forget": scenario.forget, "loop": {}, "method_params": {},
                                      "seed": seed}, [f"{base}.safetensors"], [f"{retrain}.safetensors"]))
             stages.append(_evaluate(experiment, scenario, base, reference, seed))
-            for method in (["retrain"] if scenario.retrain else []) + list(scenario.methods):
-                stem = _stem(scenario, method, seed, experiment.seeds)
-                if method != "retrain":
-                    params = scenario.methods[method]
+            for run in (["retrain"] if scenario.retrain else []) + list(scenario.methods):
+                stem = _stem(scenario, run, seed, experiment.seeds)
+                if run != "retrain":
+                    params = dict(scenario.methods[run])
+                    method = params.pop("method", run)
                     loop = {**experiment.unlearn, **{k: v for k, v in params.items() if k in _unlearn_keys()}}
                     own = {k: v for k, v in params.items() if k not in _unlearn_keys()}
                     stages.append(Stage(f"unlearn-{stem}", f"unlearn {stem} ({method})", "unlearn",
@@ -611,6 +627,8 @@ def _eval_config(evaluation: dict[str, Any], seed: int, reference: str | None, d
     from unlearnctl.metrics.membership import AuditConfig
 
     settings = dict(evaluation)
+    if "metrics" in settings:
+        settings["metrics"] = tuple(settings["metrics"])
     audit = {"repeats": settings.pop("audit_repeats"), "max_images": settings.pop("audit_max_images"), "seed": seed}
     if "bootstrap_rounds" in settings:  # every interval of the evaluation, the audit's included
         audit["bootstrap_rounds"] = settings["bootstrap_rounds"]
