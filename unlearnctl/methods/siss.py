@@ -56,8 +56,9 @@ class GradientScaling(MethodConfig):
     """The negative-term scaling shared by ``siss`` and ``siss-no-is``."""
 
     scaling_norm: float | None = param(
-        None, "C, the norm the forget (negative) gradient term is scaled to: g = g_x − (C/‖g_a‖)·g_a; "
-        "automatic = --scaling-share × the naive-deletion gradient norm.")
+        None, "C, the norm the forget (negative) gradient term is scaled to: g = g_x − (C/‖g_a‖)·g_a, in this "
+        "tool's loss units (means over pixels; the reference sums over pixels, so its values 5, 500, 750 do not "
+        "carry over); automatic = --scaling-share × the naive-deletion gradient norm.")
     scaling_share: float = param(0.1, "automatic C = this share of the naive-deletion gradient norm ‖g_x‖ "
                                       "measured before the first step (reference: ≈10%).")
     calibration_batches: int = param(4, "batches averaged to measure ‖g_x‖ for the automatic C.")
