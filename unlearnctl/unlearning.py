@@ -92,8 +92,9 @@ class UnlearnConfig:
         from dataclasses import replace
 
         names = ("steps", "lr", "batch_size", "lr_schedule", "ema_decay")
-        chosen = replace(self, **{name: defaults[name] for name in names if getattr(self, name) is None})
-        return chosen if chosen.trainable else replace(chosen, trainable=defaults.get("trainable", "all"))
+        if self.trainable is None and "trainable" in defaults:  # text-to-image methods that choose their layers (ESD)
+            names += ("trainable",)
+        return replace(self, **{name: defaults[name] for name in names if getattr(self, name) is None})
 
     @property
     def probe_interval(self) -> int:
@@ -164,7 +165,7 @@ class UnlearnJob:
                     "probe_every": c.probe_interval, "until_forget_rate": c.until_forget_rate, "stop_on": c.stop_on,
                     "probe_samples": c.probe_samples, "probe_steps": c.probe_steps}
         if self.checkpoint.text_conditional:
-            settings.update(trainable=c.trainable, prompt_samples=c.prompt_samples, prompt_guidance=c.prompt_guidance)
+            settings.update(trainable=c.trainable or "all", prompt_samples=c.prompt_samples, prompt_guidance=c.prompt_guidance)
         return settings
 
     def resume_key(self) -> dict[str, Any]:

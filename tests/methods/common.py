@@ -42,6 +42,8 @@ class StubUNet(torch.nn.Module):
 class FakeCheckpoint:
     """The few checkpoint attributes a method reads."""
 
+    text_conditional = False
+
     def __init__(self, num_classes: int | None):
         self.conditional = num_classes is not None
         self.null_class = num_classes if num_classes is not None else None
