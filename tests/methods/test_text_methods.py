@@ -117,29 +117,20 @@ def test_siss_losses(name):
     torch.testing.assert_close(terms["L_a"], expect_a, rtol=1e-4, atol=1e-6)
 
 
-def test_erasediff_pseudo_prompt_objective():
+@pytest.mark.parametrize("name, params, loss", [
+    ("erasediff", {"forget_target": "pseudo-label"}, "forget_objective"),  # q with the pseudo-label target
+    ("salun", {"relabel": "resample"}, "random_label_loss"),  # the random-label loss
+])
+def test_the_target_is_the_prediction_under_a_random_other_prompt(name, params, loss):
     b = fixed_batch(6)
     unet = StubTextUNet()
     ctx, table = text_context(b, unet)
-    q = method_on(ctx, "erasediff", forget_target="pseudo-label").forget_objective()
+    value = getattr(method_on(ctx, name, **params), loss)()
     gamma, sigma = gamma_sigma(b["t"])
     view = EmbeddingView(unet, table)
     m_t = gamma * b["a"] + sigma * b["eps"]
     expect = mse(view(m_t, b["t"], class_labels=b["c_a"]).sample, view(m_t, b["t"], class_labels=b["other"]).sample).mean()
-    torch.testing.assert_close(q, expect, rtol=1e-5, atol=1e-6)
-
-
-def test_salun_random_prompt_loss():
-    b = fixed_batch(6)
-    unet = StubTextUNet()
-    ctx, table = text_context(b, unet)
-    method = method_on(ctx, "salun", relabel="resample")
-    loss = method.random_label_loss()
-    gamma, sigma = gamma_sigma(b["t"])
-    view = EmbeddingView(unet, table)
-    m_t = gamma * b["a"] + sigma * b["eps"]
-    expect = mse(view(m_t, b["t"], class_labels=b["c_a"]).sample, view(m_t, b["t"], class_labels=b["other"]).sample).mean()
-    torch.testing.assert_close(loss, expect, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(value, expect, rtol=1e-5, atol=1e-6)
 
 
 def test_dimum_memorisation_loss_under_the_forget_prompt():

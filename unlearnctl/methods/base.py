@@ -33,6 +33,7 @@ configs, and ``unlearnctl --help`` must not pay for importing torch.
 
 from __future__ import annotations
 
+import functools
 import math
 import typing
 from dataclasses import MISSING, asdict, dataclass, field, fields
@@ -297,8 +298,9 @@ class MethodContext:
         anyone = self._global(lambda size: torch.randint(0, self.num_classes, (size,), generator=self.generator), c.shape[0]).to(c.device)
         return torch.where(is_null, anyone, other)
 
+    @functools.cached_property
     def retained_prompt_ids(self) -> "torch.Tensor":
-        """Ids of the prompts of D_r that caption no image of D_f (sorted)."""
+        """Ids of the prompts of D_r that caption no image of D_f (sorted; computed once per run)."""
         import torch
 
         retained = torch.unique(self.retain.labels)
@@ -308,7 +310,7 @@ class MethodContext:
         """For each prompt id of ``c``, a uniformly random retained prompt (:meth:`retained_prompt_ids`) other than it."""
         import torch
 
-        pool = self.retained_prompt_ids()  # [P_r]
+        pool = self.retained_prompt_ids  # [P_r]
         require(len(pool) >= 2, "a random other prompt needs at least two retained prompts (captions no forgotten image has)")
         position = torch.searchsorted(pool, c.cpu().clamp(max=int(pool[-1])))  # where c sits in the pool ...
         in_pool = pool[position.clamp(max=len(pool) - 1)] == c.cpu()  # ... if it is there

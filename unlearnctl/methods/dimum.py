@@ -115,7 +115,7 @@ class DiMUM(Method):
 
         ctx = self.ctx
         if ctx.prompts is not None:  # text-to-image: the retained prompts
-            retained = ctx.retained_prompt_ids()
+            retained = ctx.retained_prompt_ids
         else:
             retained = torch.tensor([c for c in range(ctx.num_classes) if c not in ctx.forget_set.class_ids], dtype=torch.long)
         require(len(retained) > 0, "no retained class or prompt to generate alternatives for")
