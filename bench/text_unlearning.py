@@ -6,7 +6,8 @@ and retain groups then score the base and every result on ``--num-samples`` samp
 balanced over the ten digits' prompts, so a tenth are the concept's): the concept's forget rate and the
 retained prompts' accuracy, each with its count and 95% Wilson interval, and each run's wall time as a
 ratio to ``retrain``'s measured in the same run. ``--attack-steps N`` also attacks every result with DiMRA
-(auxiliary retain pairs, lr 1e-4) and records the forget rate at its start and end.
+(auxiliary retain pairs, lr 1e-4) and records its relearning curve: the forget rate every ``--attack-every`` steps
+on the evaluation's forget-prompt samples (same noise, so step 0 is the evaluation's figure).
 
     nice .venv/bin/python bench/text_unlearning.py --model bench-models/digits-t2i.safetensors --num-samples 5000
     .venv/bin/python bench/text_unlearning.py --model M --methods esd-x,salun --num-samples 1000 --steps 10   # quick look
@@ -31,6 +32,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-samples", type=int, default=5000)
     parser.add_argument("--steps", type=int, default=25)
     parser.add_argument("--attack-steps", type=int, default=0)
+    parser.add_argument("--attack-every", type=int, help="relearning-curve interval (default: a fifth of --attack-steps)")
+    parser.add_argument("--attack-samples", type=int, default=500, help="forget-prompt samples per curve point")
     parser.add_argument("--unlearn-steps", type=int, help="override every method's default steps (a wiring check)")
     parser.add_argument("--out", type=Path, default=Path("bench-models/text-unlearning"))
     args = parser.parse_args(argv)
@@ -70,9 +73,10 @@ def main(argv: list[str] | None = None) -> int:
 def attack(model, args) -> dict:
     from unlearnctl.attacks.dimra import AttackConfig, relearn_attack
 
-    _, curve = relearn_attack(model, "retain", AttackConfig(steps=args.attack_steps, lr=1e-4, curve_samples=500,
-                                                             curve_sample_steps=args.steps),
-                              curve_every=args.attack_steps, device="cpu")
+    every = args.attack_every or max(1, args.attack_steps // 5)
+    config = AttackConfig(steps=args.attack_steps, lr=1e-4, curve_samples=args.attack_samples, curve_sample_steps=args.steps,
+                          curve_eval_samples=args.num_samples)  # step 0 = the evaluation's forget rate
+    _, curve = relearn_attack(model, "retain", config, curve_every=every, device="cpu")
     return {"points": curve.points}
 
 

@@ -197,6 +197,20 @@ def test_component_tensors_without_a_components_record_are_refused(tiny_conditio
         load_checkpoint(tmp_path / "odd.safetensors")
 
 
+@pytest.mark.parametrize("flags", [("--text-to-image", "--autoencoder-steps", "1"), ("--size", "tiny")])
+def test_train_default_batch_size_depends_on_the_model_kind(flags, shapes_npz, tmp_path, cli):
+    """`train --text-to-image` defaults to its own, smaller batch (its 10-minute budget); pixel models keep 128."""
+    from unlearnctl.checkpoint import load_checkpoint
+    from unlearnctl.text_to_image import TEXT_TO_IMAGE_BATCH_SIZE
+    from unlearnctl.training import TrainConfig
+
+    out = tmp_path / "m.safetensors"
+    assert cli("train", *flags, "--data", f"npz:{shapes_npz}", "--steps", "1", "--out", out, "--quiet").code == 0
+    expected = TEXT_TO_IMAGE_BATCH_SIZE if "--text-to-image" in flags else TrainConfig.batch_size
+    assert load_checkpoint(out).lineage[-1]["params"]["train"]["batch_size"] == expected
+    assert TEXT_TO_IMAGE_BATCH_SIZE < TrainConfig.batch_size == 128
+
+
 def test_train_text_to_image_writes_a_model_that_samples_and_exports(shapes_npz, tmp_path, cli):
     """The embedded default's code path at toy sizes (the real recipe's figures are in docs/text-to-image.md)."""
     from unlearnctl.checkpoint import load_checkpoint
