@@ -1,8 +1,8 @@
 """Experiment files: a declarative experiment (TOML) run as a resumable pipeline of stages.
 
-An experiment names its **scenarios** (training data, conditional or not, what to forget, which methods and
-their parameters), the **seeds**, the **attacks** (DiMRA budgets: steps, learning rate, auxiliary data) and
-the **evaluation** settings. :func:`run_experiment` turns it into stages — ``train`` a base per scenario and
+An experiment names its **scenarios** (training data, the model — a pixel UNet, conditional or not, or the
+embedded latent text-to-image model — what to forget, which methods and their parameters), the **seeds**, the
+**attacks** (DiMRA budgets: steps, learning rate, auxiliary data) and the **evaluation** settings. :func:`run_experiment` turns it into stages — ``train`` a base per scenario and
 seed, ``unlearn`` with every method (and ``retrain``, the reference), ``attack`` every unlearned model with
 every budget, ``evaluate`` every model — then compares everything and writes the report. ``unlearnctl demo``
 is one such file (``unlearnctl/experiments/demo.toml``, also ``examples/demo.toml``); docs/experiments.md
