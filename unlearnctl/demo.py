@@ -129,7 +129,7 @@ def run_demo(
     """Run (or resume) the demo into ``out``; returns the comparison and the report path.
 
     Args:
-        config: the overrides (default :class:`DemoConfig`: the file as it is, ≤ 15 min on 2 CPU cores).
+        config: the overrides (default :class:`DemoConfig`: the file as it is; docs/report.md has its time).
         out: output folder (created; finished steps in it are reused).
         jobs: worker processes for independent stages (1 = sequential, in order).
         device: torch device.
