@@ -11,7 +11,7 @@ import pytest
 from unlearnctl.demo import DemoConfig, plan, quick_config, run_demo
 from unlearnctl.errors import BadInputError
 
-SMALL = dict(methods=("siss", "naive"), canary_methods=("siss",))
+SMALL = dict(methods=("siss", "naive"), canary_methods=("siss",), text_methods=("esd-x", "naive"))
 
 
 @pytest.fixture(scope="module")
@@ -33,12 +33,13 @@ def test_demo_writes_every_step_as_an_ordinary_file(demo_run):
     from unlearnctl.checkpoint import load_checkpoint
 
     out, result, events = demo_run
-    names = ["base", "retrain", "siss", "naive", "canary-base", "canary-siss"]
+    names = ["base", "retrain", "siss", "naive", "canary-base", "canary-siss", "t2i-base", "t2i-retrain", "t2i-esd-x", "t2i-naive"]
     for name in names:
         model = load_checkpoint(out / f"{name}.safetensors")
         assert json.loads((out / f"{name}.json").read_text())["provenance"]["model"]["sha256"] == model.sha256
         assert (out / f"{name}.png").is_file()
-        assert (out / f"{name}-forget.png").is_file() == model.conditional  # unconditional models: one grid (issue 18)
+        # unconditional models: one grid (issue 18); conditional and text-to-image ones: a forget-condition grid too
+        assert (out / f"{name}-forget.png").is_file() == (model.conditional or model.text_conditional)
         if name.endswith("base"):
             continue
         attacked = load_checkpoint(out / f"{name}-attacked.safetensors")
@@ -59,8 +60,9 @@ def test_demo_writes_every_step_as_an_ordinary_file(demo_run):
 def test_demo_comparison_tells_the_story_structure(demo_run):
     out, result, _ = demo_run
     comparison = result.comparison
-    assert [s.label for s in comparison.scenarios] == ["digits — forget class 8", "digits+canary — forget the canary"]
-    assert [s.reference for s in comparison.scenarios] == ["retrain", None]  # no canary retrain by default
+    assert [s.label for s in comparison.scenarios] == ["digits — forget class 8", "digits+canary — forget the canary",
+                                                       "digits (text-to-image) — forget class 8"]
+    assert [s.reference for s in comparison.scenarios] == ["retrain", None, "t2i-retrain"]  # no canary retrain by default
     rows = [r.run.name for r in comparison.scenarios[0].rows]
     assert rows == ["base", "retrain", "retrain-attacked", "siss", "siss-attacked", "naive", "naive-attacked"]
     attacked = [r for r in comparison.rows if r.run.attacked]
@@ -72,7 +74,10 @@ def test_demo_comparison_tells_the_story_structure(demo_run):
     html = (out / "report.html").read_text()
     assert "Recipe" in html and "base training" in html
     recipe = json.loads((out / "experiment.json").read_text())["recipe"]
-    assert [list(s["methods"]) for s in recipe["scenarios"]] == [["siss", "naive"], ["siss"]]
+    assert [list(s["methods"]) for s in recipe["scenarios"]] == [["siss", "naive"], ["siss"], ["esd-x", "naive"]]
+    rows = [r.run.name for r in comparison.scenarios[2].rows]
+    assert rows == ["t2i-base", "t2i-retrain", "t2i-retrain-attacked", "t2i-esd-x", "t2i-esd-x-attacked", "t2i-naive",
+                    "t2i-naive-attacked"]
 
 
 def test_rerun_reuses_finished_steps_and_redoes_what_changed(demo_run):
@@ -115,7 +120,7 @@ def test_another_recipe_reruns_exactly_the_stages_it_changes(demo_run):
 
 def test_cli_demo_on_a_finished_folder_prints_table_and_report(cli, demo_run):
     out, _, events = demo_run
-    result = cli("demo", "--quick", "--methods", "siss,naive", "--out", out)
+    result = cli("demo", "--quick", "--methods", "siss,naive", "--text-methods", "esd-x,naive", "--out", out)
     assert result.code == 0, result
     lines = [line for line in result.err.splitlines() if line.startswith("stage")]
     assert len(lines) == len(events)
@@ -128,8 +133,11 @@ def test_cli_dry_run_lists_the_full_plan(cli):
     result = cli("demo", "--dry-run")
     assert result.code == 0, result
     stages = result.out.strip().splitlines()
-    # 2 trainings, retrain, 8 unlearning runs, 9 attacks, 20 evaluations, the report
-    assert len(stages) == 41
+    # pixel: 2 trainings, retrain, 8 unlearning runs, 9 attacks, 20 evaluations; text-to-image: a training,
+    # retrain, 9 unlearning runs (ESD-x and ESD-u among them), 10 attacks, 21 evaluations; the report
+    assert len(stages) == 41 + 42
+    assert stages[40].strip() == "41. train t2i-base (digits, text-to-image)"
+    assert any(s.endswith("unlearn t2i-esd-x (esd-x)") for s in stages) and any(s.endswith("unlearn t2i-esd-u (esd-u)") for s in stages)
     assert "train base" in stages[0] and stages[-1].endswith("compare and write the report")
 
 

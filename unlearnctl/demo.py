@@ -2,12 +2,14 @@
 
 The demo is an experiment file, ``unlearnctl/experiments/demo.toml`` (a copy is ``examples/demo.toml``), run by
 :func:`unlearnctl.experiment.run_experiment` — ``unlearnctl demo`` is ``unlearnctl run examples/demo.toml``
-with a few overrides (:class:`DemoConfig`). Two scenarios:
+with a few overrides (:class:`DemoConfig`). Three scenarios:
 
 * **class** — a class-conditional model on the digits; forget class 8 with every unlearning method and
   with exact retraining (the reference);
 * **canary** — an unconditional model on the digits plus copies of one out-of-distribution canary image
-  (docs/methods.md), which it memorises; forget the canary with SISS.
+  (docs/methods.md), which it memorises; forget the canary with SISS;
+* **t2i** — the embedded latent text-to-image model on the captioned digits; forget the concept "8" (its
+  images and captions) with every method for text-to-image models (ESD included) and with exact retraining.
 
 Every result is attacked with DiMRA (auxiliary data: the retain set, relearning curve recorded), every model
 is evaluated (quality, forget rate, retain accuracy, membership audit), and everything is compared in one
@@ -17,7 +19,8 @@ Each step is an ordinary library call writing an ordinary file into the output f
 CLI commands write, so any step can be re-run by hand (``docs/report.md`` lists the equivalent commands)::
 
     base.safetensors  canary-base.safetensors          train
-    <m>.safetensors   canary-siss.safetensors          unlearn (m = retrain and every method)
+    t2i-base.safetensors                              train --text-to-image
+    <m>.safetensors   canary-siss.safetensors          unlearn (m = retrain and every method; t2i-<m> too)
     <m>-attacked.safetensors, <m>-curve.json           relearn-attack
     <name>.json, <name>.png, <name>-forget.png         evaluate --json --grid
     report.html, report-*.png, comparison.{md,csv,json} compare
@@ -34,7 +37,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from unlearnctl.errors import require
-from unlearnctl.experiment import Experiment, ExperimentResult, StageEvent, merge, parse_experiment, read_toml, run_experiment
+from unlearnctl.experiment import Experiment, ExperimentResult, StageEvent, parse_experiment, read_toml, run_experiment, with_quick
 from unlearnctl.progress import ProgressFn
 
 DEMO_FILE = Path(__file__).parent / "experiments" / "demo.toml"
@@ -52,6 +55,8 @@ class DemoConfig:
     canary: bool = True  # run the canary scenario too
     canary_methods: tuple[str, ...] | None = None  # canary scenario: unlearning methods
     canary_retrain: bool = False  # canary scenario: exact retraining as its reference (one more base training)
+    text_to_image: bool = True  # run the text-to-image scenario too
+    text_methods: tuple[str, ...] | None = None  # text-to-image scenario: unlearning methods (retrain always runs)
     attack_steps: int | None = None  # DiMRA steps of every attack
     eval_samples: int | None = None  # evaluation: images generated per model
     seed: int | None = None  # the experiment's one seed
@@ -61,30 +66,40 @@ class DemoConfig:
             self.methods = tuple(self.methods)
         if self.canary_methods is not None:
             self.canary_methods = tuple(self.canary_methods)
+        if self.text_methods is not None:
+            self.text_methods = tuple(self.text_methods)
         self.experiment()  # validates: a bad option fails here, before any work
 
     def experiment(self) -> Experiment:
         """The demo file with these overrides applied, validated."""
         data = read_toml(DEMO_FILE)
         if self.quick:
-            data = merge(data, data["quick"])
+            data = with_quick(data, str(DEMO_FILE))
         data.pop("quick", None)
         scenarios = {s["name"]: s for s in data["scenarios"]}
         if self.base_steps is not None:
             data["train"]["steps"] = self.base_steps
+            for scenario in scenarios.values():  # a scenario's own training steps too
+                scenario.get("train", {}).pop("steps", None)
         if self.methods is not None:
             scenarios["class"]["methods"] = list(self.methods)
         if self.canary_methods is not None:
             scenarios["canary"]["methods"] = list(self.canary_methods)
         if self.canary_retrain:
             scenarios["canary"].update(retrain=True, audit_reference="canary.retrain")
+        if self.text_methods is not None:
+            scenarios["t2i"]["methods"] = list(self.text_methods)
         if not self.canary:
             data["scenarios"] = [s for s in data["scenarios"] if s["name"] != "canary"]
+        if not self.text_to_image:
+            data["scenarios"] = [s for s in data["scenarios"] if s["name"] != "t2i"]
         if self.attack_steps is not None:
             for attack in data["attacks"]:
                 attack["steps"] = self.attack_steps
         if self.eval_samples is not None:
             data["evaluation"]["num_samples"] = self.eval_samples
+            for scenario in scenarios.values():  # a scenario's own sample count too
+                scenario.get("evaluation", {}).pop("num_samples", None)
         if self.seed is not None:
             data["seeds"] = [self.seed]
         return parse_experiment(data, str(DEMO_FILE))
@@ -114,7 +129,7 @@ def run_demo(
     """Run (or resume) the demo into ``out``; returns the comparison and the report path.
 
     Args:
-        config: the overrides (default :class:`DemoConfig`: the file as it is, ≤ 15 min on 2 CPU cores).
+        config: the overrides (default :class:`DemoConfig`: the file as it is; docs/report.md has its time).
         out: output folder (created; finished steps in it are reused).
         jobs: worker processes for independent stages (1 = sequential, in order).
         device: torch device.

@@ -1,8 +1,8 @@
 """Experiment files: a declarative experiment (TOML) run as a resumable pipeline of stages.
 
-An experiment names its **scenarios** (training data, conditional or not, what to forget, which methods and
-their parameters), the **seeds**, the **attacks** (DiMRA budgets: steps, learning rate, auxiliary data) and
-the **evaluation** settings. :func:`run_experiment` turns it into stages — ``train`` a base per scenario and
+An experiment names its **scenarios** (training data, the model — a pixel UNet, conditional or not, or the
+embedded latent text-to-image model — what to forget, which methods and their parameters), the **seeds**, the
+**attacks** (DiMRA budgets: steps, learning rate, auxiliary data) and the **evaluation** settings. :func:`run_experiment` turns it into stages — ``train`` a base per scenario and
 seed, ``unlearn`` with every method (and ``retrain``, the reference), ``attack`` every unlearned model with
 every budget, ``evaluate`` every model — then compares everything and writes the report. ``unlearnctl demo``
 is one such file (``unlearnctl/experiments/demo.toml``, also ``examples/demo.toml``); docs/experiments.md
@@ -48,8 +48,11 @@ STAGE_SCHEMA = "unlearnctl.stage/1"
 STAGES = "stages"  # folder of the per-stage records
 RESERVED = ("report", "comparison", "experiment")  # file stems the run itself writes
 TOP_KEYS = ("title", "seeds", "train", "scenarios", "unlearn", "attacks", "evaluation", "quick")
-SCENARIO_KEYS = ("name", "prefix", "data", "conditional", "forget", "retrain", "methods", "audit_reference")
-FORGET_KEYS = ("classes", "indices", "canary", "images")
+SCENARIO_KEYS = ("name", "prefix", "data", "model", "conditional", "forget", "retrain", "methods", "audit_reference",
+                 "train", "unlearn", "evaluation")
+SETTINGS = ("train", "unlearn", "evaluation")  # tables a scenario may override for itself (the experiment's otherwise)
+MODELS = ("pixel", "text-to-image")  # a scenario's kind of model: a pixel UNet2DModel, or the embedded latent text-to-image model
+FORGET_KEYS = ("classes", "indices", "canary", "images", "prompts")
 EVAL_KEYS = ("num_samples", "steps", "sampler", "guidance", "audit_repeats", "audit_max_images", "bootstrap_rounds", "metrics")
 ATTACK_EXTRA = ("name", "aux", "curve_every")  # attack keys beyond AttackConfig's fields
 
@@ -64,12 +67,20 @@ class Scenario:
     name: str
     prefix: str  # file-name prefix of its models ("" or "canary-")
     data: str  # data source (unlearnctl.data.load_data)
-    conditional: bool
+    conditional: bool  # class-conditional pixel model (text-to-image: True, conditioned on prompts)
     forget: dict[str, Any]  # ForgetSpec.to_dict()
     retrain: bool  # exact retraining as the reference
     methods: dict[str, dict[str, Any]]  # run name → its parameters (loop and method-specific; "method": the
                                         # registered method when the run name is not one, e.g. a grid point)
     audit_reference: tuple[str, str] | None  # (scenario, "base" or "retrain") calibrating the membership audit
+    model: str = "pixel"  # MODELS: "text-to-image" trains the embedded latent text-to-image model
+    train: dict[str, Any] = field(default_factory=dict)  # its own [train] keys (over the experiment's)
+    unlearn: dict[str, Any] = field(default_factory=dict)  # its own [unlearn] keys
+    evaluation: dict[str, Any] = field(default_factory=dict)  # its own [evaluation] keys
+
+    @property
+    def text(self) -> bool:
+        return self.model == "text-to-image"
 
     @property
     def forget_spec(self):
@@ -99,6 +110,26 @@ class Experiment:
     attacks: tuple[Attack, ...]
     evaluation: dict[str, Any]  # EVAL_KEYS
     source: dict[str, Any] = field(default_factory=dict, compare=False)  # the file's data (after --quick)
+    autoencoder_steps: int | None = None  # [train] autoencoder_steps (text-to-image scenarios; None: the library's)
+
+    def train_for(self, scenario: Scenario) -> dict[str, Any]:
+        """The ``train`` parameters of ``scenario``'s base: TrainConfig fields, plus ``preset`` (pixel) or
+        ``autoencoder_steps`` (text-to-image)."""
+        own = dict(scenario.train)
+        if not scenario.text:  # the plain form of a pixel scenario: exactly the experiment's (stage digests unchanged)
+            return {**self.train, **own, "preset": own.pop("preset", self.preset)}
+        from unlearnctl.text_to_image import AUTOENCODER_STEPS
+
+        steps = own.pop("autoencoder_steps", self.autoencoder_steps or AUTOENCODER_STEPS)
+        return {**self.train, **own, "autoencoder_steps": steps}
+
+    def unlearn_for(self, scenario: Scenario) -> dict[str, Any]:
+        """The loop settings every method of ``scenario`` gets."""
+        return {**self.unlearn, **scenario.unlearn}
+
+    def evaluation_for(self, scenario: Scenario) -> dict[str, Any]:
+        """The ``[evaluation]`` settings of ``scenario``'s models."""
+        return {**self.evaluation, **scenario.evaluation}
 
     def recipe(self) -> dict[str, Any]:
         """Everything the outputs depend on, as JSON (recorded in ``experiment.json``)."""
@@ -124,6 +155,21 @@ def read_toml(path: str | Path) -> dict[str, Any]:
 def load_experiment(path: str | Path, *, quick: bool = False) -> Experiment:
     """Read and validate an experiment file; ``quick`` applies its ``[quick]`` table first."""
     return parse_experiment(read_toml(path), str(path), quick=quick)
+
+
+def with_quick(data: dict[str, Any], origin: str = "experiment") -> dict[str, Any]:
+    """``data`` with its ``[quick]`` table applied (and removed). Its ``train``, ``unlearn`` and ``evaluation`` keys
+    also win over a scenario's own: ``--quick`` sizes are tiny everywhere (unless it replaces the scenarios)."""
+    require("quick" in data, f"{origin} has no quick table; --quick needs one")
+    quick = _table(data["quick"], f"{origin} table quick")
+    require("quick" not in quick, f"{origin}: table quick cannot hold a quick table")
+    merged = merge({k: v for k, v in data.items() if k != "quick"}, quick)
+    if "scenarios" not in quick and isinstance(merged.get("scenarios"), list):
+        for scenario in merged["scenarios"]:
+            for key in SETTINGS:
+                if isinstance(scenario, dict) and isinstance(scenario.get(key), dict) and isinstance(quick.get(key), dict):
+                    scenario[key] = {k: v for k, v in scenario[key].items() if k not in quick[key]}
+    return merged
 
 
 def merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
@@ -183,10 +229,7 @@ def parse_experiment(data: dict[str, Any], origin: str = "experiment", *, quick:
     data = _table(data, origin)
     _known(data, TOP_KEYS, origin)
     if quick:
-        require("quick" in data, f"{origin} has no quick table; --quick needs one")
-        quick_table = _table(data["quick"], f"{origin} table quick")
-        require("quick" not in quick_table, f"{origin}: table quick cannot hold a quick table")
-        data = merge(data, quick_table)
+        data = with_quick(data, origin)
     source = {k: v for k, v in data.items() if k != "quick"}
     if "quick" in data:
         _known(_table(data["quick"], f"{origin} table quick"), [k for k in TOP_KEYS if k != "quick"], f"{origin} table quick")
@@ -202,15 +245,26 @@ def parse_experiment(data: dict[str, Any], origin: str = "experiment", *, quick:
     preset = train.pop("preset", "small")
     require(isinstance(preset, str), f"train.preset must be a string, got {preset!r}")
     check_preset(preset)
+    autoencoder_steps = train.pop("autoencoder_steps", None)  # text-to-image scenarios only (pixel ones have none)
+    if autoencoder_steps is not None:
+        _check_autoencoder_steps(autoencoder_steps, "train.autoencoder_steps")
     _build(TrainConfig, train, "table train", exclude=("seed",), extra=("preset",))
 
     unlearn_keys = _fields(UnlearnConfig, exclude=("seed", "device", "precision"))
     unlearn = dict(_table(data.get("unlearn", {}), "table unlearn"))
     _build(UnlearnConfig, unlearn, "table unlearn", exclude=("seed", "device", "precision"))
+    evaluation = _evaluation(_table(data.get("evaluation", {}), "table evaluation"), "evaluation")
 
     raw_scenarios = data.get("scenarios")
     require(isinstance(raw_scenarios, list) and raw_scenarios, "the experiment needs at least one scenario (an array of tables named scenarios)")
     scenarios = [_scenario(_table(raw, f"scenario #{i + 1}"), i, unlearn_keys) for i, raw in enumerate(raw_scenarios)]
+    for scenario in scenarios:  # its own settings over the experiment's, checked as a whole
+        where = f"scenario {scenario.name}"
+        own = {k: v for k, v in scenario.train.items() if k not in ("preset", "autoencoder_steps")}
+        _build(TrainConfig, {**train, **own}, f"{where}: train", exclude=("seed",))
+        _build(UnlearnConfig, {**unlearn, **scenario.unlearn}, f"{where}: unlearn", exclude=("seed", "device", "precision"))
+        if scenario.evaluation:
+            _evaluation({**evaluation, **scenario.evaluation}, f"{where}: evaluation")
     names = [s.name for s in scenarios]
     require(len(set(names)) == len(names), f"a scenario name is used twice: {', '.join(names)}")
     prefixes = [s.prefix for s in scenarios]
@@ -235,25 +289,35 @@ def parse_experiment(data: dict[str, Any], origin: str = "experiment", *, quick:
     for attack in attacks:
         AttackConfig(**attack.config)
 
-    evaluation = dict(_table(data.get("evaluation", {}), "table evaluation"))
-    _known(evaluation, EVAL_KEYS, "table evaluation")
-    for key, value in evaluation.items():
-        if key == "metrics":  # metric groups to run (evaluate --metric); absent = every one that applies
-            require(isinstance(value, list) and value and all(isinstance(m, str) for m in value),
-                    f"evaluation.metrics must be a non-empty list of metric groups, got {value!r}")
-            continue
-        _check_type(value, "ddim" if key == "sampler" else 1, f"evaluation.{key}")
-    evaluation = {"num_samples": 1000, "steps": 25, "audit_repeats": 4, "audit_max_images": 1000} | evaluation
-    require(isinstance(evaluation["num_samples"], int) and evaluation["num_samples"] >= 10,
-            f"evaluation.num_samples must be at least 10 (one per class), got {evaluation['num_samples']!r}")
-    _eval_config(evaluation, seed=0, reference=None, device="cpu")
-
-    experiment = Experiment(title, tuple(seeds), preset, train, tuple(scenarios), unlearn, tuple(attacks), evaluation, source)
+    experiment = Experiment(title, tuple(seeds), preset, train, tuple(scenarios), unlearn, tuple(attacks), evaluation, source,
+                            autoencoder_steps)
     stems = [stem for stage in build_stages(experiment) for stem in stage.outputs]
     clash = sorted({s for s in stems if stems.count(s) > 1 or Path(s).stem in RESERVED})
     require(not clash, f"two stages would write {clash[0]} (or it is a name the run itself writes); give the scenarios "
             "distinct prefixes" if clash else "")
     return experiment
+
+
+def _evaluation(table: dict[str, Any], where: str) -> dict[str, Any]:
+    """An ``[evaluation]`` table checked, with the defaults filled in (``where``: its name in messages)."""
+    evaluation = dict(table)
+    _known(evaluation, EVAL_KEYS, f"table {where}" if where == "evaluation" else where)
+    for key, value in evaluation.items():
+        if key == "metrics":  # metric groups to run (evaluate --metric); absent = every one that applies
+            require(isinstance(value, list) and value and all(isinstance(m, str) for m in value),
+                    f"{where}.metrics must be a non-empty list of metric groups, got {value!r}")
+            continue
+        _check_type(value, "ddim" if key == "sampler" else 1, f"{where}.{key}")
+    evaluation = {"num_samples": 1000, "steps": 25, "audit_repeats": 4, "audit_max_images": 1000} | evaluation
+    require(isinstance(evaluation["num_samples"], int) and evaluation["num_samples"] >= 10,
+            f"{where}.num_samples must be at least 10 (one per class), got {evaluation['num_samples']!r}")
+    _eval_config(evaluation, seed=0, reference=None, device="cpu")
+    return evaluation
+
+
+def _check_autoencoder_steps(value: Any, where: str) -> None:
+    require(isinstance(value, int) and not isinstance(value, bool) and value >= 1,
+            f"{where} must be an integer >= 1, got {value!r}")
 
 
 def _scenario(raw: dict[str, Any], index: int, unlearn_keys: tuple[str, ...]) -> Scenario:
@@ -270,18 +334,44 @@ def _scenario(raw: dict[str, Any], index: int, unlearn_keys: tuple[str, ...]) ->
             f"{where}: prefix must be letters, digits, - or _ (or empty), got {prefix!r}")
     data = raw.get("data")
     require(isinstance(data, str) and data, f"{where}: data (the training data source, e.g. \"digits\") is required")
+    model = raw.get("model", "pixel")
+    require(model in MODELS, f"{where}: model must be one of {', '.join(MODELS)}, got {model!r}")
+    text = model == "text-to-image"
+    require(not (text and "conditional" in raw), f"{where}: conditional is for pixel models; a text-to-image model is "
+            "conditioned on its prompts (remove the key)")
     conditional = raw.get("conditional", True)
     require(isinstance(conditional, bool), f"{where}: conditional must be true or false, got {conditional!r}")
     forget = _table(raw.get("forget", {}), f"{where}: forget")
     _known(forget, FORGET_KEYS, f"{where}: forget")
+    prompts = forget.get("prompts", [])
+    require(isinstance(prompts, list) and all(isinstance(p, str) and p.strip() for p in prompts),
+            f"{where}: forget.prompts must be a list of prompts, got {prompts!r}")
+    require(text or not prompts, f"{where}: forget.prompts names a concept of a text-to-image model; this scenario "
+            "trains a pixel model (set model = \"text-to-image\", or forget classes)")
     forget = {"classes": [str(c) for c in forget.get("classes", [])], "indices": list(forget.get("indices", [])),
               "canary": bool(forget.get("canary", False)), "images": forget.get("images")}
-    require(forget["classes"] or forget["indices"] or forget["canary"] or forget["images"],
-            f"{where}: forget is empty; give classes, indices, canary = true or images")
+    if prompts:  # ForgetSpec.to_dict's form: the key only when there are prompts
+        forget["prompts"] = list(prompts)
+    require(forget["classes"] or forget["indices"] or forget["canary"] or forget["images"] or prompts,
+            f"{where}: forget is empty; give classes, indices, canary = true, images" + (" or prompts" if text else ""))
     retrain = raw.get("retrain", True)
     require(isinstance(retrain, bool), f"{where}: retrain must be true or false, got {retrain!r}")
+    settings = {key: dict(_table(raw.get(key, {}), f"{where}: {key}")) for key in SETTINGS}
+    if "autoencoder_steps" in settings["train"]:
+        require(text, f"{where}: train.autoencoder_steps is for text-to-image scenarios (model = \"text-to-image\"); "
+                "a pixel model has no autoencoder")
+        _check_autoencoder_steps(settings["train"]["autoencoder_steps"], f"{where}: train.autoencoder_steps")
+    if "preset" in settings["train"]:
+        require(not text, f"{where}: train.preset sizes a pixel UNet; a text-to-image scenario trains the embedded "
+                "text-to-image UNet (remove the key)")
+        from unlearnctl.models import check_preset
 
-    kind = "class" if forget["classes"] else "canary"  # the registry's demo scenarios: forget a class, or data
+        require(isinstance(settings["train"]["preset"], str), f"{where}: train.preset must be a string")
+        check_preset(settings["train"]["preset"])
+
+    # the registry's scenario kinds (Method.scenarios): pixel models forget a class or training data (canary);
+    # text-to-image models forget a concept (classes or prompts) or training data
+    kind = ("concept" if text else "class") if forget["classes"] or prompts else "canary"
     methods_raw = raw.get("methods", "all")
     if methods_raw == "all":
         methods = {m: {} for m in available_methods(kind, exact=False)}
@@ -313,12 +403,12 @@ def _scenario(raw: dict[str, Any], index: int, unlearn_keys: tuple[str, ...]) ->
     reference = raw.get("audit_reference")
     if reference is not None:
         require(isinstance(reference, str), f"{where}: audit_reference must be a string, got {reference!r}")
-        other, _, model = reference.rpartition(".")
+        other, _, which = reference.rpartition(".")
         other = other or name
-        require(model in ("base", "retrain"), f"{where}: audit_reference must be SCENARIO.base, SCENARIO.retrain or "
+        require(which in ("base", "retrain"), f"{where}: audit_reference must be SCENARIO.base, SCENARIO.retrain or "
                 f"retrain, got {reference!r}")
-        reference = (other, model)
-    return Scenario(name, prefix, data, conditional, forget, retrain, methods, reference)
+        reference = (other, which)
+    return Scenario(name, prefix, data, True if text else conditional, forget, retrain, methods, reference, model, **settings)
 
 
 def _attack(raw: dict[str, Any], index: int, count: int) -> Attack:
@@ -380,19 +470,20 @@ def _curve(stem: str, attack: Attack) -> str:
 def build_stages(experiment: Experiment) -> list["Stage"]:
     """Every stage, in the sequential order: per scenario, per seed, base and retrain, then each method."""
     stages: list[Stage] = []
-    train = {**experiment.train, "preset": experiment.preset}
     by_name = {s.name: s for s in experiment.scenarios}
     for scenario in experiment.scenarios:
-        data = {"data": scenario.data, "conditional": scenario.conditional}
+        # what every stage of the scenario reads: the data and the kind of model (pixel: as it always was)
+        data = {"data": scenario.data, "model": scenario.model} if scenario.text else \
+            {"data": scenario.data, "conditional": scenario.conditional}
+        kind = "text-to-image" if scenario.text else "conditional" if scenario.conditional else "unconditional"
         for seed in experiment.seeds:
             base = _stem(scenario, "base", seed, experiment.seeds)
             reference = None
             if scenario.audit_reference is not None:
                 other, model = scenario.audit_reference
                 reference = _stem(by_name[other], model, seed, experiment.seeds)
-            stages.append(Stage(f"train-{base}", f"train {base} ({scenario.data}, "
-                                f"{'conditional' if scenario.conditional else 'unconditional'})", "train",
-                                {**data, "train": train, "seed": seed}, [], [f"{base}.safetensors"]))
+            stages.append(Stage(f"train-{base}", f"train {base} ({scenario.data}, {kind})", "train",
+                                {**data, "train": experiment.train_for(scenario), "seed": seed}, [], [f"{base}.safetensors"]))
             if scenario.retrain:
                 retrain = _stem(scenario, "retrain", seed, experiment.seeds)
                 stages.append(Stage(f"unlearn-{retrain}", f"unlearn {retrain} (retrain)", "unlearn",
@@ -404,7 +495,7 @@ def build_stages(experiment: Experiment) -> list["Stage"]:
                 if run != "retrain":
                     params = dict(scenario.methods[run])
                     method = params.pop("method", run)
-                    loop = {**experiment.unlearn, **{k: v for k, v in params.items() if k in _unlearn_keys()}}
+                    loop = {**experiment.unlearn_for(scenario), **{k: v for k, v in params.items() if k in _unlearn_keys()}}
                     own = {k: v for k, v in params.items() if k not in _unlearn_keys()}
                     stages.append(Stage(f"unlearn-{stem}", f"unlearn {stem} ({method})", "unlearn",
                                         {**data, "method": method, "forget": scenario.forget, "loop": loop,
@@ -413,21 +504,20 @@ def build_stages(experiment: Experiment) -> list["Stage"]:
                     attacked = _attacked(stem, attack)
                     outputs = [f"{attacked}.safetensors"] + ([_curve(stem, attack)] if attack.curve_every else [])
                     label = f"DiMRA, {attack.config.get('steps', 500)} steps" + (f", {attack.name}" if attack.name else "")
+                    curve = _curve_matching_evaluation(experiment.evaluation_for(scenario), attack, seed)
                     stages.append(Stage(f"attack-{attacked}", f"attack {stem} ({label})", "attack",
                                         {**data, "forget": scenario.forget, "aux": attack.aux, "curve_every": attack.curve_every,
-                                         "attack": {**_curve_matching_evaluation(experiment, attack, seed), **attack.config},
-                                         "seed": seed}, [f"{stem}.safetensors"], outputs))
+                                         "attack": {**curve, **attack.config}, "seed": seed}, [f"{stem}.safetensors"], outputs))
                 for evaluated in [stem] + [_attacked(stem, a) for a in experiment.attacks]:
                     stages.append(_evaluate(experiment, scenario, evaluated, reference, seed))
     return stages
 
 
-def _curve_matching_evaluation(experiment: Experiment, attack: Attack, seed: int) -> dict[str, Any]:
+def _curve_matching_evaluation(evaluation: dict[str, Any], attack: Attack, seed: int) -> dict[str, Any]:
     """A curve that regenerates the evaluation's forget-condition samples (same count, DDIM steps and seed), so its
     step 0 is the evaluation's forget rate of the attacked-from model (an attack's own curve settings win)."""
     if not attack.curve_every:
         return {}
-    evaluation = experiment.evaluation
     return {"curve_eval_samples": evaluation["num_samples"], "curve_sample_steps": evaluation["steps"], "curve_seed": seed}
 
 
@@ -441,7 +531,7 @@ def _evaluate(experiment: Experiment, scenario: Scenario, stem: str, reference: 
     outputs = [f"{stem}.json", f"{stem}.png"] + ([f"{stem}-forget.png"] if scenario.conditional else [])
     inputs = [f"{stem}.safetensors"] + ([f"{reference}.safetensors"] if reference else [])
     return Stage(f"evaluate-{stem}", f"evaluate {stem}" + (f" (audit: {reference})" if reference else ""), "evaluate",
-                 {"data": scenario.data, "forget": scenario.forget, "evaluation": experiment.evaluation, "seed": seed,
+                 {"data": scenario.data, "forget": scenario.forget, "evaluation": experiment.evaluation_for(scenario), "seed": seed,
                   "audit_reference": reference is not None}, inputs, outputs)
 
 
@@ -554,10 +644,18 @@ def _run_train(stage: Stage, context: _Context) -> None:
     from unlearnctl.training import TrainConfig, train_model
 
     params = dict(stage.params["train"])
-    preset = params.pop("preset")
+    preset = params.pop("preset", None)
+    autoencoder_steps = params.pop("autoencoder_steps", None)
     # warm-up never longer than the run (a short --quick training)
     params["warmup_steps"] = min(params.get("warmup_steps", TrainConfig.warmup_steps), params.get("steps", TrainConfig.steps))
     config = TrainConfig(**params, seed=stage.params["seed"])
+    if stage.params.get("model") == "text-to-image":
+        from unlearnctl.text_to_image import train_text_to_image
+
+        checkpoint = train_text_to_image(context.split(stage.params["data"]), config=config, autoencoder_steps=autoencoder_steps,
+                                         device=context.device, progress=context.progress)
+        context.save(stage.outputs[0], checkpoint)
+        return
     checkpoint = train_model(context.split(stage.params["data"]), conditional=stage.params["conditional"], preset=preset,
                              config=config, device=context.device, progress=context.progress)
     context.save(stage.outputs[0], checkpoint)
@@ -809,14 +907,22 @@ def describe_experiment(experiment: Experiment) -> dict[str, Any]:
         methods = ", ".join((["retrain (reference)"] if s.retrain else []) + [
             m + (f" {json.dumps(p, sort_keys=True)}" if p else "") for m, p in s.methods.items()])
         audit = f"; audit calibrated by {'.'.join(s.audit_reference)}" if s.audit_reference else ""
-        scenarios[f"scenario {s.name}"] = (f"{s.data}, {'conditional' if s.conditional else 'unconditional'}; forget {forget}: "
-                                           f"{methods}{audit}")
+        kind = "text-to-image (the embedded latent model)" if s.text else "conditional" if s.conditional else "unconditional"
+        own = "; ".join(f"its {key}: " + ", ".join(f"{k} {v}" for k, v in getattr(s, key).items())
+                        for key in SETTINGS if getattr(s, key))
+        scenarios[f"scenario {s.name}"] = f"{s.data}, {kind}; forget {forget}: {methods}{audit}" + (f"; {own}" if own else "")
     attacks = "; ".join(f"{a.name or 'DiMRA'}: aux {a.aux}, " + ", ".join(f"{k} {v}" for k, v in a.config.items())
                         + (f", curve every {a.curve_every} steps" if a.curve_every else "") for a in experiment.attacks)
+    text = any(s.text for s in experiment.scenarios)
+    models = ", ".join(([f"UNet2DModel preset {experiment.preset!r}"] if not all(s.text for s in experiment.scenarios) else [])
+                       + (["the embedded latent text-to-image model (autoencoder, CLIP text encoder, UNet2DConditionModel)"]
+                          if text else []))
+    autoencoder = (f"; text-to-image: autoencoder {experiment.autoencoder_steps} steps first"
+                   if text and experiment.autoencoder_steps else "")
     return {
-        "models": f"UNet2DModel preset {experiment.preset!r}",
+        "models": models,
         "base training": f"{train.steps} steps × batch {train.batch_size}, AdamW lr {train.lr:g} (warm-up "
-                         f"{min(train.warmup_steps, train.steps)}, {train.lr_schedule}), EMA {train.ema_decay:g}",
+                         f"{min(train.warmup_steps, train.steps)}, {train.lr_schedule}), EMA {train.ema_decay:g}{autoencoder}",
         **scenarios,
         "seeds": ", ".join(str(s) for s in experiment.seeds),
         "unlearning": ", ".join(f"{k} {v}" for k, v in experiment.unlearn.items()) or "each method's tuned defaults",

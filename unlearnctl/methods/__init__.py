@@ -61,8 +61,9 @@ def get_method(name: str) -> type:
 def available_methods(scenario: str | None = None, exact: bool | None = None) -> list[str]:
     """Registered method names in listing order (each class's ``order``, then name).
 
-    ``scenario``: only methods taking part in that demo scenario (``class``, ``canary``); ``exact``: only
-    exact (``True``) or only fine-tuning (``False``) methods.
+    ``scenario``: only methods taking part in that kind of experiment scenario (``class``, ``canary``,
+    ``concept``: :class:`~unlearnctl.methods.base.Method`); ``exact``: only exact (``True``) or only
+    fine-tuning (``False``) methods.
     """
     _discover()
     classes = sorted(_REGISTRY.values(), key=lambda cls: (cls.order, cls.name))

@@ -340,9 +340,18 @@ class Method:
 
     Subclasses set ``name`` (by :func:`~unlearnctl.methods.register_method`), ``Config``, ``summary``,
     ``defaults`` (the tuned ``steps``, ``lr``, ``batch_size``, ``lr_schedule`` and ``ema_decay`` of the shared
-    loop) and ``scenarios`` (the demo scenarios it takes part in), and implement :meth:`terms` plus
-    :meth:`objective` or :meth:`combine`. An exact method (``exact = True``, retraining) implements
-    :meth:`run` instead of the loop hooks.
+    loop) and ``scenarios`` (the kinds of experiment scenario whose ``methods = "all"`` lists it), and implement
+    :meth:`terms` plus :meth:`objective` or :meth:`combine`. An exact method (``exact = True``, retraining)
+    implements :meth:`run` instead of the loop hooks.
+
+    Scenario kinds (:func:`~unlearnctl.methods.available_methods`, docs/experiments.md):
+
+    * ``"class"`` — a pixel model forgets a class;
+    * ``"canary"`` — a model forgets training data: images by index, the canary, images from a file;
+    * ``"concept"`` — a text-to-image model forgets a concept: a class of its captioned data, or prompts.
+
+    The default, ``("class", "concept")``, suits a method that forgets a class of any model; a method made for
+    text-to-image models only (ESD) says ``("concept",)``.
     """
 
     name: ClassVar[str] = ""
@@ -351,7 +360,7 @@ class Method:
     defaults: ClassVar[dict[str, Any]] = {"steps": 300, "lr": 1e-4, "batch_size": 64, "lr_schedule": "cosine", "ema_decay": 0.0}
     exact: ClassVar[bool] = False  # True: not a fine-tuning method (retrain trains from scratch)
     order: ClassVar[int] = 100  # position in listings (--help, the demo); ties by name
-    scenarios: ClassVar[tuple[str, ...]] = ("class",)  # demo scenarios: "class" (forget a class), "canary" (data)
+    scenarios: ClassVar[tuple[str, ...]] = ("class", "concept")  # the scenario kinds it takes part in (class docstring)
 
     def __init__(self, config: MethodConfig, ctx: MethodContext):
         self.config, self.ctx = config, ctx

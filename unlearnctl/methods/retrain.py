@@ -59,7 +59,7 @@ class Retrain(Method):
     exact = True
 
     order = 80
-    scenarios = ("class", "canary")
+    scenarios = ("class", "canary", "concept")
 
     @classmethod
     def check_model(cls, checkpoint: "Checkpoint") -> None:

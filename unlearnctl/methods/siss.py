@@ -181,7 +181,7 @@ class SISS(ScaledForgetTerm):
 
     Config = SISSConfig
     order = 10
-    scenarios = ("class", "canary")
+    scenarios = ("class", "canary", "concept")
     summary = "SISS: importance-sampled defensive mixture, one forward per sample, gradient-norm-scaled forget term"
     defaults = {"steps": 400, "lr": 2e-4, "batch_size": 64, "lr_schedule": "constant", "ema_decay": 0.0}  # tuned on the small digits model (docs/methods.md)
 

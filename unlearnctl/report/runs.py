@@ -101,17 +101,22 @@ class Run:
         return self.method
 
     @property
-    def scenario(self) -> tuple[str | None, str | None]:
-        """``(training-data fingerprint, forget-set fingerprint)``: runs of one scenario are compared."""
+    def text_to_image(self) -> bool:
+        return bool((self.provenance.get("model") or {}).get("text_conditional"))
+
+    @property
+    def scenario(self) -> tuple[str | None, str | None, bool]:
+        """``(training-data fingerprint, forget-set fingerprint, text-to-image)``: runs of one scenario are compared
+        (a pixel and a text-to-image model of the same data and forget set are two scenarios)."""
         data = self.provenance.get("data") or {}
         forget = self.provenance.get("forget") or {}
-        return data.get("fingerprint"), forget.get("fingerprint")
+        return data.get("fingerprint"), forget.get("fingerprint"), self.text_to_image
 
     @property
     def scenario_label(self) -> str:
         data = self.provenance.get("data") or {}
         forget = self.provenance.get("forget")
-        return f"{data.get('source', '?')} — {describe_forget(forget)}"
+        return f"{data.get('source', '?')}{' (text-to-image)' if self.text_to_image else ''} — {describe_forget(forget)}"
 
 
 def describe_forget(forget: dict[str, Any] | None) -> str:
@@ -129,6 +134,8 @@ def describe_forget(forget: dict[str, Any] | None) -> str:
         parts.append("the canary")
     if spec.get("images"):
         parts.append(f"images of {Path(str(spec['images'])).name}")
+    if spec.get("prompts"):
+        parts.append("prompt" + "s" * (len(spec["prompts"]) > 1) + " " + ", ".join(repr(p) for p in spec["prompts"]))
     return "forget " + (" + ".join(parts) or "?")
 
 
