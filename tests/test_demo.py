@@ -11,7 +11,7 @@ import pytest
 from unlearnctl.demo import DemoConfig, plan, quick_config, run_demo
 from unlearnctl.errors import BadInputError
 
-SMALL = dict(methods=("siss", "naive"), canary_methods=("siss",), text_methods=("esd-x", "naive"))
+SMALL = dict(methods=("siss", "naive"), canary_methods=("siss",), text_to_image=True, text_methods=("esd-x", "naive"))
 
 
 @pytest.fixture(scope="module")
@@ -120,7 +120,7 @@ def test_another_recipe_reruns_exactly_the_stages_it_changes(demo_run):
 
 def test_cli_demo_on_a_finished_folder_prints_table_and_report(cli, demo_run):
     out, _, events = demo_run
-    result = cli("demo", "--quick", "--methods", "siss,naive", "--text-methods", "esd-x,naive", "--out", out)
+    result = cli("demo", "--quick", "--methods", "siss,naive", "--text-to-image", "--text-methods", "esd-x,naive", "--out", out)
     assert result.code == 0, result
     lines = [line for line in result.err.splitlines() if line.startswith("stage")]
     assert len(lines) == len(events)
@@ -132,9 +132,13 @@ def test_cli_demo_on_a_finished_folder_prints_table_and_report(cli, demo_run):
 def test_cli_dry_run_lists_the_full_plan(cli):
     result = cli("demo", "--dry-run")
     assert result.code == 0, result
+    pixel = result.out.strip().splitlines()
+    # pixel: 2 trainings, retrain, 8 unlearning runs, 9 attacks, 20 evaluations; the report
+    assert len(pixel) == 41 and not any("t2i" in s for s in pixel)
+    result = cli("demo", "--dry-run", "--text-to-image")
+    assert result.code == 0, result
     stages = result.out.strip().splitlines()
-    # pixel: 2 trainings, retrain, 8 unlearning runs, 9 attacks, 20 evaluations; text-to-image: a training,
-    # retrain, 9 unlearning runs (ESD-x and ESD-u among them), 10 attacks, 21 evaluations; the report
+    # text-to-image adds a training, retrain, 9 unlearning runs (ESD-x and ESD-u among them), 10 attacks, 21 evaluations
     assert len(stages) == 41 + 42
     assert stages[40].strip() == "41. train t2i-base (digits, text-to-image)"
     assert any(s.endswith("unlearn t2i-esd-x (esd-x)") for s in stages) and any(s.endswith("unlearn t2i-esd-u (esd-u)") for s in stages)

@@ -151,8 +151,8 @@ def test_a_text_scenario_leaves_the_pixel_stages_as_they_were():
 def test_the_demo_pixel_stages_are_unchanged_by_its_text_scenario():
     from unlearnctl.demo import DemoConfig
 
-    pixel = {s.id: s.params_digest for s in build_stages(DemoConfig(text_to_image=False).experiment())}
-    demo = {s.id: s.params_digest for s in build_stages(DemoConfig().experiment())}
+    pixel = {s.id: s.params_digest for s in build_stages(DemoConfig().experiment())}
+    demo = {s.id: s.params_digest for s in build_stages(DemoConfig(text_to_image=True).experiment())}
     assert {k: v for k, v in demo.items() if not k.split("-", 1)[1].startswith("t2i-")} == pixel
     assert any(k.startswith("unlearn-t2i-esd") for k in demo)
 
