@@ -203,6 +203,8 @@ def test_parallel_and_sequential_plans_hold_the_same_stages():
     ('seeds = [0]\n[train]\nsteps = [1]\n', r"\[1\]"),  # brackets in a message are text, not markup
     ('seeds = [0, 0]\n[[scenarios]]\nname = "c"\ndata = "digits"\nforget = { classes = ["8"] }\n', "seed is listed twice"),
     ('[[scenarios]]\nname = "c"\ndata = "digits"\nforget = {}\n', "forget is empty"),
+    ('unlearn_seeds = [1, 1]\n[[scenarios]]\nname = "c"\ndata = "digits"\nforget = { classes = ["8"] }\n', "unlearning seed is listed twice"),
+    ('unlearn_seeds = [-1]\n[[scenarios]]\nname = "c"\ndata = "digits"\nforget = { classes = ["8"] }\n', "unlearn_seeds must be"),
 ])
 def test_bad_files_exit_2_with_one_line_and_write_nothing(cli, tmp_path, text, match):
     import re
@@ -338,3 +340,53 @@ def test_the_siss_pareto_file_runs_quick_and_its_table_marks_the_front(classifie
     text = table(out)
     assert len(text.splitlines()) == 2 + 1 + len(found)  # header and rule, base, the points
     assert f"({evaluation['forget_rate_count']}/{evaluation['forget_rate_n']})" in text
+
+
+def test_unlearn_seeds_repeat_each_method_on_one_base():
+    """`unlearn_seeds`: every method runs (and is attacked) once per unlearning seed on the same base; the base,
+    retrain and every evaluation keep the base's seed; without the key the stages are exactly as before."""
+    import tomllib
+
+    first, second = two_methods()
+    plain = {s.id: s for s in build_stages(parse_experiment(tomllib.loads(tiny_toml(seeds="[0]"))))}
+    stages = {s.id: s for s in build_stages(parse_experiment(tomllib.loads("unlearn_seeds = [3, 4]\n" + tiny_toml(seeds="[0]"))))}
+    for method in (first, second):
+        assert f"unlearn-{method}" in plain and f"unlearn-{method}" not in stages
+        for u in (3, 4):
+            assert stages[f"unlearn-{method}-useed{u}"].params["seed"] == u
+            assert stages[f"unlearn-{method}-useed{u}"].inputs == ["base.safetensors"]
+            assert stages[f"attack-{method}-useed{u}-attacked"].params["seed"] == u
+            for evaluated in (f"{method}-useed{u}", f"{method}-useed{u}-attacked"):
+                assert stages[f"evaluate-{evaluated}"].params["seed"] == 0
+    assert stages["train-base"].params_digest == plain["train-base"].params_digest
+    assert stages["evaluate-base"].params_digest == plain["evaluate-base"].params_digest
+    assert len(stages) == len(plain) + 2 * 4  # per method one more (unlearn, attack, 2 evaluations)
+
+
+def test_unlearn_seeds_give_different_runs_that_compare_aggregates(tmp_path):
+    import tomllib
+
+    from unlearnctl.report import compare, load_runs
+
+    first = two_methods()[0]
+    text = f"""unlearn_seeds = [0, 1]
+[train]
+preset = "tiny"
+steps = 30
+batch_size = 32
+warmup_steps = 5
+{scenario_toml(f'["{first}"]')}
+[unlearn]
+steps = 3
+
+[evaluation]
+num_samples = 20
+steps = 3
+metrics = ["forget", "retain"]
+"""
+    out = tmp_path / "out"
+    run_experiment(parse_experiment(tomllib.loads(text)), out, device="cpu")
+    runs = [out / f"{first}-useed{u}.safetensors" for u in (0, 1)]
+    assert runs[0].read_bytes() != runs[1].read_bytes()
+    aggregates = compare(load_runs([out / f"{first}-useed{u}.json" for u in (0, 1)])).scenarios[0].aggregates
+    assert [(a.group, len(a.runs)) for a in aggregates] == [(first, 2)]

@@ -8,9 +8,14 @@ every budget, ``evaluate`` every model — then compares everything and writes t
 is one such file (``unlearnctl/experiments/demo.toml``, also ``examples/demo.toml``); docs/experiments.md
 describes every key.
 
+**Seeds.** ``seeds`` trains a base per seed; every stage of that base uses its seed. ``unlearn_seeds`` also repeats
+each method's unlearning run (and its attacks) on every base with each of those seeds — the spread of a method
+on one base; evaluations keep the base's seed (the same sampling noise), retrain the base's.
+
 **Files.** Every stage writes ordinary files into the output folder — the files the CLI commands write, so any
-stage can be re-run by hand. Names: ``[PREFIX]MODEL[-seedK][-attacked[-ATTACK]]`` (``-seedK`` only when the
-experiment has several seeds, ``-ATTACK`` only when it has several attacks; PREFIX is the scenario's) with
+stage can be re-run by hand. Names: ``[PREFIX]MODEL[-seedK][-useedU][-attacked[-ATTACK]]`` (``-seedK`` only when
+the experiment has several seeds, ``-useedU`` only with ``unlearn_seeds``, ``-ATTACK`` only when it has several
+attacks; PREFIX is the scenario's) with
 ``.safetensors`` (model), ``.json`` / ``.png`` / ``-forget.png`` (evaluation) and ``-curve.json`` (relearning
 curve). The file stems are the run names ``compare`` shows.
 
@@ -47,7 +52,7 @@ MANIFEST_SCHEMA = "unlearnctl.experiment/1"
 STAGE_SCHEMA = "unlearnctl.stage/1"
 STAGES = "stages"  # folder of the per-stage records
 RESERVED = ("report", "comparison", "experiment")  # file stems the run itself writes
-TOP_KEYS = ("title", "seeds", "train", "scenarios", "unlearn", "attacks", "evaluation", "quick")
+TOP_KEYS = ("title", "seeds", "unlearn_seeds", "train", "scenarios", "unlearn", "attacks", "evaluation", "quick")
 SCENARIO_KEYS = ("name", "prefix", "data", "model", "conditional", "forget", "retrain", "methods", "audit_reference",
                  "train", "unlearn", "evaluation")
 SETTINGS = ("train", "unlearn", "evaluation")  # tables a scenario may override for itself (the experiment's otherwise)
@@ -111,6 +116,7 @@ class Experiment:
     evaluation: dict[str, Any]  # EVAL_KEYS
     source: dict[str, Any] = field(default_factory=dict, compare=False)  # the file's data (after --quick)
     autoencoder_steps: int | None = None  # [train] autoencoder_steps (text-to-image scenarios; None: the library's)
+    unlearn_seeds: tuple[int, ...] = ()  # seeds of the unlearning runs and their attacks, per base (empty: the base's)
 
     def train_for(self, scenario: Scenario) -> dict[str, Any]:
         """The ``train`` parameters of ``scenario``'s base: TrainConfig fields, plus ``preset`` (pixel) or
@@ -240,6 +246,11 @@ def parse_experiment(data: dict[str, Any], origin: str = "experiment", *, quick:
     require(isinstance(seeds, list) and seeds and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds),
             f"seeds must be a non-empty list of integers >= 0, got {seeds!r}")
     require(len(set(seeds)) == len(seeds), f"a seed is listed twice: {seeds}")
+    unlearn_seeds = data.get("unlearn_seeds", [])
+    require(isinstance(unlearn_seeds, list) and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0
+                                                    for s in unlearn_seeds),
+            f"unlearn_seeds must be a list of integers >= 0, got {unlearn_seeds!r}")
+    require(len(set(unlearn_seeds)) == len(unlearn_seeds), f"an unlearning seed is listed twice: {unlearn_seeds}")
 
     train = dict(_table(data.get("train", {}), "table train"))
     preset = train.pop("preset", "small")
@@ -290,7 +301,7 @@ def parse_experiment(data: dict[str, Any], origin: str = "experiment", *, quick:
         AttackConfig(**attack.config)
 
     experiment = Experiment(title, tuple(seeds), preset, train, tuple(scenarios), unlearn, tuple(attacks), evaluation, source,
-                            autoencoder_steps)
+                            autoencoder_steps, tuple(unlearn_seeds))
     stems = [stem for stage in build_stages(experiment) for stem in stage.outputs]
     clash = sorted({s for s in stems if stems.count(s) > 1 or Path(s).stem in RESERVED})
     require(not clash, f"two stages would write {clash[0]} (or it is a name the run itself writes); give the scenarios "
@@ -490,16 +501,19 @@ def build_stages(experiment: Experiment) -> list["Stage"]:
                                     {**data, "method": "retrain", "forget": scenario.forget, "loop": {}, "method_params": {},
                                      "seed": seed}, [f"{base}.safetensors"], [f"{retrain}.safetensors"]))
             stages.append(_evaluate(experiment, scenario, base, reference, seed))
-            for run in (["retrain"] if scenario.retrain else []) + list(scenario.methods):
+            runs = [("retrain", seed)] if scenario.retrain else []  # retrain is a training run: the base's seed
+            runs += [(run, u) for run in scenario.methods for u in experiment.unlearn_seeds or (seed,)]
+            for run, run_seed in runs:
                 stem = _stem(scenario, run, seed, experiment.seeds)
                 if run != "retrain":
+                    stem += f"-useed{run_seed}" if experiment.unlearn_seeds else ""
                     params = dict(scenario.methods[run])
                     method = params.pop("method", run)
                     loop = {**experiment.unlearn_for(scenario), **{k: v for k, v in params.items() if k in _unlearn_keys()}}
                     own = {k: v for k, v in params.items() if k not in _unlearn_keys()}
                     stages.append(Stage(f"unlearn-{stem}", f"unlearn {stem} ({method})", "unlearn",
                                         {**data, "method": method, "forget": scenario.forget, "loop": loop,
-                                         "method_params": own, "seed": seed}, [f"{base}.safetensors"], [f"{stem}.safetensors"]))
+                                         "method_params": own, "seed": run_seed}, [f"{base}.safetensors"], [f"{stem}.safetensors"]))
                 for attack in experiment.attacks:
                     attacked = _attacked(stem, attack)
                     outputs = [f"{attacked}.safetensors"] + ([_curve(stem, attack)] if attack.curve_every else [])
@@ -507,7 +521,7 @@ def build_stages(experiment: Experiment) -> list["Stage"]:
                     curve = _curve_matching_evaluation(experiment.evaluation_for(scenario), attack, seed)
                     stages.append(Stage(f"attack-{attacked}", f"attack {stem} ({label})", "attack",
                                         {**data, "forget": scenario.forget, "aux": attack.aux, "curve_every": attack.curve_every,
-                                         "attack": {**curve, **attack.config}, "seed": seed}, [f"{stem}.safetensors"], outputs))
+                                         "attack": {**curve, **attack.config}, "seed": run_seed}, [f"{stem}.safetensors"], outputs))
                 for evaluated in [stem] + [_attacked(stem, a) for a in experiment.attacks]:
                     stages.append(_evaluate(experiment, scenario, evaluated, reference, seed))
     return stages
