@@ -150,6 +150,7 @@ def test_cli_dry_run_lists_the_full_plan(cli):
     (dict(methods=("nope",)), "unknown method"),
     (dict(base_steps=0), "at least 1"),
     (dict(eval_samples=5), "at least 10"),
+    (dict(text_methods=("esd-x",)), "add --text-to-image"),
 ])
 def test_bad_recipes(kwargs, match):
     with pytest.raises(BadInputError, match=match):

@@ -2,7 +2,7 @@
 
 The demo is an experiment file, ``unlearnctl/experiments/demo.toml`` (a copy is ``examples/demo.toml``), run by
 :func:`unlearnctl.experiment.run_experiment` — ``unlearnctl demo`` is ``unlearnctl run examples/demo.toml``
-with a few overrides (:class:`DemoConfig`). Three scenarios:
+with a few overrides (:class:`DemoConfig`). Two scenarios, and a third with ``text_to_image`` (``--text-to-image``):
 
 * **class** — a class-conditional model on the digits; forget class 8 with every unlearning method and
   with exact retraining (the reference);
@@ -68,6 +68,7 @@ class DemoConfig:
             self.canary_methods = tuple(self.canary_methods)
         if self.text_methods is not None:
             self.text_methods = tuple(self.text_methods)
+            require(self.text_to_image, "--text-methods chooses the text-to-image scenario's methods; add --text-to-image")
         self.experiment()  # validates: a bad option fails here, before any work
 
     def experiment(self) -> Experiment:
