@@ -510,9 +510,8 @@ class ForgetProbe:
 
         if checkpoint.text_conditional:  # the forget prompts' rows of the text evaluation, scored as `evaluate` does
             from unlearnctl.metrics.text import resolve_text_forget
-            from unlearnctl.text_to_image import caption_seed, captioned_split
 
-            forget_set = resolve_text_forget(forget_set.spec, captioned_split(split, caption_seed(checkpoint)))
+            forget_set = resolve_text_forget(forget_set.spec, split)  # the job's split: text_forget_set's, captioned
         self.checkpoint, self.forget_set, self.config = checkpoint, forget_set, config
         self.classifier = self.threshold = None
         if forget_set.mode == "class":

@@ -415,10 +415,9 @@ def relearn_attack(
     # 1. What must stay out: every forget set of the lineage, plus the curve's.
     split = data if data is not None else _recorded_data(checkpoint)
     if text:  # the captions the model trained on (generated ones regenerated from its training seed)
-        from unlearnctl.text_to_image import caption_seed, captioned_split, check_text_data
+        from unlearnctl.text_unlearning import text_split
 
-        check_text_data(split.description, checkpoint)
-        split = captioned_split(split, caption_seed(checkpoint))
+        split = text_split(checkpoint, split)
     else:
         check_compatible(split.description, checkpoint.unet_config, checkpoint.conditional, checkpoint.num_classes)
     forget_sets = recorded_forget_sets(checkpoint, split)

@@ -520,10 +520,9 @@ def run_evaluation(
     split = split or load_recorded_data(checkpoint.data)
     if text:
         from unlearnctl.metrics.text import resolve_text_forget, text_sample_plan
-        from unlearnctl.text_to_image import caption_seed, captioned_split, check_text_data
+        from unlearnctl.text_unlearning import text_split
 
-        check_text_data(split.description, checkpoint)
-        split = captioned_split(split, caption_seed(checkpoint))
+        split = text_split(checkpoint, split)
     else:
         check_compatible(split.description, checkpoint.unet_config, checkpoint.conditional, checkpoint.num_classes)
         require(config.sampler != "pipeline", "--sampler pipeline is for text-to-image models; choose ddim or ddpm")

@@ -26,12 +26,12 @@ same way, so the membership audit conditions members and non-members alike.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
 
-from unlearnctl.data import ForgetSet, ForgetSpec, ImageSet, append_forget_images, class_index, resolve_forget
+from unlearnctl.data import ForgetSet, ForgetSpec, ImageSet, class_index, resolve_forget
 from unlearnctl.errors import BadInputError, require
 
 if TYPE_CHECKING:
@@ -67,9 +67,6 @@ class TextPlan:
     forget: torch.Tensor  # [N] bool: rows of forget prompts (forget rate)
 
 
-# --------------------------------------------------------------------------------------------- captions
-
-
 # --------------------------------------------------------------------------------------------- forget set
 
 
@@ -91,18 +88,38 @@ def concept_class(prompt: str, train: ImageSet, given: str | None = None) -> int
                         f"pass --concept-class NAME (classes: {', '.join(names) or 'none'})")
 
 
-def resolve_text_forget(spec: ForgetSpec, split: "DataSplit", concept: str | None = None) -> TextForgetSet:
-    """Resolve ``spec`` for a text-to-image model on a :func:`captioned_split` (see the module docstring).
-
-    A concept (classes, prompts) and memorised images (indices, canary, images) are evaluated separately: a
-    spec with both is refused. ``--forget-images`` must carry captions (metadata.jsonl, .txt files or npz
-    ``captions``).
-    """
+def concept_prompts(spec: ForgetSpec, train: ImageSet, concept: str | None = None) -> dict[int, list[str]]:
+    """Evaluation's own step: the classes a concept spec names, each with its forget prompts — a ``--forget-class``
+    with every caption wording of the class (:func:`~unlearnctl.captions.class_captions`), a ``--forget-prompt``
+    under its :func:`concept_class` (``concept``: ``--concept-class``). Sorted by class; prompts once each, in order.
+    The concept's forget set is then these classes' training images, and its forget rate the share of samples for
+    the prompts that the classifier assigns to them."""
     from unlearnctl.captions import class_captions
+
+    require(train.labels is not None and len(train.class_names or []) >= 2, "a concept's forget rate is scored by a "
+            "classifier of the data's classes; this data has no classes (forget memorised images instead)")
+    prompts: dict[int, list[str]] = {}
+    for name in spec.classes:
+        c = class_index(str(name), train.class_names)
+        prompts.setdefault(c, []).extend(class_captions(train.class_names[c]))
+    for prompt in spec.prompts:
+        prompts.setdefault(concept_class(prompt, train, concept), []).append(prompt)
+    return {c: list(dict.fromkeys(p)) for c, p in sorted(prompts.items())}
+
+
+def resolve_text_forget(spec: ForgetSpec, split: "DataSplit", concept: str | None = None) -> TextForgetSet:
+    """Resolve ``spec`` for evaluating a text-to-image model on a
+    :func:`~unlearnctl.text_unlearning.text_split` (see the module docstring).
+
+    A concept (classes, prompts) is the classes of :func:`concept_prompts`, resolved as a class forget set; memorised
+    images (indices, canary, images) are :func:`~unlearnctl.text_unlearning.resolve_captioned`'s forget set, with
+    their distinct captions as the forget prompts. The two are evaluated separately: a spec with both is refused.
+    ``--forget-images`` must carry captions (metadata.jsonl, .txt files or npz ``captions``).
+    """
+    from unlearnctl.text_unlearning import resolve_captioned
 
     require(not spec.empty, "the forget set is empty; give --forget-class, --forget-prompt, --forget-index, "
             "--forget-canary or --forget-images")
-    train = split.train
     concept_spec = bool(spec.classes or spec.prompts)
     data_spec = bool(spec.indices or spec.canary or spec.images)
     require(not (concept_spec and data_spec), "a text-to-image model is evaluated on a concept (--forget-class, "
@@ -111,35 +128,14 @@ def resolve_text_forget(spec: ForgetSpec, split: "DataSplit", concept: str | Non
     require(concept is None or bool(spec.prompts), "--concept-class names the class of --forget-prompt concepts; "
             "give --forget-prompt TEXT with it")
     if concept_spec:
-        require(train.labels is not None and len(train.class_names or []) >= 2, "a concept's forget rate is scored by a "
-                "classifier of the data's classes; this data has no classes (forget memorised images instead)")
-        prompts: dict[int, list[str]] = {}
-        for name in spec.classes:
-            c = class_index(str(name), train.class_names)
-            prompts.setdefault(c, []).extend(class_captions(train.class_names[c]))
-        for prompt in spec.prompts:
-            prompts.setdefault(concept_class(prompt, train, concept), []).append(prompt)
-        prompts = {c: list(dict.fromkeys(p)) for c, p in sorted(prompts.items())}
-        class_ids = sorted(prompts)
-        mask = torch.isin(train.labels, torch.tensor(class_ids))
-        require(bool(mask.any()), f"no training images have class {', '.join(train.class_names[c] for c in class_ids)}")
-        require(not bool(mask.all()), "the concept is the whole training set; nothing would be retained")
-        return TextForgetSet("class", mask, train.subset(mask), train.subset(~mask), class_ids, spec, prompts)
-    in_train = replace(spec, images=None)
-    if in_train.empty:
-        mask, class_ids = torch.zeros(len(train), dtype=torch.bool), []
-    else:
-        resolved = resolve_forget(in_train, split)
-        mask, class_ids = resolved.train_mask, resolved.class_ids
-    forget = train.subset(mask)
-    if spec.images:
-        forget = append_forget_images(forget, spec.images, split.description)
-        require(forget.captions is not None, f"--forget-images {spec.images} have no captions; a text-to-image model's "
-                "memorised images are scored for their captions (metadata.jsonl or .txt files beside the images, or npz 'captions')")
-    require(len(forget) > 0, "the forget set is empty")
-    captions = list(dict.fromkeys(forget.captions))
+        prompts = concept_prompts(spec, split.train, concept)
+        classes = resolve_forget(ForgetSpec(classes=tuple(split.train.class_names[c] for c in prompts)), split)
+        return TextForgetSet("class", classes.train_mask, classes.forget, classes.retain, classes.class_ids, spec, prompts)
+    memorised = resolve_captioned(spec, split)
+    captions = list(dict.fromkeys(memorised.forget.captions))
+    class_ids = memorised.class_ids
     key = class_ids[0] if len(class_ids) == 1 else MEMORISED  # the canary's rows take its class's place
-    return TextForgetSet("data", mask, forget, train.subset(~mask), class_ids, spec, {key: captions})
+    return TextForgetSet("data", memorised.train_mask, memorised.forget, memorised.retain, class_ids, spec, {key: captions})
 
 
 # --------------------------------------------------------------------------------------------- sample layout
