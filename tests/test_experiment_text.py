@@ -184,6 +184,49 @@ def test_keys_that_mean_nothing_for_the_model_exit_2(cli, tmp_path, text, match)
     assert not (tmp_path / "out").exists()
 
 
+def test_a_method_named_in_a_scenario_of_a_kind_it_takes_no_part_in_exits_2(cli, tmp_path):
+    """The registry's ``scenarios`` of every named method are checked when the file is read: a text-to-image-only
+    method (ESD) in a pixel scenario or a data scenario, a pixel-only method in a concept scenario."""
+    import re
+    from dataclasses import dataclass
+
+    from unlearnctl.methods import available_methods, get_method, register_method, unregister_method
+    from unlearnctl.methods.base import Method
+
+    concept_only = [m for m in available_methods("concept", exact=False)
+                    if m not in available_methods("class") + available_methods("canary")][0]
+
+    @register_method("class-only-test")
+    @dataclass
+    class ClassOnly(Method):
+        """A method for pixel classes only."""
+
+        scenarios = ("class",)
+
+    head = text_toml().split("[[scenarios]]")[0].replace("autoencoder_steps = 2\n", "")
+    cases = [
+        (head + PIXEL.replace('["naive"]', f'["{concept_only}"]'), concept_only, "class"),
+        (head + PIXEL.replace('["naive"]', f'{{ grid = {{ method = "{concept_only}", lr = 1e-5 }} }}'), concept_only, "class"),
+        (text_toml(f'["{concept_only}"]').replace('classes = ["8"]', "indices = [0, 1, 2]"), concept_only, "canary"),
+        (text_toml('["class-only-test"]'), "class-only-test", "concept"),
+    ]
+    try:
+        assert parse(text_toml('["class-only-test"]').replace('model = "text-to-image"\n', "")
+                     .replace("autoencoder_steps = 2\n", "")).scenarios[0].methods == {"class-only-test": {}}
+        for i, (text, method, kind) in enumerate(cases):
+            supported = " and ".join(get_method(method).scenarios)
+            toml = tmp_path / f"bad{i}.toml"
+            toml.write_text(text)
+            result = cli("run", toml, "--out", tmp_path / "out")
+            assert result.code == 2, result
+            message = (rf"scenario \w+: method {method} takes part in {supported} scenarios only, and this is a {kind} "
+                       rf"scenario .*list one of its methods: {', '.join(available_methods(kind, exact=False))}")
+            assert len(result.err.strip().splitlines()) == 1 and re.search(message, result.err), result.err
+            assert not (tmp_path / "out").exists()
+    finally:
+        unregister_method("class-only-test")
+
+
 def test_forget_prompts_are_recorded_as_forget_spec_does():
     from unlearnctl.data import ForgetSpec
 

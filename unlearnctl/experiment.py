@@ -332,7 +332,7 @@ def _check_autoencoder_steps(value: Any, where: str) -> None:
 
 
 def _scenario(raw: dict[str, Any], index: int, unlearn_keys: tuple[str, ...]) -> Scenario:
-    from unlearnctl.methods import available_methods, get_method
+    from unlearnctl.methods import SCENARIO_KINDS, available_methods, get_method
 
     where = f"scenario #{index + 1}"
     _known(raw, SCENARIO_KEYS, where)
@@ -409,6 +409,9 @@ def _scenario(raw: dict[str, Any], index: int, unlearn_keys: tuple[str, ...]) ->
         require(method != "retrain", f"{where}: retrain is the reference; set retrain = true instead of listing it")
         cls = get_method(method)
         require(not cls.exact, f"{where}: {method} is an exact method; only fine-tuning methods are listed")
+        require(kind in cls.scenarios, f"{where}: method {method} takes part in {' and '.join(cls.scenarios)} scenarios "
+                f"only, and this is a {kind} scenario ({SCENARIO_KINDS[kind]}); list one of its methods: "
+                f"{', '.join(available_methods(kind, exact=False))}")
         cls.Config.from_dict({k: v for k, v in params.items() if k not in unlearn_keys + ("method",)}, method)
 
     reference = raw.get("audit_reference")

@@ -340,11 +340,13 @@ class Method:
 
     Subclasses set ``name`` (by :func:`~unlearnctl.methods.register_method`), ``Config``, ``summary``,
     ``defaults`` (the tuned ``steps``, ``lr``, ``batch_size``, ``lr_schedule`` and ``ema_decay`` of the shared
-    loop) and ``scenarios`` (the kinds of experiment scenario whose ``methods = "all"`` lists it), and implement
+    loop) and ``scenarios`` (the kinds of experiment scenario whose ``methods = "all"`` lists it, and the only
+    ones an experiment file may name it in), and implement
     :meth:`terms` plus :meth:`objective` or :meth:`combine`. An exact method (``exact = True``, retraining)
     implements :meth:`run` instead of the loop hooks.
 
-    Scenario kinds (:func:`~unlearnctl.methods.available_methods`, docs/experiments.md):
+    Scenario kinds (:data:`~unlearnctl.methods.SCENARIO_KINDS`, :func:`~unlearnctl.methods.available_methods`,
+    docs/experiments.md):
 
     * ``"class"`` — a pixel model forgets a class;
     * ``"canary"`` — a model forgets training data: images by index, the canary, images from a file;
