@@ -166,6 +166,44 @@ def test_a_prompt_shared_by_two_classes_needs_the_concept_class():
     assert concept_class("a thing", train, "bar") == 0
 
 
+def test_evaluation_and_unlearning_share_one_resolver_and_differ_only_in_their_own_step():
+    """Evaluation's concept step (:func:`concept_prompts`) turns a class and prompts into classes, each with its
+    prompts, resolved as a class forget set; unlearning (:func:`resolve_captioned`, no drawn images) takes a prompt's
+    exactly-captioned images. Memorised images resolve to the same images in both."""
+    from unlearnctl.captions import class_captions
+    from unlearnctl.data import DataSplit, ImageSet
+    from unlearnctl.errors import BadInputError
+    from unlearnctl.metrics.text import MEMORISED, concept_prompts, resolve_text_forget
+    from unlearnctl.text_unlearning import prompt_images, resolve_captioned
+
+    names = ["bar", "box", "cross"]
+    labels = torch.tensor([0, 1, 2, 0, 1, 2])
+    captions = ["a bar", "a box", "a cross", "a thin bar", "a box", class_captions("cross")[0]]
+    train = ImageSet(torch.linspace(-1, 1, 6 * 4).reshape(6, 1, 2, 2), labels, names, captions)
+    split = DataSplit(train, train.subset(torch.tensor([0])), {"channels": 1, "resolution": 2})
+
+    spec = ForgetSpec(classes=("cross",), prompts=("a thin bar", class_captions("cross")[1]))
+    assert concept_prompts(spec, train) == {0: ["a thin bar"], 2: list(class_captions("cross"))}  # sorted, each once
+    evaluated = resolve_text_forget(spec, split)
+    assert evaluated.mode == "class" and evaluated.class_ids == [0, 2] and evaluated.spec == spec
+    assert evaluated.train_mask.tolist() == [True, False, True, True, False, True]
+    assert len(evaluated.retain) == 2 and evaluated.prompts == concept_prompts(spec, train)
+    unlearned = resolve_captioned(ForgetSpec(prompts=("a thin bar",)), split)
+    assert unlearned.train_mask.tolist() == [False, False, False, True, False, False]  # the exact caption only
+    assert prompt_images(None, ForgetSpec(prompts=("a thin bar",)), split, prompt_samples=0, prompt_guidance=1.0,
+                         seed=0) is None  # nothing drawn: the captioned image is the concept
+    with pytest.raises(BadInputError, match="no training image is captioned with the forget prompt"):
+        prompt_images(None, ForgetSpec(prompts=("a red bar",)), split, prompt_samples=0, prompt_guidance=1.0, seed=0)
+
+    memorised = ForgetSpec(indices=(1, 4))
+    evaluated, unlearned = resolve_text_forget(memorised, split), resolve_captioned(memorised, split)
+    assert evaluated.mode == unlearned.mode == "data" and evaluated.fingerprint == unlearned.fingerprint
+    assert evaluated.train_mask.tolist() == unlearned.train_mask.tolist() and evaluated.prompts == {MEMORISED: ["a box"]}
+    unlabelled = DataSplit(ImageSet(train.images, None, [], captions), split.heldout, split.description)
+    with pytest.raises(BadInputError, match="this data has no classes"):
+        concept_prompts(ForgetSpec(prompts=("a box",)), unlabelled.train)
+
+
 def test_memorisation_rate_of_a_captioned_forget_image(t2i, tmp_path, cli, shapes_split):
     from unlearnctl.data import to_uint8
     from unlearnctl.metrics.forget import nearest_distance
