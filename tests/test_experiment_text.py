@@ -133,6 +133,21 @@ def test_quick_sizes_win_over_a_scenarios_own():
     assert build_stages(plain)[0].params["train"]["autoencoder_steps"] == 300
 
 
+def test_a_scenarios_own_attacks_replace_the_experiments_for_its_models_only():
+    head, rest = text_toml().split("[[scenarios]]")
+    own = 'attacks = [{ name = "short", aux = "retain", steps = 3, batch_size = 8 }]\n'
+    experiment = parse(head + PIXEL + "[[scenarios]]" + rest.replace("[unlearn]", own + "[unlearn]"))
+    stages = {s.id: s for s in build_stages(experiment)}
+    assert stages["attack-t2i-naive-attacked-short"].params["attack"] == {"steps": 3, "batch_size": 8}
+    assert "evaluate-t2i-naive-attacked-short" in stages and "attack-t2i-naive-attacked" not in stages
+    pixel_attacks = [s for s in stages if s.startswith("attack-") and not s.startswith("attack-t2i-")]
+    assert pixel_attacks and all(s.endswith("-attacked") for s in pixel_attacks)  # the experiment's one attack
+    assert stages[pixel_attacks[0]].params["attack"]["steps"] == 2
+    quick = '[quick]\nattacks = [{ aux = "retain", steps = 1 }]\n'
+    quicked = parse(text_toml('["naive"]', own, quick=quick), quick=True)  # --quick's attacks replace a scenario's too
+    assert {s.id: s for s in build_stages(quicked)}["attack-t2i-naive-attacked"].params["attack"]["steps"] == 1
+
+
 def test_a_text_scenario_leaves_the_pixel_stages_as_they_were():
     """Stage digests of a pixel scenario do not change when a text-to-image scenario (and its autoencoder_steps) is
     added: a finished pixel run stays finished."""
@@ -172,6 +187,8 @@ def test_the_demo_pixel_stages_are_unchanged_by_its_text_scenario():
     (text_toml(scenario="evaluation = { num_samples = 5 }"), "t2i: evaluation.num_samples must be at least 10"),
     (text_toml(scenario="unlearn = { nope = 1 }"), "unknown key 'nope' in scenario t2i: unlearn"),
     (text_toml(scenario="train = { steps = 0 }"), "steps must be at least 1"),
+    (text_toml(scenario="attacks = 3"), "scenario t2i: attacks must be an array of tables"),
+    (text_toml(scenario='attacks = [{ aux = "retain", nope = 1 }]'), "unknown key 'nope' in scenario t2i: attack #1"),
 ])
 def test_keys_that_mean_nothing_for_the_model_exit_2(cli, tmp_path, text, match):
     import re
@@ -184,47 +201,46 @@ def test_keys_that_mean_nothing_for_the_model_exit_2(cli, tmp_path, text, match)
     assert not (tmp_path / "out").exists()
 
 
-def test_a_method_named_in_a_scenario_of_a_kind_it_takes_no_part_in_exits_2(cli, tmp_path):
-    """The registry's ``scenarios`` of every named method are checked when the file is read: a text-to-image-only
-    method (ESD) in a pixel scenario or a data scenario, a pixel-only method in a concept scenario."""
+def test_a_method_named_on_a_model_family_it_does_not_run_on_exits_2(cli, tmp_path):
+    """The registry's ``models`` of every named method are checked when the file is read: a text-to-image-only
+    method (ESD) in a pixel scenario, a pixel-only method in a text-to-image scenario."""
     import re
     from dataclasses import dataclass
 
     from unlearnctl.methods import available_methods, get_method, register_method, unregister_method
     from unlearnctl.methods.base import Method
 
-    concept_only = [m for m in available_methods("concept", exact=False)
-                    if m not in available_methods("class") + available_methods("canary")][0]
+    text_only = [m for m in available_methods(exact=False) if get_method(m).models == ("text-to-image",)][0]
 
-    @register_method("class-only-test")
+    @register_method("pixel-only-test")
     @dataclass
-    class ClassOnly(Method):
-        """A method for pixel classes only."""
+    class PixelOnly(Method):
+        """A method for pixel models only."""
 
-        scenarios = ("class",)
+        models = ("pixel",)
 
     head = text_toml().split("[[scenarios]]")[0].replace("autoencoder_steps = 2\n", "")
     cases = [
-        (head + PIXEL.replace('["naive"]', f'["{concept_only}"]'), concept_only, "class"),
-        (head + PIXEL.replace('["naive"]', f'{{ grid = {{ method = "{concept_only}", lr = 1e-5 }} }}'), concept_only, "class"),
-        (text_toml(f'["{concept_only}"]').replace('classes = ["8"]', "indices = [0, 1, 2]"), concept_only, "canary"),
-        (text_toml('["class-only-test"]'), "class-only-test", "concept"),
+        (head + PIXEL.replace('["naive"]', f'["{text_only}"]'), text_only, "pixel"),
+        (head + PIXEL.replace('["naive"]', f'{{ grid = {{ method = "{text_only}", lr = 1e-5 }} }}'), text_only, "pixel"),
+        (text_toml('["pixel-only-test"]'), "pixel-only-test", "text-to-image"),
     ]
     try:
-        assert parse(text_toml('["class-only-test"]').replace('model = "text-to-image"\n', "")
-                     .replace("autoencoder_steps = 2\n", "")).scenarios[0].methods == {"class-only-test": {}}
-        for i, (text, method, kind) in enumerate(cases):
-            supported = " and ".join(get_method(method).scenarios)
+        assert parse(text_toml('["pixel-only-test"]').replace('model = "text-to-image"\n', "")
+                     .replace("autoencoder_steps = 2\n", "")).scenarios[0].methods == {"pixel-only-test": {}}
+        assert parse(text_toml(f'["{text_only}"]').replace('classes = ["8"]', "indices = [0, 1, 2]")).scenarios[0].methods
+        for i, (text, method, family) in enumerate(cases):
+            runs_on = " and ".join(get_method(method).models)
             toml = tmp_path / f"bad{i}.toml"
             toml.write_text(text)
             result = cli("run", toml, "--out", tmp_path / "out")
             assert result.code == 2, result
-            message = (rf"scenario \w+: method {method} takes part in {supported} scenarios only, and this is a {kind} "
-                       rf"scenario .*list one of its methods: {', '.join(available_methods(kind, exact=False))}")
+            message = rf"scenario \w+: method {method} runs on {runs_on} models only, and this scenario's model is {family}"
             assert len(result.err.strip().splitlines()) == 1 and re.search(message, result.err), result.err
+            assert method not in result.err.split("list one of:")[1]
             assert not (tmp_path / "out").exists()
     finally:
-        unregister_method("class-only-test")
+        unregister_method("pixel-only-test")
 
 
 def test_forget_prompts_are_recorded_as_forget_spec_does():

@@ -95,7 +95,7 @@ class DemoConfig:
         if not self.text_to_image:
             data["scenarios"] = [s for s in data["scenarios"] if s["name"] != "t2i"]
         if self.attack_steps is not None:
-            for attack in data["attacks"]:
+            for attack in data["attacks"] + [a for s in scenarios.values() for a in s.get("attacks", [])]:
                 attack["steps"] = self.attack_steps
         if self.eval_samples is not None:
             data["evaluation"]["num_samples"] = self.eval_samples

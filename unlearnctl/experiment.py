@@ -54,7 +54,7 @@ STAGES = "stages"  # folder of the per-stage records
 RESERVED = ("report", "comparison", "experiment")  # file stems the run itself writes
 TOP_KEYS = ("title", "seeds", "unlearn_seeds", "train", "scenarios", "unlearn", "attacks", "evaluation", "quick")
 SCENARIO_KEYS = ("name", "prefix", "data", "model", "conditional", "forget", "retrain", "methods", "audit_reference",
-                 "train", "unlearn", "evaluation")
+                 "train", "unlearn", "evaluation", "attacks")
 SETTINGS = ("train", "unlearn", "evaluation")  # tables a scenario may override for itself (the experiment's otherwise)
 MODELS = ("pixel", "text-to-image")  # a scenario's kind of model: a pixel UNet2DModel, or the embedded latent text-to-image model
 FORGET_KEYS = ("classes", "indices", "canary", "images", "prompts")
@@ -82,6 +82,7 @@ class Scenario:
     train: dict[str, Any] = field(default_factory=dict)  # its own [train] keys (over the experiment's)
     unlearn: dict[str, Any] = field(default_factory=dict)  # its own [unlearn] keys
     evaluation: dict[str, Any] = field(default_factory=dict)  # its own [evaluation] keys
+    attacks: "tuple[Attack, ...] | None" = None  # its own [[attacks]], instead of the experiment's (None: those)
 
     @property
     def text(self) -> bool:
@@ -133,6 +134,10 @@ class Experiment:
         """The loop settings every method of ``scenario`` gets."""
         return {**self.unlearn, **scenario.unlearn}
 
+    def attacks_for(self, scenario: Scenario) -> tuple[Attack, ...]:
+        """The attacks on ``scenario``'s models: its own ``attacks``, else the experiment's."""
+        return self.attacks if scenario.attacks is None else scenario.attacks
+
     def evaluation_for(self, scenario: Scenario) -> dict[str, Any]:
         """The ``[evaluation]`` settings of ``scenario``'s models."""
         return {**self.evaluation, **scenario.evaluation}
@@ -165,7 +170,8 @@ def load_experiment(path: str | Path, *, quick: bool = False) -> Experiment:
 
 def with_quick(data: dict[str, Any], origin: str = "experiment") -> dict[str, Any]:
     """``data`` with its ``[quick]`` table applied (and removed). Its ``train``, ``unlearn`` and ``evaluation`` keys
-    also win over a scenario's own: ``--quick`` sizes are tiny everywhere (unless it replaces the scenarios)."""
+    also win over a scenario's own, and its ``attacks`` replace a scenario's: ``--quick`` sizes are tiny everywhere
+    (unless it replaces the scenarios)."""
     require("quick" in data, f"{origin} has no quick table; --quick needs one")
     quick = _table(data["quick"], f"{origin} table quick")
     require("quick" not in quick, f"{origin}: table quick cannot hold a quick table")
@@ -175,6 +181,8 @@ def with_quick(data: dict[str, Any], origin: str = "experiment") -> dict[str, An
             for key in SETTINGS:
                 if isinstance(scenario, dict) and isinstance(scenario.get(key), dict) and isinstance(quick.get(key), dict):
                     scenario[key] = {k: v for k, v in scenario[key].items() if k not in quick[key]}
+            if isinstance(scenario, dict) and "attacks" in quick:
+                scenario.pop("attacks", None)
     return merged
 
 
@@ -292,14 +300,7 @@ def parse_experiment(data: dict[str, Any], origin: str = "experiment", *, quick:
             require((other, model) != (scenario.name, "base"), f"scenario {scenario.name}: its own base saw its forget set; "
                     "the audit reference must never have seen it")
 
-    raw_attacks = data.get("attacks", [])
-    require(isinstance(raw_attacks, list), "attacks must be an array of tables, one per attack")
-    attacks = [_attack(_table(raw, f"attack #{i + 1}"), i, len(raw_attacks)) for i, raw in enumerate(raw_attacks)]
-    attack_names = [a.name for a in attacks]
-    require(len(set(attack_names)) == len(attack_names), f"two attacks have the same name: {attack_names}")
-    for attack in attacks:
-        AttackConfig(**attack.config)
-
+    attacks = _attacks(data.get("attacks", []), "attacks")
     experiment = Experiment(title, tuple(seeds), preset, train, tuple(scenarios), unlearn, tuple(attacks), evaluation, source,
                             autoencoder_steps, tuple(unlearn_seeds))
     stems = [stem for stage in build_stages(experiment) for stem in stage.outputs]
@@ -332,7 +333,7 @@ def _check_autoencoder_steps(value: Any, where: str) -> None:
 
 
 def _scenario(raw: dict[str, Any], index: int, unlearn_keys: tuple[str, ...]) -> Scenario:
-    from unlearnctl.methods import SCENARIO_KINDS, available_methods, get_method
+    from unlearnctl.methods import available_methods, get_method
 
     where = f"scenario #{index + 1}"
     _known(raw, SCENARIO_KEYS, where)
@@ -409,9 +410,9 @@ def _scenario(raw: dict[str, Any], index: int, unlearn_keys: tuple[str, ...]) ->
         require(method != "retrain", f"{where}: retrain is the reference; set retrain = true instead of listing it")
         cls = get_method(method)
         require(not cls.exact, f"{where}: {method} is an exact method; only fine-tuning methods are listed")
-        require(kind in cls.scenarios, f"{where}: method {method} takes part in {' and '.join(cls.scenarios)} scenarios "
-                f"only, and this is a {kind} scenario ({SCENARIO_KINDS[kind]}); list one of its methods: "
-                f"{', '.join(available_methods(kind, exact=False))}")
+        family = "text-to-image" if text else "pixel"
+        require(family in cls.models, f"{where}: method {method} runs on {' and '.join(cls.models)} models only, and "
+                f"this scenario's model is {family}; list one of: {', '.join(_runnable_methods(family))}")
         cls.Config.from_dict({k: v for k, v in params.items() if k not in unlearn_keys + ("method",)}, method)
 
     reference = raw.get("audit_reference")
@@ -422,13 +423,30 @@ def _scenario(raw: dict[str, Any], index: int, unlearn_keys: tuple[str, ...]) ->
         require(which in ("base", "retrain"), f"{where}: audit_reference must be SCENARIO.base, SCENARIO.retrain or "
                 f"retrain, got {reference!r}")
         reference = (other, which)
-    return Scenario(name, prefix, data, True if text else conditional, forget, retrain, methods, reference, model, **settings)
+    attacks = None if "attacks" not in raw else _attacks(raw["attacks"], f"{where}: attacks")
+    return Scenario(name, prefix, data, True if text else conditional, forget, retrain, methods, reference, model, **settings,
+                    attacks=attacks)
 
 
-def _attack(raw: dict[str, Any], index: int, count: int) -> Attack:
+def _attacks(raw_attacks: Any, where: str) -> tuple[Attack, ...]:
+    """An ``attacks`` array checked (``where``: its name in messages)."""
     from unlearnctl.attacks.dimra import AttackConfig
 
-    where = f"attack #{index + 1}"
+    require(isinstance(raw_attacks, list), f"{where} must be an array of tables, one per attack")
+    prefix = "" if where == "attacks" else f"{where.rpartition(':')[0]}: "
+    attacks = [_attack(_table(raw, f"{prefix}attack #{i + 1}"), i, len(raw_attacks), prefix)
+               for i, raw in enumerate(raw_attacks)]
+    names = [a.name for a in attacks]
+    require(len(set(names)) == len(names), f"{where}: two attacks have the same name: {names}")
+    for attack in attacks:
+        AttackConfig(**attack.config)
+    return tuple(attacks)
+
+
+def _attack(raw: dict[str, Any], index: int, count: int, prefix: str = "") -> Attack:
+    from unlearnctl.attacks.dimra import AttackConfig
+
+    where = f"{prefix}attack #{index + 1}"
     keys = ATTACK_EXTRA + _fields(AttackConfig, exclude=("seed",))
     _known(raw, keys, where)
     config = {k: v for k, v in raw.items() if k not in ATTACK_EXTRA}
@@ -471,6 +489,13 @@ class Stage:
 
 def _stem(scenario: Scenario, model: str, seed: int, seeds: tuple[int, ...]) -> str:
     return f"{scenario.prefix}{model}" + (f"-seed{seed}" if len(seeds) > 1 else "")
+
+
+def _runnable_methods(family: str) -> list[str]:
+    """The fine-tuning methods that run on models of ``family`` (``pixel`` or ``text-to-image``)."""
+    from unlearnctl.methods import available_methods, get_method
+
+    return [m for m in available_methods(exact=False) if family in get_method(m).models]
 
 
 def _attacked(stem: str, attack: Attack) -> str:
@@ -517,7 +542,7 @@ def build_stages(experiment: Experiment) -> list["Stage"]:
                     stages.append(Stage(f"unlearn-{stem}", f"unlearn {stem} ({method})", "unlearn",
                                         {**data, "method": method, "forget": scenario.forget, "loop": loop,
                                          "method_params": own, "seed": run_seed}, [f"{base}.safetensors"], [f"{stem}.safetensors"]))
-                for attack in experiment.attacks:
+                for attack in experiment.attacks_for(scenario):
                     attacked = _attacked(stem, attack)
                     outputs = [f"{attacked}.safetensors"] + ([_curve(stem, attack)] if attack.curve_every else [])
                     label = f"DiMRA, {attack.config.get('steps', 500)} steps" + (f", {attack.name}" if attack.name else "")
@@ -525,7 +550,7 @@ def build_stages(experiment: Experiment) -> list["Stage"]:
                     stages.append(Stage(f"attack-{attacked}", f"attack {stem} ({label})", "attack",
                                         {**data, "forget": scenario.forget, "aux": attack.aux, "curve_every": attack.curve_every,
                                          "attack": {**curve, **attack.config}, "seed": run_seed}, [f"{stem}.safetensors"], outputs))
-                for evaluated in [stem] + [_attacked(stem, a) for a in experiment.attacks]:
+                for evaluated in [stem] + [_attacked(stem, a) for a in experiment.attacks_for(scenario)]:
                     stages.append(_evaluate(experiment, scenario, evaluated, reference, seed))
     return stages
 
@@ -927,9 +952,10 @@ def describe_experiment(experiment: Experiment) -> dict[str, Any]:
         kind = "text-to-image (the embedded latent model)" if s.text else "conditional" if s.conditional else "unconditional"
         own = "; ".join(f"its {key}: " + ", ".join(f"{k} {v}" for k, v in getattr(s, key).items())
                         for key in SETTINGS if getattr(s, key))
+        if s.attacks is not None:
+            own += ("; " if own else "") + f"its attacks: {_describe_attacks(s.attacks)}"
         scenarios[f"scenario {s.name}"] = f"{s.data}, {kind}; forget {forget}: {methods}{audit}" + (f"; {own}" if own else "")
-    attacks = "; ".join(f"{a.name or 'DiMRA'}: aux {a.aux}, " + ", ".join(f"{k} {v}" for k, v in a.config.items())
-                        + (f", curve every {a.curve_every} steps" if a.curve_every else "") for a in experiment.attacks)
+    attacks = _describe_attacks(experiment.attacks)
     text = any(s.text for s in experiment.scenarios)
     models = ", ".join(([f"UNet2DModel preset {experiment.preset!r}"] if not all(s.text for s in experiment.scenarios) else [])
                        + (["the embedded latent text-to-image model (autoencoder, CLIP text encoder, UNet2DConditionModel)"]
@@ -943,7 +969,12 @@ def describe_experiment(experiment: Experiment) -> dict[str, Any]:
         **scenarios,
         "seeds": ", ".join(str(s) for s in experiment.seeds),
         "unlearning": ", ".join(f"{k} {v}" for k, v in experiment.unlearn.items()) or "each method's tuned defaults",
-        "attacks": attacks or "none",
+        "attacks": attacks,
         "evaluation": ", ".join(f"{k} {v}" for k, v in experiment.evaluation.items()),
         "recipe fields": experiment.source,
     }
+
+
+def _describe_attacks(attacks: tuple[Attack, ...]) -> str:
+    return "; ".join(f"{a.name or 'DiMRA'}: aux {a.aux}, " + ", ".join(f"{k} {v}" for k, v in a.config.items())
+                     + (f", curve every {a.curve_every} steps" if a.curve_every else "") for a in attacks) or "none"

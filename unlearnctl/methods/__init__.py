@@ -31,13 +31,6 @@ from unlearnctl.errors import BadInputError
 _REGISTRY: dict[str, type] = {}
 M = TypeVar("M", bound=type)
 
-# The kinds of experiment scenario a method takes part in (its ``scenarios``: :class:`~unlearnctl.methods.base.Method`).
-SCENARIO_KINDS = {
-    "class": "a pixel model forgets a class",
-    "canary": "a model forgets training data: images by index, the canary, images from a file",
-    "concept": "a text-to-image model forgets a concept: a class of its captioned data, or prompts",
-}
-
 
 def register_method(name: str) -> Callable[[M], M]:
     """Class decorator: register an unlearning method under ``name``."""

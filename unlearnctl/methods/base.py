@@ -340,13 +340,12 @@ class Method:
 
     Subclasses set ``name`` (by :func:`~unlearnctl.methods.register_method`), ``Config``, ``summary``,
     ``defaults`` (the tuned ``steps``, ``lr``, ``batch_size``, ``lr_schedule`` and ``ema_decay`` of the shared
-    loop) and ``scenarios`` (the kinds of experiment scenario whose ``methods = "all"`` lists it, and the only
-    ones an experiment file may name it in), and implement
+    loop), ``scenarios`` (the kinds of experiment scenario whose ``methods = "all"`` lists it) and ``models``
+    (the model families it runs on, and so the scenarios an experiment file may name it in), and implement
     :meth:`terms` plus :meth:`objective` or :meth:`combine`. An exact method (``exact = True``, retraining)
     implements :meth:`run` instead of the loop hooks.
 
-    Scenario kinds (:data:`~unlearnctl.methods.SCENARIO_KINDS`, :func:`~unlearnctl.methods.available_methods`,
-    docs/experiments.md):
+    Scenario kinds (:func:`~unlearnctl.methods.available_methods`, docs/experiments.md):
 
     * ``"class"`` — a pixel model forgets a class;
     * ``"canary"`` — a model forgets training data: images by index, the canary, images from a file;
@@ -363,6 +362,7 @@ class Method:
     exact: ClassVar[bool] = False  # True: not a fine-tuning method (retrain trains from scratch)
     order: ClassVar[int] = 100  # position in listings (--help, the demo); ties by name
     scenarios: ClassVar[tuple[str, ...]] = ("class", "concept")  # the scenario kinds it takes part in (class docstring)
+    models: ClassVar[tuple[str, ...]] = ("pixel", "text-to-image")  # the model families it runs on
 
     def __init__(self, config: MethodConfig, ctx: MethodContext):
         self.config, self.ctx = config, ctx

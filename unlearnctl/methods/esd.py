@@ -59,6 +59,7 @@ class ESD(Method):
     Config = ESDConfig
     order = 55
     scenarios = ("concept",)
+    models = ("text-to-image",)
     defaults = {"steps": 200, "lr": 1e-4, "batch_size": 8, "lr_schedule": "constant", "ema_decay": 0.0}
 
     @classmethod
