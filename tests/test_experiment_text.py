@@ -148,6 +148,22 @@ def test_a_scenarios_own_attacks_replace_the_experiments_for_its_models_only():
     assert {s.id: s for s in build_stages(quicked)}["attack-t2i-naive-attacked"].params["attack"]["steps"] == 1
 
 
+def test_parallel_runs_start_the_longest_chain_first():
+    """--jobs orders ready stages by their longest chain to the end: a base before anything, a retrain (a training
+    run) before the methods' short unlearn → attack → evaluate chains, an unlearn before an evaluation."""
+    from unlearnctl.demo import DemoConfig
+    from unlearnctl.experiment import STAGE_COSTS, critical_path
+
+    stages = build_stages(DemoConfig(text_to_image=True).experiment())
+    chain = critical_path(stages)
+    assert chain["train-t2i-base"] == max(chain.values())
+    methods = [s.id for s in stages if s.id.startswith("unlearn-t2i-") and s.id != "unlearn-t2i-retrain"]
+    assert len(methods) >= 3 and all(chain["unlearn-t2i-retrain"] > chain[m] for m in methods)
+    assert chain["unlearn-t2i-naive"] == STAGE_COSTS["unlearn"] + STAGE_COSTS["attack"] + STAGE_COSTS["evaluate"]
+    assert chain["evaluate-t2i-naive-attacked"] == STAGE_COSTS["evaluate"]
+    assert chain["train-t2i-base"] == STAGE_COSTS["train"] + chain["unlearn-t2i-retrain"]
+
+
 def test_a_text_scenario_leaves_the_pixel_stages_as_they_were():
     """Stage digests of a pixel scenario do not change when a text-to-image scenario (and its autoencoder_steps) is
     added: a finished pixel run stays finished."""

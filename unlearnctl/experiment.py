@@ -906,12 +906,13 @@ def run_experiment(
 
 def _run_parallel(stages: list[Stage], out: Path, jobs: int, device: str,
                   finished: Callable[[Stage, float, bool], None]) -> None:
-    """Run the stages in ``jobs`` worker processes, each as soon as the stages making its inputs are done."""
+    """Run the stages in ``jobs`` worker processes, each once the stages making its inputs are done and a worker is
+    free, the longest remaining chain first (:func:`critical_path`)."""
     import multiprocessing
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
-    producer = {name: stage.id for stage in stages for name in stage.outputs}
-    needs = {stage.id: {producer[name] for name in stage.inputs if name in producer} for stage in stages}
+    needs = _needs(stages)
+    priority = critical_path(stages)
     complete: set[str] = set()
     waiting = list(stages)
     import torch
@@ -921,21 +922,48 @@ def _run_parallel(stages: list[Stage], out: Path, jobs: int, device: str,
     with ProcessPoolExecutor(jobs, mp_context=context, initializer=_worker_init, initargs=(str(out), device, threads)) as pool:
         running: dict[Any, Stage] = {}
         while waiting or running:
-            for stage in [s for s in waiting if needs[s.id] <= complete]:
+            ready = [s for s in waiting if needs[s.id] <= complete]
+            reused = [s for s in ready if stage_done(out, s)]
+            for stage in reused:
                 waiting.remove(stage)
-                if stage_done(out, stage):
-                    complete.add(stage.id)
-                    finished(stage, 0.0, True)
-                else:
-                    running[pool.submit(_worker_run, stage)] = stage
-            if not running:
+                complete.add(stage.id)
+                finished(stage, 0.0, True)
+            if reused:
                 continue
+            # a stage starts only when a worker is free, the longest remaining chain first
+            for stage in sorted(ready, key=lambda s: -priority[s.id])[:jobs - len(running)]:
+                waiting.remove(stage)
+                running[pool.submit(_worker_run, stage)] = stage
             done, _ = wait(running, return_when=FIRST_COMPLETED)
             for future in done:
                 stage = running.pop(future)
                 seconds = future.result()  # a stage's error ends the run (the finished stages stay done)
                 complete.add(stage.id)
                 finished(stage, seconds, False)
+
+
+# rough relative costs of the stage kinds (a retrain is a training run), for the order of parallel stages only
+STAGE_COSTS = {"train": 10.0, "unlearn": 3.0, "attack": 1.0, "evaluate": 1.0}
+
+
+def _needs(stages: list[Stage]) -> dict[str, set[str]]:
+    """Each stage's id → the ids of the stages writing its inputs."""
+    producer = {name: stage.id for stage in stages for name in stage.outputs}
+    return {stage.id: {producer[name] for name in stage.inputs if name in producer} for stage in stages}
+
+
+def critical_path(stages: list[Stage]) -> dict[str, float]:
+    """Each stage's longest chain of rough costs (:data:`STAGE_COSTS`) from it to the end of the run, itself
+    included. ``--jobs`` starts the ready stage with the longest chain first, so a long chain (a text-to-image
+    base, then its retrain) is not left for the end while the workers clear short stages (list scheduling).
+    ``stages`` are in a runnable order (each after the stages it needs), as :func:`build_stages` makes them."""
+    needs = _needs(stages)
+    chain: dict[str, float] = {}
+    for stage in reversed(stages):
+        retrain = stage.kind == "unlearn" and stage.params.get("method") == "retrain"
+        cost = STAGE_COSTS["train"] if retrain else STAGE_COSTS.get(stage.kind, 1.0)
+        chain[stage.id] = cost + max((chain[s.id] for s in stages if stage.id in needs[s.id]), default=0.0)
+    return chain
 
 
 def describe_experiment(experiment: Experiment) -> dict[str, Any]:
