@@ -5,6 +5,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 OUT ?= demo-out
+JOBS ?= 2
 BENCH_MODELS ?= bench-models
 
 .PHONY: demo test install bench clean
@@ -17,7 +18,7 @@ $(BIN)/unlearnctl: pyproject.toml
 install: $(BIN)/unlearnctl
 
 demo: install
-	$(BIN)/unlearnctl demo --out $(OUT)
+	$(BIN)/unlearnctl demo --jobs $(JOBS) --out $(OUT)
 
 test: install
 	$(BIN)/python -m pytest -q

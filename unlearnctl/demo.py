@@ -2,14 +2,15 @@
 
 The demo is an experiment file, ``unlearnctl/experiments/demo.toml`` (a copy is ``examples/demo.toml``), run by
 :func:`unlearnctl.experiment.run_experiment` — ``unlearnctl demo`` is ``unlearnctl run examples/demo.toml``
-with a few overrides (:class:`DemoConfig`). Two scenarios, and a third with ``text_to_image`` (``--text-to-image``):
+with a few overrides (:class:`DemoConfig`). Three scenarios (``--no-canary`` and ``--no-text-to-image`` skip one):
 
 * **class** — a class-conditional model on the digits; forget class 8 with every unlearning method and
   with exact retraining (the reference);
 * **canary** — an unconditional model on the digits plus copies of one out-of-distribution canary image
   (docs/methods.md), which it memorises; forget the canary with SISS;
 * **t2i** — the embedded latent text-to-image model on the captioned digits; forget the concept "8" (its
-  images and captions) with every method for text-to-image models (ESD included) and with exact retraining.
+  images and captions) with every method for text-to-image models (ESD included) and with exact retraining,
+  at demo sizes (the file says which).
 
 Every result is attacked with DiMRA (auxiliary data: the retain set, relearning curve recorded), every model
 is evaluated (quality, forget rate, retain accuracy, membership audit), and everything is compared in one
@@ -55,7 +56,7 @@ class DemoConfig:
     canary: bool = True  # run the canary scenario too
     canary_methods: tuple[str, ...] | None = None  # canary scenario: unlearning methods
     canary_retrain: bool = False  # canary scenario: exact retraining as its reference (one more base training)
-    text_to_image: bool = False  # also run the text-to-image scenario (about an hour more on 2 cores)
+    text_to_image: bool = True  # run the text-to-image scenario too
     text_methods: tuple[str, ...] | None = None  # text-to-image scenario: unlearning methods (retrain always runs)
     attack_steps: int | None = None  # DiMRA steps of every attack
     eval_samples: int | None = None  # evaluation: images generated per model
@@ -68,7 +69,7 @@ class DemoConfig:
             self.canary_methods = tuple(self.canary_methods)
         if self.text_methods is not None:
             self.text_methods = tuple(self.text_methods)
-            require(self.text_to_image, "--text-methods chooses the text-to-image scenario's methods; add --text-to-image")
+            require(self.text_to_image, "--text-methods chooses the text-to-image scenario's methods; drop --no-text-to-image")
         self.experiment()  # validates: a bad option fails here, before any work
 
     def experiment(self) -> Experiment:
