@@ -120,7 +120,7 @@ def test_another_recipe_reruns_exactly_the_stages_it_changes(demo_run):
 
 def test_cli_demo_on_a_finished_folder_prints_table_and_report(cli, demo_run):
     out, _, events = demo_run
-    result = cli("demo", "--quick", "--methods", "siss,naive", "--text-to-image", "--text-methods", "esd-x,naive", "--out", out)
+    result = cli("demo", "--quick", "--methods", "siss,naive", "--text-methods", "esd-x,naive", "--out", out)
     assert result.code == 0, result
     lines = [line for line in result.err.splitlines() if line.startswith("stage")]
     assert len(lines) == len(events)
@@ -130,12 +130,12 @@ def test_cli_demo_on_a_finished_folder_prints_table_and_report(cli, demo_run):
 
 
 def test_cli_dry_run_lists_the_full_plan(cli):
-    result = cli("demo", "--dry-run")
+    result = cli("demo", "--dry-run", "--no-text-to-image")
     assert result.code == 0, result
     pixel = result.out.strip().splitlines()
     # pixel: 2 trainings, retrain, 8 unlearning runs, 9 attacks, 20 evaluations; the report
     assert len(pixel) == 41 and not any("t2i" in s for s in pixel)
-    result = cli("demo", "--dry-run", "--text-to-image")
+    result = cli("demo", "--dry-run")
     assert result.code == 0, result
     stages = result.out.strip().splitlines()
     # text-to-image adds a training, retrain, 9 unlearning runs (ESD-x and ESD-u among them), 10 attacks, 21 evaluations
@@ -150,7 +150,7 @@ def test_cli_dry_run_lists_the_full_plan(cli):
     (dict(methods=("nope",)), "unknown method"),
     (dict(base_steps=0), "at least 1"),
     (dict(eval_samples=5), "at least 10"),
-    (dict(text_methods=("esd-x",)), "add --text-to-image"),
+    (dict(text_methods=("esd-x",), text_to_image=False), "drop --no-text-to-image"),
 ])
 def test_bad_recipes(kwargs, match):
     with pytest.raises(BadInputError, match=match):

@@ -154,7 +154,7 @@ def test_parallel_runs_start_the_longest_chain_first():
     from unlearnctl.demo import DemoConfig
     from unlearnctl.experiment import STAGE_COSTS, critical_path
 
-    stages = build_stages(DemoConfig(text_to_image=True).experiment())
+    stages = build_stages(DemoConfig().experiment())
     chain = critical_path(stages)
     assert chain["train-t2i-base"] == max(chain.values())
     methods = [s.id for s in stages if s.id.startswith("unlearn-t2i-") and s.id != "unlearn-t2i-retrain"]
@@ -182,8 +182,8 @@ def test_a_text_scenario_leaves_the_pixel_stages_as_they_were():
 def test_the_demo_pixel_stages_are_unchanged_by_its_text_scenario():
     from unlearnctl.demo import DemoConfig
 
-    pixel = {s.id: s.params_digest for s in build_stages(DemoConfig().experiment())}
-    demo = {s.id: s.params_digest for s in build_stages(DemoConfig(text_to_image=True).experiment())}
+    pixel = {s.id: s.params_digest for s in build_stages(DemoConfig(text_to_image=False).experiment())}
+    demo = {s.id: s.params_digest for s in build_stages(DemoConfig().experiment())}
     assert {k: v for k, v in demo.items() if not k.split("-", 1)[1].startswith("t2i-")} == pixel
     assert any(k.startswith("unlearn-t2i-esd") for k in demo)
 
