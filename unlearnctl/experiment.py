@@ -235,7 +235,6 @@ def _check_type(value: Any, default: Any, where: str) -> None:
 
 def parse_experiment(data: dict[str, Any], origin: str = "experiment", *, quick: bool = False) -> Experiment:
     """Validate the whole experiment up front; the first problem raises :class:`BadInputError` (one line)."""
-    from unlearnctl.attacks.dimra import AttackConfig
     from unlearnctl.models import check_preset
     from unlearnctl.training import TrainConfig
     from unlearnctl.unlearning import UnlearnConfig
@@ -300,7 +299,7 @@ def parse_experiment(data: dict[str, Any], origin: str = "experiment", *, quick:
             require((other, model) != (scenario.name, "base"), f"scenario {scenario.name}: its own base saw its forget set; "
                     "the audit reference must never have seen it")
 
-    attacks = _attacks(data.get("attacks", []), "attacks")
+    attacks = _attacks(data.get("attacks", []))
     experiment = Experiment(title, tuple(seeds), preset, train, tuple(scenarios), unlearn, tuple(attacks), evaluation, source,
                             autoencoder_steps, tuple(unlearn_seeds))
     stems = [stem for stage in build_stages(experiment) for stem in stage.outputs]
@@ -423,17 +422,18 @@ def _scenario(raw: dict[str, Any], index: int, unlearn_keys: tuple[str, ...]) ->
         require(which in ("base", "retrain"), f"{where}: audit_reference must be SCENARIO.base, SCENARIO.retrain or "
                 f"retrain, got {reference!r}")
         reference = (other, which)
-    attacks = None if "attacks" not in raw else _attacks(raw["attacks"], f"{where}: attacks")
+    attacks = None if "attacks" not in raw else _attacks(raw["attacks"], where)
     return Scenario(name, prefix, data, True if text else conditional, forget, retrain, methods, reference, model, **settings,
                     attacks=attacks)
 
 
-def _attacks(raw_attacks: Any, where: str) -> tuple[Attack, ...]:
-    """An ``attacks`` array checked (``where``: its name in messages)."""
+def _attacks(raw_attacks: Any, owner: str = "") -> tuple[Attack, ...]:
+    """An ``attacks`` array checked: the experiment's, or a scenario's (``owner``: "scenario NAME", for messages)."""
     from unlearnctl.attacks.dimra import AttackConfig
 
+    prefix = f"{owner}: " if owner else ""
+    where = f"{prefix}attacks"
     require(isinstance(raw_attacks, list), f"{where} must be an array of tables, one per attack")
-    prefix = "" if where == "attacks" else f"{where.rpartition(':')[0]}: "
     attacks = [_attack(_table(raw, f"{prefix}attack #{i + 1}"), i, len(raw_attacks), prefix)
                for i, raw in enumerate(raw_attacks)]
     names = [a.name for a in attacks]
