@@ -160,8 +160,8 @@ def demo(
     canary_retrain: Annotated[bool, typer.Option("--canary-retrain", help="Also retrain the canary model without the canary (its reference; one more base training).", rich_help_panel=DEMO_PANEL)] = False,
     text_methods: Annotated[Optional[str], typer.Option(help="Comma-separated unlearning methods of the text-to-image scenario (default: every method for text-to-image concepts, ESD included).", rich_help_panel=DEMO_PANEL)] = None,
     no_text_to_image: Annotated[bool, typer.Option("--no-text-to-image", help="Skip the text-to-image scenario.", rich_help_panel=DEMO_PANEL)] = False,
-    attack_steps: Annotated[Optional[int], typer.Option(help="DiMRA steps per attack (default 200; --quick 4).", rich_help_panel=DEMO_PANEL)] = None,
-    eval_samples: Annotated[Optional[int], typer.Option(help="Images generated per evaluation (default 1000; --quick 20).", rich_help_panel=DEMO_PANEL)] = None,
+    attack_steps: Annotated[Optional[int], typer.Option(help="DiMRA steps per attack (default 200, the text-to-image scenario 100; --quick 4).", rich_help_panel=DEMO_PANEL)] = None,
+    eval_samples: Annotated[Optional[int], typer.Option(help="Images generated per evaluation (default 1000, the text-to-image scenario 500; --quick 20).", rich_help_panel=DEMO_PANEL)] = None,
     jobs: Annotated[int, typer.Option("--jobs", "-j", help=JOBS_HELP, rich_help_panel=DEMO_PANEL)] = 1,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the stages and exit.", rich_help_panel=opt.OUTPUT_PANEL)] = False,
     seed: opt.Seed = 0,
@@ -172,8 +172,8 @@ def demo(
 
     On the embedded digits: class scenario (forget class 8 with every method and retrain), canary scenario
     (forget a memorised canary with SISS; --canary-retrain adds its retrain) and text-to-image scenario (the
-    embedded text-to-image model forgets the concept 8 with every method, ESD included, and retrain): about 20
-    minutes on 2 CPU cores with --jobs 2. The demo is the
+    embedded text-to-image model forgets the concept 8 with every method, ESD included, and retrain): about 47
+    minutes on 2 CPU cores with --jobs 2 (docs/report.md). The demo is the
     experiment file examples/demo.toml (`unlearnctl run examples/demo.toml` does the same). Every step writes
     an ordinary checkpoint or JSON into --out, so any step can be re-run by hand; one progress line per stage
     on stderr, the comparison table and the report path on stdout.
