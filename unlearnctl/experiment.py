@@ -411,7 +411,7 @@ def _scenario(raw: dict[str, Any], index: int, unlearn_keys: tuple[str, ...]) ->
         require(not cls.exact, f"{where}: {method} is an exact method; only fine-tuning methods are listed")
         family = "text-to-image" if text else "pixel"
         require(family in cls.models, f"{where}: method {method} runs on {' and '.join(cls.models)} models only, and "
-                f"this scenario's model is {family}; list one of: {', '.join(_runnable_methods(family))}")
+                f"this scenario's model is {family}; list one of: {', '.join(available_methods(exact=False, model=family))}")
         cls.Config.from_dict({k: v for k, v in params.items() if k not in unlearn_keys + ("method",)}, method)
 
     reference = raw.get("audit_reference")
@@ -489,13 +489,6 @@ class Stage:
 
 def _stem(scenario: Scenario, model: str, seed: int, seeds: tuple[int, ...]) -> str:
     return f"{scenario.prefix}{model}" + (f"-seed{seed}" if len(seeds) > 1 else "")
-
-
-def _runnable_methods(family: str) -> list[str]:
-    """The fine-tuning methods that run on models of ``family`` (``pixel`` or ``text-to-image``)."""
-    from unlearnctl.methods import available_methods, get_method
-
-    return [m for m in available_methods(exact=False) if family in get_method(m).models]
 
 
 def _attacked(stem: str, attack: Attack) -> str:
@@ -942,7 +935,8 @@ def _run_parallel(stages: list[Stage], out: Path, jobs: int, device: str,
                 finished(stage, seconds, False)
 
 
-# rough relative costs of the stage kinds (a retrain is a training run), for the order of parallel stages only
+# rough relative costs of the stage kinds (an exact method's run, retrain, is a training run), for the order of
+# parallel stages only
 STAGE_COSTS = {"train": 10.0, "unlearn": 3.0, "attack": 1.0, "evaluate": 1.0}
 
 
@@ -957,12 +951,17 @@ def critical_path(stages: list[Stage]) -> dict[str, float]:
     included. ``--jobs`` starts the ready stage with the longest chain first, so a long chain (a text-to-image
     base, then its retrain) is not left for the end while the workers clear short stages (list scheduling).
     ``stages`` are in a runnable order (each after the stages it needs), as :func:`build_stages` makes them."""
-    needs = _needs(stages)
+    from unlearnctl.methods import get_method
+
+    users: dict[str, list[str]] = {stage.id: [] for stage in stages}
+    for user, needed in _needs(stages).items():
+        for producer in needed:
+            users[producer].append(user)
     chain: dict[str, float] = {}
     for stage in reversed(stages):
-        retrain = stage.kind == "unlearn" and stage.params.get("method") == "retrain"
-        cost = STAGE_COSTS["train"] if retrain else STAGE_COSTS.get(stage.kind, 1.0)
-        chain[stage.id] = cost + max((chain[s.id] for s in stages if stage.id in needs[s.id]), default=0.0)
+        training = stage.kind == "unlearn" and get_method(stage.params["method"]).exact
+        cost = STAGE_COSTS["train"] if training else STAGE_COSTS.get(stage.kind, 1.0)
+        chain[stage.id] = cost + max((chain[u] for u in users[stage.id]), default=0.0)
     return chain
 
 

@@ -58,17 +58,19 @@ def get_method(name: str) -> type:
     return _REGISTRY[name]
 
 
-def available_methods(scenario: str | None = None, exact: bool | None = None) -> list[str]:
+def available_methods(scenario: str | None = None, exact: bool | None = None, model: str | None = None) -> list[str]:
     """Registered method names in listing order (each class's ``order``, then name).
 
     ``scenario``: only methods taking part in that kind of experiment scenario (``class``, ``canary``,
     ``concept``: :class:`~unlearnctl.methods.base.Method`); ``exact``: only exact (``True``) or only
-    fine-tuning (``False``) methods.
+    fine-tuning (``False``) methods; ``model``: only methods that run on that model family (``pixel``,
+    ``text-to-image``: their ``models``).
     """
     _discover()
     classes = sorted(_REGISTRY.values(), key=lambda cls: (cls.order, cls.name))
     return [cls.name for cls in classes
-            if (scenario is None or scenario in cls.scenarios) and (exact is None or bool(cls.exact) == exact)]
+            if (scenario is None or scenario in cls.scenarios) and (exact is None or bool(cls.exact) == exact)
+            and (model is None or model in cls.models)]
 
 
 @dataclass
