@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common import ROOT, build_runner, fine_tuning_methods, interleaved, load_average, loop_step, machine, table
+from common import ROOT, build_runner, fine_tuning_methods, interleaved, load_average, loop_step, machine, ratio_cell, table
 
 CLASSES = 10
 CIFAR_UNET = dict(  # google/ddpm-cifar10-32's unet/config.json (architecture keys)
@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     methods = args.methods or fine_tuning_methods()
     runners = {m: build_runner(checkpoint, split, forget_set, m, batch_size=args.batch_size) for m in methods}
     timed = interleaved({m: (lambda r=r: loop_step(*r)) for m, r in runners.items()}, rounds=args.rounds, reference=methods[0])
-    step_rows = [[m, row["median_s"], row["min_s"], row["ratio"], args.rounds, args.batch_size] for m, row in timed.items()]
+    step_rows = [[m, row["median_s"], row["min_s"], ratio_cell(row), args.rounds, args.batch_size] for m, row in timed.items()]
     print(table(f"Unlearning step, CIFAR-10 architecture (median of {args.rounds} interleaved rounds after 1 warm-up; "
                 f"load {load_average()})", ["method", "s / step (median)", "s / step (min)", f"× {methods[0]}", "steps timed", "batch"],
                 step_rows), flush=True)

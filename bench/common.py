@@ -2,7 +2,8 @@
 
 Timings on a shared machine drift with its load. Every benchmark therefore measures the things it
 compares *side by side in one run*, interleaved round by round (A, B, C, A, B, C, ...), and reports
-ratios per round (median over rounds) next to the absolute medians and the load average.
+ratios per round (median over rounds, with its distribution-free 95% interval over the rounds) next to the
+absolute medians and the load average.
 """
 
 from __future__ import annotations
@@ -55,7 +56,10 @@ def peak_rss_mb() -> float:
 def interleaved(cases: dict[str, Callable[[], None]], rounds: int, reference: str | None = None,
                 warmup: int = 1) -> dict[str, dict[str, float]]:
     """Time each case ``rounds`` times, interleaved; per case: median seconds per call and, when
-    ``reference`` is given, the median over rounds of (case time / reference time in the same round)."""
+    ``reference`` is given, the median over rounds of (case time / reference time in the same round) with
+    its 95% order-statistic interval (``ratio_low``/``ratio_high``; ``None`` below 6 rounds)."""
+    from unlearnctl.metrics.intervals import median_interval
+
     for fn in cases.values():
         for _ in range(warmup):
             fn()
@@ -69,9 +73,22 @@ def interleaved(cases: dict[str, Callable[[], None]], rounds: int, reference: st
     for name, values in times.items():
         row = {"median_s": statistics.median(values), "min_s": min(values)}
         if reference is not None:
-            row["ratio"] = statistics.median(v / r for v, r in zip(values, times[reference]))
+            row["ratio"], row["ratio_low"], row["ratio_high"] = median_interval([v / r for v, r in zip(values, times[reference])])
+            row["is_reference"] = name == reference
         out[name] = row
     return out
+
+
+def ratio_cell(row: dict[str, float], speedup: bool = False) -> str:
+    """``interleaved``'s median ratio with its 95% interval, as a table cell; ``speedup`` gives 1 / ratio."""
+    if row.get("is_reference"):
+        return "1 (reference)"
+    ratio, low, high = row["ratio"], row["ratio_low"], row["ratio_high"]
+    if speedup:
+        ratio, low, high = 1 / ratio, (1 / high if high else None), (1 / low if low else None)
+    if low is None:
+        return f"{ratio:.3g} (too few rounds for an interval)"
+    return f"{ratio:.3g} [{low:.3g}, {high:.3g}]"
 
 
 def table(title: str, columns: list[str], rows: list[list[object]]) -> str:
@@ -90,18 +107,19 @@ def _fmt(value: object) -> str:
     return str(value)
 
 
-def fine_tuning_methods() -> list[str]:
-    """Every registered fine-tuning method, in registry order (the registry is the only list of methods)."""
+def fine_tuning_methods(model: str = "pixel") -> list[str]:
+    """Every registered fine-tuning method that runs on ``model`` (the benchmarks' models are pixel ones), in
+    registry order (the registry is the only list of methods)."""
     from unlearnctl.methods import available_methods
 
-    return available_methods(exact=False)
+    return available_methods(exact=False, model=model)
 
 
-def all_methods() -> list[str]:
-    """Every registered method, exact retraining included."""
+def all_methods(model: str = "pixel") -> list[str]:
+    """Every registered method that runs on ``model``, exact retraining included."""
     from unlearnctl.methods import available_methods
 
-    return available_methods()
+    return available_methods(model=model)
 
 
 def build_runner(checkpoint, split, forget_set, method: str, params: dict | None = None, batch_size: int = 64,

@@ -23,14 +23,16 @@ import copy
 
 import torch
 
-from common import CLASS_MODEL, build_runner, fine_tuning_methods, interleaved, load_average, loop_step, machine, peak_rss_mb, table
+from common import (CLASS_MODEL, build_runner, fine_tuning_methods, interleaved, load_average, loop_step, machine, peak_rss_mb,
+                    ratio_cell, table)
 
 
 
 def reference_siss_step(runner, optimizer, grad_clip: float = 1.0) -> dict[str, torch.Tensor]:
     """The reference code's SISS step, written the straightforward way; returns the pre-clip gradients."""
     model, C = runner.ctx.unet, runner.C
-    L_x, L_a, _ = runner.losses()  # the same single forward pass and importance weights
+    terms = runner.terms()  # the same single forward pass and importance weights
+    L_x, L_a = terms["L_x"], terms["L_a"]
     optimizer.zero_grad()
     L_x.backward(retain_graph=True)
     grads_x = {name: p.grad.detach().clone() for name, p in model.named_parameters() if p.grad is not None}
@@ -96,9 +98,9 @@ def main(argv: list[str] | None = None) -> int:
     runners = {m: runner(m) for m in methods}
     cases = {m: (lambda r=r: loop_step(*r)) for m, r in runners.items()}
     timing = interleaved(cases, args.rounds, reference="naive")
-    rows = [[m, timing[m]["median_s"] * 1000, timing[m]["ratio"]] for m in methods]
+    rows = [[m, timing[m]["median_s"] * 1000, ratio_cell(timing[m])] for m in methods]
     print(table(f"Table 1 — one loop step vs naive (median of {args.rounds} interleaved rounds; load {load_average()})",
-                ["method", "ms / step", "× naive"], rows))
+                ["method", "ms / step", "× naive [95%]"], rows))
 
     # Table 2 ------------------------------------------------------------------------------------------------
     ours = runners["siss"]
@@ -111,9 +113,9 @@ def main(argv: list[str] | None = None) -> int:
              "ours (exact)": lambda: [loop_step(*ours) for _ in range(per)],
              **{f"ours, --refresh-every {k}": (lambda r=r: [loop_step(*r) for _ in range(per)]) for k, r in fast.items()}}
     timing = interleaved(cases, max(3, args.rounds // 2), reference="reference")
-    rows = [[name, timing[name]["median_s"] / per * 1000, 1 / timing[name]["ratio"]] for name in cases]
+    rows = [[name, timing[name]["median_s"] / per * 1000, ratio_cell(timing[name], speedup=True)] for name in cases]
     print(table(f"Table 2 — SISS step vs the reference step (median of {max(3, args.rounds // 2)} interleaved rounds of {per} steps; "
-                f"load {load_average()})", ["step", "ms / step", "speed-up vs reference"], rows))
+                f"load {load_average()})", ["step", "ms / step", "speed-up vs reference [95%]"], rows))
     print(f"\ngradient (before clip), ours exact vs reference: max |diff| = {diff:.2e} ({rel:.2e} of max |g|)")
 
     # Table 3 ------------------------------------------------------------------------------------------------
@@ -126,9 +128,9 @@ def main(argv: list[str] | None = None) -> int:
 
         cases = {f"{m} {p}": at(p, runner(m)) for m in fine_tuning_methods() for p in ("fp32", "bf16")}
         timing = interleaved(cases, max(3, args.rounds // 2), reference="naive fp32")
-        rows = [[name, timing[name]["median_s"] * 1000, timing[name]["ratio"]] for name in cases]
+        rows = [[name, timing[name]["median_s"] * 1000, ratio_cell(timing[name])] for name in cases]
         print(table(f"Table 3 — --precision on this device (median of {max(3, args.rounds // 2)} interleaved rounds; "
-                    f"load {load_average()})", ["step", "ms / step", "× naive fp32"], rows))
+                    f"load {load_average()})", ["step", "ms / step", "× naive fp32 [95%]"], rows))
     print(f"peak RSS of this benchmark: {peak_rss_mb():.0f} MiB")
     return 0
 

@@ -256,6 +256,18 @@ def test_the_dimra_reproduction_file_is_a_valid_experiment(cli, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_the_dimra_pilot_file_is_a_valid_experiment(cli, tmp_path):
+    """The pilot fixed before running (docs/attack.md): one base, retrain attacked once, 4 methods × 3 unlearning
+    seeds each attacked once, every model evaluated."""
+    result = cli("run", ROOT / "examples" / "dimra-pilot.toml", "--out", tmp_path / "out", "--dry-run")
+    assert result.code == 0, result.err
+    lines = result.out.strip().splitlines()
+    assert sum("attack " in line for line in lines) == 1 + 4 * 3
+    assert sum("unlearn " in line and "-useed" in line for line in lines) == 4 * 3
+    assert sum("evaluate " in line for line in lines) == 2 * (2 + 4 * 3) - 1  # base is not attacked
+    assert not (tmp_path / "out").exists()
+
+
 def grid_toml(methods: str, evaluation: str = "") -> str:
     return f"""{scenario_toml(methods)}
 [evaluation]

@@ -9,6 +9,7 @@ import pytest
 
 from unlearnctl.errors import BadInputError
 from unlearnctl.metrics.intervals import (
+    median_interval,
     bootstrap, bootstrap_indices, centred_interval, percentile_interval, rate_fields, t_interval, wilson,
 )
 
@@ -90,3 +91,32 @@ def test_t_interval_against_scipy():
     assert mean == pytest.approx(np.mean(values)) and (low, high) == pytest.approx(expected)
     with pytest.raises(BadInputError):
         t_interval([0.1])
+
+
+@pytest.mark.parametrize("n", [6, 7, 12, 20, 51])
+def test_median_interval_takes_the_order_statistics_scipys_binomial_gives(n):
+    from scipy.stats import binom
+
+    values = np.random.default_rng(n).lognormal(size=n)
+    expected_k = max(k for k in range(1, n // 2 + 1) if 1 - 2 * binom.cdf(k - 1, n, 0.5) >= 0.95)
+    x = np.sort(values)
+    median, low, high = median_interval(values)
+    assert median == pytest.approx(float(np.median(values)))
+    assert (low, high) == (x[expected_k - 1], x[n - expected_k])
+    assert low <= median <= high
+
+
+def test_median_interval_of_twelve_is_the_third_and_tenth_value():
+    assert median_interval(list(range(12, 0, -1))) == (6.5, 3.0, 10.0)
+
+
+def test_median_interval_has_no_bounds_when_five_values_cannot_cover_95_percent():
+    assert median_interval([3.0, 1.0, 2.0, 5.0, 4.0]) == (3.0, None, None)
+    assert median_interval([3.0, 1.0, 2.0, 5.0, 4.0], level=0.9)[1:] == (1.0, 5.0)  # 1 − 2/32 = 0.9375
+
+
+def test_median_interval_covers_the_true_median_at_least_95_percent_of_the_time():
+    rng = np.random.default_rng(0)
+    draws = rng.exponential(size=(4000, 12))  # true median ln 2
+    hits = sum(low <= math.log(2) <= high for _, low, high in map(median_interval, draws))
+    assert hits / len(draws) >= 0.95  # exact coverage 0.961 for n = 12

@@ -19,6 +19,9 @@ interval ``X_ci95_low``/``X_ci95_high`` (:func:`rate_fields`); AUC, FID and KID 
   ``rng.integers(0, n_i, size=n_i)`` — so a fixed seed gives the same interval everywhere.
   :func:`percentile_interval` takes the ``α/2`` and ``1 − α/2`` quantiles of the ``B`` values;
   :func:`centred_interval` shifts that interval by the bootstrap's median bias (for FID/KID, see there).
+* **Median of a few repeats** (:func:`median_interval`; the benchmarks' per-round timing ratios): the
+  distribution-free order-statistic interval ``[x_(k), x_(n+1−k)]`` (Conover 1999, §3.2), ``k`` the largest
+  with ``1 − 2·P(Binomial(n, ½) ≤ k − 1) ≥ level``; it needs no assumption about the spread of the repeats.
 """
 
 from __future__ import annotations
@@ -126,3 +129,26 @@ def t_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, flo
     mean = float(values.mean())
     half = float(t.ppf((1 + level) / 2, len(values) - 1) * values.std(ddof=1) / math.sqrt(len(values)))
     return mean, mean - half, mean + half
+
+
+def median_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, float | None, float | None]:
+    """``(median, low, high)``: the median of ``values`` and its distribution-free order-statistic interval.
+
+    Sorted ``x_(1) ≤ … ≤ x_(n)``: ``[x_(k), x_(n+1−k)]`` for the largest ``k`` whose coverage
+    ``1 − 2·P(Binomial(n, ½) ≤ k − 1)`` is at least ``level`` (12 values at 95%: ``k = 3``, coverage 96.1%).
+    The bounds are ``None`` when even ``[min, max]`` covers less than ``level`` (fewer than 6 values at 95%).
+    """
+    x = sorted(float(v) for v in values)
+    n = len(x)
+    require(n >= 1, "a median needs at least 1 value")
+    median = float(np.median(x))
+    below = 0.0  # P(Binomial(n, 1/2) <= k - 1) for the k being tried
+    k = 0
+    while k < n // 2:
+        below += math.comb(n, k) / 2 ** n
+        if 1 - 2 * below < level:
+            break
+        k += 1
+    if k == 0:
+        return median, None, None
+    return median, x[k - 1], x[n - k]
