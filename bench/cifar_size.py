@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     timed = interleaved({m: (lambda r=r: loop_step(*r)) for m, r in runners.items()}, rounds=args.rounds, reference=methods[0])
     step_rows = [[m, row["median_s"], row["min_s"], ratio_cell(row), args.rounds, args.batch_size] for m, row in timed.items()]
     print(table(f"Unlearning step, CIFAR-10 architecture (median of {args.rounds} interleaved rounds after 1 warm-up; "
-                f"load {load_average()})", ["method", "s / step (median)", "s / step (min)", f"× {methods[0]}", "steps timed", "batch"],
+                f"load {load_average()})", ["method", "s / step (median)", "s / step (min)", f"× {methods[0]} [95%]", "steps timed", "batch"],
                 step_rows), flush=True)
     del runners
 
