@@ -61,7 +61,6 @@ aux = "retain"
 steps = {attack_steps}
 batch_size = 16
 curve_every = 3
-curve_samples = 10
 curve_sample_steps = 3
 
 [evaluation]
@@ -205,6 +204,8 @@ def test_parallel_and_sequential_plans_hold_the_same_stages():
     ('[[scenarios]]\nname = "c"\ndata = "digits"\nforget = {}\n', "forget is empty"),
     ('unlearn_seeds = [1, 1]\n[[scenarios]]\nname = "c"\ndata = "digits"\nforget = { classes = ["8"] }\n', "unlearning seed is listed twice"),
     ('unlearn_seeds = [-1]\n[[scenarios]]\nname = "c"\ndata = "digits"\nforget = { classes = ["8"] }\n', "unlearn_seeds must be"),
+    ('[[scenarios]]\nname = "c"\ndata = "digits"\nforget = { classes = ["8"] }\n[[attacks]]\ncurve_every = 5\ncurve_samples = 500\n',
+     "curve_samples has no effect in an experiment file"),  # the curve regenerates the evaluation's forget rows
 ])
 def test_bad_files_exit_2_with_one_line_and_write_nothing(cli, tmp_path, text, match):
     import re

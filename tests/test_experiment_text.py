@@ -43,7 +43,6 @@ aux = "retain"
 steps = 2
 batch_size = 8
 curve_every = 2
-curve_samples = 10
 curve_sample_steps = 2
 
 [evaluation]

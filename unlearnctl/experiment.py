@@ -449,6 +449,9 @@ def _attack(raw: dict[str, Any], index: int, count: int, prefix: str = "") -> At
     where = f"{prefix}attack #{index + 1}"
     keys = ATTACK_EXTRA + _fields(AttackConfig, exclude=("seed",))
     _known(raw, keys, where)
+    require("curve_samples" not in raw, f"{where}: curve_samples has no effect in an experiment file: each curve regenerates "
+            "the forget-condition samples of the evaluation (evaluation.num_samples), so its step 0 is the evaluation's "
+            "forget rate; drop it, or set curve_eval_samples to take the samples of another evaluation size")
     config = {k: v for k, v in raw.items() if k not in ATTACK_EXTRA}
     defaults = {f.name: f.default for f in dataclasses.fields(AttackConfig)}
     for key, value in config.items():
