@@ -182,3 +182,15 @@ def test_sample_batch_comes_from_the_model_size():
     assert auto_batch_size(Sized(35_700_000), 32) == 273  # the CIFAR-10 DDPM: 1000 peaked at 8.9 GB RSS
     assert auto_batch_size(Sized(700_000), 28) == 1000  # the small preset keeps the old default
     assert auto_batch_size(Sized(10 ** 12), 64) == 1
+
+
+def test_params_digest_ignores_seeds_and_what_a_run_found_but_not_what_it_was_asked():
+    """SalUn's unlearning seeds find different salient-weight counts (``prepared``); compare must still see one
+    recipe, while a changed parameter is another recipe."""
+    from unlearnctl.metrics.evaluate import params_digest
+
+    def salun(seed: int, salient: int, lr: float = 5e-4) -> dict:
+        return {"method_params": {"saliency_percent": 50.0}, "prepared": {"salient_weights": salient}, "lr": lr, "seed": seed}
+
+    assert params_digest(salun(0, 351377)) == params_digest(salun(1, 351290))
+    assert params_digest(salun(0, 351377)) != params_digest(salun(0, 351377, lr=2e-4))

@@ -654,17 +654,18 @@ def evaluate(
 
 
 SEED_KEYS = ("seed", "curve_seed")  # parameters that only seed randomness (the attack curve's: its samples' noise)
+RESULT_KEYS = ("prepared",)  # what a run found before its first step (SalUn's salient-weight count), not what it was asked
 
 
 def params_digest(params: Any) -> str:
-    """sha256 (16 hex digits) of a lineage entry's parameters without any :data:`SEED_KEYS` key: runs that
-    differ only in seeds share it (``compare`` aggregates them)."""
+    """sha256 (16 hex digits) of a lineage entry's parameters without any :data:`SEED_KEYS` or
+    :data:`RESULT_KEYS` key: runs that differ only in seeds share it (``compare`` aggregates them)."""
     import hashlib
     import json
 
     def seedless(value: Any) -> Any:
         if isinstance(value, dict):
-            return {k: seedless(v) for k, v in value.items() if k not in SEED_KEYS}
+            return {k: seedless(v) for k, v in value.items() if k not in SEED_KEYS + RESULT_KEYS}
         if isinstance(value, list):
             return [seedless(v) for v in value]
         return value
