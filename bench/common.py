@@ -85,7 +85,7 @@ def ratio_cell(row: dict[str, float], speedup: bool = False) -> str:
         return "1 (reference)"
     ratio, low, high = row["ratio"], row["ratio_low"], row["ratio_high"]
     if speedup:
-        ratio, low, high = 1 / ratio, (1 / high if high else None), (1 / low if low else None)
+        ratio, low, high = 1 / ratio, (None if high is None else 1 / high), (None if low is None else 1 / low)
     if low is None:
         return f"{ratio:.3g} (too few rounds for an interval)"
     return f"{ratio:.3g} [{low:.3g}, {high:.3g}]"

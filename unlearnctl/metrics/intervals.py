@@ -135,20 +135,16 @@ def median_interval(values: Sequence[float], level: float = 0.95) -> tuple[float
     """``(median, low, high)``: the median of ``values`` and its distribution-free order-statistic interval.
 
     Sorted ``x_(1) ≤ … ≤ x_(n)``: ``[x_(k), x_(n+1−k)]`` for the largest ``k`` whose coverage
-    ``1 − 2·P(Binomial(n, ½) ≤ k − 1)`` is at least ``level`` (12 values at 95%: ``k = 3``, coverage 96.1%).
-    The bounds are ``None`` when even ``[min, max]`` covers less than ``level`` (fewer than 6 values at 95%).
+    ``1 − 2·P(Binomial(n, ½) ≤ k − 1)`` is at least ``level`` (12 values at 95%: ``k = 3``, coverage 96.1%) —
+    scipy's ``quantile_test(...).confidence_interval`` for p = ½. The bounds are ``None`` when even
+    ``[min, max]`` covers less than ``level`` (fewer than 6 values at 95%).
     """
-    x = sorted(float(v) for v in values)
-    n = len(x)
-    require(n >= 1, "a median needs at least 1 value")
+    from scipy.stats import quantile_test
+
+    x = np.asarray(values, dtype=float)
+    require(len(x) >= 1, "a median needs at least 1 value")
     median = float(np.median(x))
-    below = 0.0  # P(Binomial(n, 1/2) <= k - 1) for the k being tried
-    k = 0
-    while k < n // 2:
-        below += math.comb(n, k) / 2 ** n
-        if 1 - 2 * below < level:
-            break
-        k += 1
-    if k == 0:
+    interval = quantile_test(x, q=median, p=0.5).confidence_interval(level)
+    if not (np.isfinite(interval.low) and np.isfinite(interval.high)):
         return median, None, None
-    return median, x[k - 1], x[n - k]
+    return median, float(interval.low), float(interval.high)
